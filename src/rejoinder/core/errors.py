@@ -1,0 +1,55 @@
+"""The project's error types. Vendor errors are translated into these at the boundary.
+
+    RejoinderError
+    ├── ConfigError          a bad configuration value; the message names the field
+    ├── MissingExtraError    an optional dependency is not installed; names the extra
+    ├── SignalingError       a malformed or unacceptable WebRTC offer (HTTP 400)
+    ├── OverloadedError      the server refuses a call it cannot serve well (HTTP 503)
+    └── ProviderError        a provider failed
+        ├── ProviderTimeout  it did not answer in time (retryable)
+        └── ProviderStreamError  the stream broke midway
+"""
+
+from __future__ import annotations
+
+
+class RejoinderError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(RejoinderError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"config field {field!r}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class MissingExtraError(RejoinderError):
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"{module} is not installed; install the extra with: pip install 'rejoinder[{extra}]'"
+        )
+
+
+class SignalingError(RejoinderError):
+    """The caller's offer cannot be used. The message is shown to the caller."""
+
+
+class OverloadedError(RejoinderError):
+    """No capacity for another call right now."""
+
+
+class ProviderError(RejoinderError):
+    retryable = False
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+
+
+class ProviderTimeout(ProviderError):
+    retryable = True
+
+
+class ProviderStreamError(ProviderError):
+    retryable = True

@@ -1,0 +1,181 @@
+"""The provider contracts.
+
+A provider implements one method (``_transcribe``, ``_stream``, ``_synthesize``,
+or a VAD stream's ``_probability``). The public method of the base class owns
+what every provider needs the same way: a time limit on the first result,
+translation of unexpected errors into :class:`ProviderError`, and a debug log.
+Blocking engines (local models) run in worker threads so the event loop never
+waits on inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from rejoinder.core.audio import PCM, SAMPLE_RATE
+from rejoinder.core.errors import ProviderError, ProviderTimeout
+
+log = logging.getLogger(__name__)
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+    interrupted: bool = False  # an assistant reply the caller cut off; content is what they heard
+
+
+class VADStream(ABC):
+    """Per-call voice activity state. ``push`` takes 16 kHz frames of any length."""
+
+    window: int  # samples the model looks at per decision
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0, dtype=np.int16)
+        self._last = 0.0
+
+    def push(self, frame: PCM) -> float:
+        """Speech probability of the latest complete window (blocking; cheap)."""
+        buf = np.concatenate((self._buf, frame)) if self._buf.size else frame
+        n = len(buf) // self.window
+        for i in range(n):
+            self._last = self._probability(buf[i * self.window:(i + 1) * self.window])
+        self._buf = buf[n * self.window:]
+        return self._last
+
+    @abstractmethod
+    def _probability(self, window: PCM) -> float: ...
+
+
+class VAD(ABC):
+    """A voice activity model, loaded once; each call gets its own stream."""
+
+    name = "vad"
+
+    @abstractmethod
+    def stream(self) -> VADStream: ...
+
+
+class STT(ABC):
+    """Speech to text for one finished utterance (16 kHz mono int16)."""
+
+    name = "stt"
+    timeout_s = 10.0
+
+    async def transcribe(self, audio: PCM) -> str:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return (await self._transcribe(audio)).strip()
+        except TimeoutError as exc:
+            raise ProviderTimeout(self.name, f"no transcript within {self.timeout_s} s") from exc
+        except (ProviderError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ProviderError(self.name, f"transcription failed: {exc!r}") from exc
+
+    @abstractmethod
+    async def _transcribe(self, audio: PCM) -> str: ...
+
+    async def warm(self) -> None:
+        await self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.int16))
+
+
+class _Streaming(ABC):
+    """Shared first-item time limit for streaming providers."""
+
+    name = "provider"
+    first_item_timeout_s = 10.0
+
+    async def _guard(self, items: AsyncIterator[object], what: str) -> AsyncIterator[object]:
+        try:
+            first = True
+            while True:
+                try:
+                    if first:
+                        async with asyncio.timeout(self.first_item_timeout_s):
+                            item = await anext(items)
+                        first = False
+                    else:
+                        item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                yield item
+        except TimeoutError as exc:
+            raise ProviderTimeout(
+                self.name, f"no {what} within {self.first_item_timeout_s} s") from exc
+        except (ProviderError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise ProviderError(self.name, f"{what} stream failed: {exc!r}") from exc
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class LLM(_Streaming):
+    """A chat model that streams text deltas."""
+
+    name = "llm"
+
+    async def stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        async for delta in self._guard(self._stream(messages), "token"):
+            yield delta  # type: ignore[misc]
+
+    @abstractmethod
+    def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]: ...
+
+    async def warm(self, messages: list[ChatMessage]) -> None:
+        """Evaluate ``messages`` (the system prompt) so later calls reuse the prefix."""
+        async for _ in self.stream(messages):
+            break
+
+
+class TTS(_Streaming):
+    """Text to speech that streams int16 mono chunks at ``sample_rate``."""
+
+    name = "tts"
+    sample_rate = 22_050
+
+    async def synthesize(self, text: str) -> AsyncIterator[PCM]:
+        async for chunk in self._guard(self._synthesize(text), "audio"):
+            yield chunk  # type: ignore[misc]
+
+    @abstractmethod
+    def _synthesize(self, text: str) -> AsyncIterator[PCM]: ...
+
+    async def warm(self) -> None:
+        async for _ in self.synthesize("Hello."):
+            pass
+
+
+@dataclass
+class Stack:
+    """The providers one server uses, loaded once and shared by every call."""
+
+    vad: VAD
+    stt: STT
+    llm: LLM
+    tts: TTS
+
+    async def warm(self, system: list[ChatMessage]) -> None:
+        await self.stt.warm()
+        await self.tts.warm()
+        await self.llm.warm(system)
+
+    async def close(self) -> None:
+        for p in (self.vad, self.stt, self.llm, self.tts):
+            close = getattr(p, "close", None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
