@@ -1,0 +1,1 @@
+"""Logging with the call id in context, and the per-turn trace record."""

@@ -1,0 +1,182 @@
+"""Fake providers with realistic, configurable latency (and failure injection).
+
+Every delay is taken on the injected :class:`Clock`, so on a virtual-time loop
+the fakes are exact and instant, and on a real loop they behave like a remote
+service with known latency.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rejoinder.core.audio import PCM, rms_dbfs
+from rejoinder.core.clock import Clock
+from rejoinder.providers.base import LLM, STT, TTS, VAD, ChatMessage, Stack, VADStream
+
+
+@dataclass(frozen=True)
+class Latency:
+    """When the first item comes, and how far apart the following ones are."""
+
+    first_s: float = 0.0
+    per_item_s: float = 0.0
+    jitter_s: float = 0.0   # uniform 0..jitter added to every wait
+    fail: str | None = None  # None | "timeout" (never answers) | "drop" (stream breaks)
+    fail_after: int = 0      # items delivered before a "drop"
+    seed: int = 0
+
+
+class _Waits:
+    def __init__(self, latency: Latency, clock: Clock | None) -> None:
+        self.latency = latency
+        self.clock = clock or Clock()
+        self._rng = random.Random(latency.seed)
+
+    async def wait(self, base: float) -> None:
+        extra = self._rng.uniform(0.0, self.latency.jitter_s) if self.latency.jitter_s else 0.0
+        if base + extra > 0:
+            await self.clock.sleep(base + extra)
+
+    async def hang_if_asked(self) -> None:
+        if self.latency.fail == "timeout":
+            await self.clock.sleep(math.inf)
+
+    def drop_if_asked(self, delivered: int) -> None:
+        if self.latency.fail == "drop" and delivered >= self.latency.fail_after:
+            raise ConnectionResetError("fake provider dropped the stream")
+
+
+class _EnergyStream(VADStream):
+    window = 320  # 20 ms at 16 kHz
+
+    def __init__(self, threshold_dbfs: float) -> None:
+        super().__init__()
+        self.threshold_dbfs = threshold_dbfs
+
+    def _probability(self, window: PCM) -> float:
+        return 1.0 if rms_dbfs(window) > self.threshold_dbfs else 0.0
+
+
+class FakeVAD(VAD):
+    """Energy detector: any 20 ms window louder than the threshold is speech."""
+
+    name = "fake-vad"
+    inline = True  # cheap enough to run on the loop; keeps virtual time exact
+
+    def __init__(self, threshold_dbfs: float = -45.0) -> None:
+        self.threshold_dbfs = threshold_dbfs
+
+    def stream(self) -> VADStream:
+        return _EnergyStream(self.threshold_dbfs)
+
+
+class FakeSTT(STT):
+    """Returns scripted transcripts in order (cycling), after ``latency.first_s``."""
+
+    name = "fake-stt"
+
+    def __init__(self, script: Sequence[str] | Callable[[PCM], str] = ("hello",),
+                 latency: Latency = Latency(), clock: Clock | None = None) -> None:
+        self.script = script
+        self.calls = 0
+        self._waits = _Waits(latency, clock)
+
+    async def _transcribe(self, audio: PCM) -> str:
+        await self._waits.hang_if_asked()
+        await self._waits.wait(self._waits.latency.first_s)
+        self._waits.drop_if_asked(0)
+        self.calls += 1
+        if callable(self.script):
+            return self.script(audio)
+        return self.script[(self.calls - 1) % len(self.script)]
+
+    async def warm(self) -> None:
+        return None
+
+
+class FakeLLM(LLM):
+    """Streams a scripted reply word by word: first token after ``first_s``, then one
+    token every ``per_item_s``. Records the messages of every request."""
+
+    name = "fake-llm"
+
+    def __init__(self, replies: Sequence[str] | Callable[[list[ChatMessage]], str] = ("Hi.",),
+                 latency: Latency = Latency(), clock: Clock | None = None) -> None:
+        self.replies = replies
+        self.requests: list[list[ChatMessage]] = []
+        self.cancelled = 0
+        self.tokens_sent = 0
+        self._waits = _Waits(latency, clock)
+
+    async def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        self.requests.append(list(messages))
+        if callable(self.replies):
+            text = self.replies(messages)
+        else:
+            text = self.replies[(len(self.requests) - 1) % len(self.replies)]
+        words = text.split(" ")
+        finished = False
+        try:
+            await self._waits.hang_if_asked()
+            await self._waits.wait(self._waits.latency.first_s)
+            for i, word in enumerate(words):
+                if i:
+                    await self._waits.wait(self._waits.latency.per_item_s)
+                self._waits.drop_if_asked(i)
+                self.tokens_sent += 1
+                yield word if i == 0 else " " + word
+            finished = True
+        finally:
+            if not finished:
+                self.cancelled += 1
+
+    async def warm(self, messages: list[ChatMessage]) -> None:
+        return None
+
+
+class FakeTTS(TTS):
+    """Speaks a 440 Hz tone, ``seconds_per_word`` long per word, in ``chunk_s`` chunks.
+    First chunk after ``latency.first_s``; each later chunk after ``chunk_s * rtf``."""
+
+    name = "fake-tts"
+
+    def __init__(self, latency: Latency = Latency(), rtf: float = 0.0,
+                 seconds_per_word: float = 0.25, chunk_s: float = 0.1,
+                 sample_rate: int = 16_000, clock: Clock | None = None) -> None:
+        self.sample_rate = sample_rate
+        self.rtf = rtf
+        self.seconds_per_word = seconds_per_word
+        self.chunk_s = chunk_s
+        self.spoken: list[str] = []
+        self._waits = _Waits(latency, clock)
+
+    def duration(self, text: str) -> float:
+        return self.seconds_per_word * len(text.split())
+
+    async def _synthesize(self, text: str) -> AsyncIterator[PCM]:
+        await self._waits.hang_if_asked()
+        self.spoken.append(text)
+        total = round(self.duration(text) * self.sample_rate)
+        step = round(self.chunk_s * self.sample_rate)
+        t = np.arange(total) / self.sample_rate
+        audio = (0.3 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)
+        await self._waits.wait(self._waits.latency.first_s)
+        for i, start in enumerate(range(0, total, step)):
+            if i:
+                await self._waits.wait(self.chunk_s * self.rtf)
+            self._waits.drop_if_asked(i)
+            yield audio[start:start + step]
+
+    async def warm(self) -> None:
+        return None
+
+
+def fake_stack(*, stt: FakeSTT | None = None, llm: FakeLLM | None = None,
+               tts: FakeTTS | None = None, vad: FakeVAD | None = None) -> Stack:
+    return Stack(vad=vad or FakeVAD(), stt=stt or FakeSTT(), llm=llm or FakeLLM(),
+                 tts=tts or FakeTTS())

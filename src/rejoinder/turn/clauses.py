@@ -1,0 +1,74 @@
+"""Split a stream of LLM text deltas into clauses that TTS can speak right away.
+
+A clause ends at sentence punctuation, or at a comma/semicolon/colon/dash once it
+has at least ``min_words`` words (so "Well," alone does not become its own clip).
+Spoken output has no markdown: emphasis marks, headings, code ticks, list bullets
+and links are removed before text reaches TTS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]*_`]*(?=\s)")
+_SOFT_END = re.compile(r"[,;:]|\s[-–—]\s")
+_MARKDOWN = re.compile(r"(\*\*|__|\*|`+|^#{1,6}\s*|^\s*[-*+]\s+|^\s*\d+\.\s+)", re.MULTILINE)
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_SPACES = re.compile(r"\s+")
+
+
+def clean_for_speech(text: str) -> str:
+    """Remove markdown and collapse whitespace."""
+    text = _LINK.sub(r"\1", text)
+    text = _MARKDOWN.sub("", text)
+    return _SPACES.sub(" ", text)
+
+
+class ClauseSplitter:
+    """Feed deltas with :meth:`push`; it returns the clauses completed so far."""
+
+    def __init__(self, min_words: int = 3) -> None:
+        self.min_words = min_words
+        self._buf = ""
+
+    def push(self, delta: str) -> list[str]:
+        self._buf += delta
+        out: list[str] = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                return out
+            clause = clean_for_speech(self._buf[:cut]).strip()
+            self._buf = self._buf[cut:]
+            if clause:
+                out.append(clause)
+
+    def flush(self) -> list[str]:
+        clause = clean_for_speech(self._buf).strip()
+        self._buf = ""
+        return [clause] if clause else []
+
+    def _find_cut(self) -> int | None:
+        # A newline ends a clause too (LLMs put list items on their own lines).
+        nl = self._buf.find("\n")
+        m = _SENTENCE_END.search(self._buf)
+        ends = [e for e in (m.end() if m else None, nl + 1 if nl >= 0 else None) if e]
+        if ends:
+            return min(ends)
+        for soft in _SOFT_END.finditer(self._buf):
+            head = self._buf[:soft.end()]
+            # Need the following whitespace to know the word is finished.
+            if soft.end() < len(self._buf) and len(head.split()) >= self.min_words:
+                return soft.end()
+        return None
+
+
+async def clauses(deltas: AsyncIterator[str], min_words: int = 3) -> AsyncIterator[str]:
+    """Async form: yield each clause as soon as it is complete."""
+    splitter = ClauseSplitter(min_words)
+    async for delta in deltas:
+        for clause in splitter.push(delta):
+            yield clause
+    for clause in splitter.flush():
+        yield clause

@@ -1,0 +1,31 @@
+from rejoinder.turn.clauses import ClauseSplitter, clean_for_speech
+
+
+def split(deltas, min_words=3):
+    s = ClauseSplitter(min_words)
+    out = []
+    for d in deltas:
+        out += s.push(d)
+    return out + s.flush()
+
+
+def test_sentence_ends_once_the_next_token_shows_whitespace():
+    s = ClauseSplitter()
+    assert s.push("Hello there.") == []
+    assert s.push(" How") == ["Hello there."]
+    assert s.flush() == ["How"]
+
+
+def test_short_lead_in_is_not_its_own_clause_but_a_long_one_is():
+    assert split(["Well,", " I think", " so, and", " then more."]) == [
+        "Well, I think so,", "and then more."]
+
+
+def test_markdown_is_not_spoken():
+    assert split(["**Sure!** Here", " is `code`.\n- one\n- two"]) == [
+        "Sure!", "Here is code.", "one", "two"]
+    assert clean_for_speech("# Title [link](http://x) __b__") == "Title link b"
+
+
+def test_numbers_with_decimal_points_are_not_split():
+    assert split(["It costs 3.5 dollars", " today."]) == ["It costs 3.5 dollars today."]
