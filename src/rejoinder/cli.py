@@ -1,0 +1,135 @@
+"""The ``rejoinder`` command: ``serve`` and ``call``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rejoinder.core.errors import RejoinderError
+
+log = logging.getLogger("rejoinder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rejoinder", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the voice agent server")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--stack", choices=["local", "fake"], default="local",
+                       help="local: embedded offline models; fake: fixed-latency fakes")
+
+    call = sub.add_parser("call", help="call a server with a WAV as the microphone")
+    call.add_argument("--wav", type=Path, required=True, help="16-bit PCM WAV to speak")
+    call.add_argument("--out", type=Path, help="write what the agent said to this WAV")
+    call.add_argument("--url", default="http://127.0.0.1:8080", help="server URL")
+    call.add_argument("--json", type=Path, help="write the per-turn results as JSON")
+    call.add_argument("--tail", type=float, default=20.0,
+                      help="seconds to wait for the last reply after the WAV ends")
+    call.add_argument("--min-gap", type=float, default=0.7,
+                      help="silence (s) that separates two utterances in the WAV")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _call(args)
+    except RejoinderError as exc:
+        print(f"rejoinder: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rejoinder.config import load_config
+    from rejoinder.observability.logs import setup_logging
+    from rejoinder.providers.factory import build_stack
+    from rejoinder.providers.base import ChatMessage
+    from rejoinder.server.app import run_server
+
+    config = load_config(args.config)
+    server = config.server
+    if args.host:
+        server = dataclasses.replace(server, host=args.host)
+    if args.port is not None:
+        server = dataclasses.replace(server, port=args.port)
+    config = dataclasses.replace(config, server=server)
+    setup_logging(config.log.level, config.log.json)
+
+    async def run() -> None:
+        log.info("loading %s providers", args.stack)
+        stack = await asyncio.to_thread(build_stack, config, args.stack)
+        await stack.warm([ChatMessage("system", config.agent.system_prompt)])
+        log.info("providers warm")
+        try:
+            await run_server(config, stack)
+        finally:
+            await stack.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from rejoinder.client.caller import place_call
+    from rejoinder.client.measure import summarize
+    from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, read_wav, write_wav
+
+    logging.basicConfig(level=logging.WARNING)
+    pcm = read_wav(args.wav, SAMPLE_RATE)
+
+    def live(event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "user":
+            print(f"  you   [{event['turn']}]: {event['text']}", flush=True)
+        elif kind == "agent":
+            print(f"  agent [{event['turn']}]: {event['text']}", flush=True)
+        elif kind == "interrupted":
+            print(f"  agent [{event['turn']}] interrupted; heard: {event['heard']!r}", flush=True)
+        elif kind == "error":
+            print(f"  error [{event.get('turn')}]: {event.get('message')}", flush=True)
+
+    print(f"calling {args.url} with {args.wav} ({len(pcm) / SAMPLE_RATE:.1f} s)", flush=True)
+    result = asyncio.run(place_call(args.url, pcm, tail_s=args.tail, min_gap_s=args.min_gap,
+                                    on_event=live))
+    print(f"\ncall {result.call_id}: voice-to-voice latency measured at the caller")
+    print(f"{'turn':>4} {'v2v ms':>8}  server stages (ms after server end of speech)")
+    for t in result.turns:
+        v2v = "no reply" if t.v2v_ms is None else f"{t.v2v_ms:8.0f}"
+        stages = (t.server or {}).get("ms_after_speech_end", {})
+        brief = " ".join(f"{k}={v:.0f}" for k, v in stages.items() if k != "speech_end")
+        print(f"{t.index:>4} {v2v:>8}  {brief}")
+    lat = result.latencies()
+    if lat:
+        s = summarize(lat[1:] if len(lat) > 1 else lat)
+        print(f"\nfirst turn: {lat[0]:.0f} ms; later turns: p50 {s['p50']:.0f} ms, "
+              f"p95 {s['p95']:.0f} ms, max {s['max']:.0f} ms (n={int(s['n'])})")
+        a = summarize(lat)
+        print(f"all turns: p50 {a['p50']:.0f} ms, p95 {a['p95']:.0f} ms (n={int(a['n'])})")
+    missing = sum(1 for t in result.turns if t.v2v_ms is None)
+    if missing:
+        print(f"{missing} utterance(s) got no reply before the next one started")
+    if args.out:
+        import numpy as np
+
+        audio = np.concatenate(result.received.chunks) if result.received.chunks else \
+            np.zeros(0, dtype=np.int16)
+        write_wav(args.out, audio, OUT_RATE)
+        print(f"agent audio written to {args.out}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "call_id": result.call_id,
+            "turns": [{"index": t.index, "v2v_ms": t.v2v_ms, "user_text": t.user_text,
+                       "agent_text": t.agent_text, "server": t.server} for t in result.turns],
+        }, indent=2))
+    return 0 if lat else 1

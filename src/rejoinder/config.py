@@ -1,0 +1,190 @@
+"""Configuration: one TOML file plus environment overrides, validated on load.
+
+Every section is a frozen dataclass. ``REJOINDER_<SECTION>__<FIELD>`` in the
+environment overrides the file, e.g. ``REJOINDER_LLM__BASE_URL``. Any bad value
+raises :class:`ConfigError` naming the field (``llm.base_url``).
+
+    [server]   host, port, ice_servers, media_addresses, max_calls
+    [agent]    name, system_prompt, greeting
+    [turn]     vad_threshold, end_silence_s, min_speech_s, barge_in_min_s, ...
+    [llm]      provider ("local" | "openai"), base_url, model, api_key, ...
+    [log]      level, json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rejoinder.core.errors import ConfigError
+from rejoinder.turn.engine import TurnOptions
+
+ENV_PREFIX = "REJOINDER_"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant on a phone call. Answer in one or two short "
+    "spoken sentences. Never use lists, markdown, emoji or symbols."
+)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # STUN/TURN URLs for real deployments, e.g. ["stun:stun.example.org:3478"].
+    # Empty by default: works on loopback and LAN without contacting anyone.
+    ice_servers: list[str] = field(default_factory=list)
+    ice_username: str = ""
+    ice_credential: str = ""
+    # Addresses the server offers as its own media (ICE host) candidates. Empty means
+    # "all local addresses", except that a server bound to 127.0.0.1 offers 127.0.0.1.
+    media_addresses: list[str] = field(default_factory=list)
+    max_calls: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("server.port", "must be between 0 and 65535")
+        if self.max_calls < 1:
+            raise ConfigError("server.max_calls", "must be at least 1")
+        for url in self.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ConfigError("server.ice_servers", f"{url!r} is not a stun:/turn: URL")
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    name: str = "Rejoinder"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    greeting: str = ""  # spoken when the call connects; empty for none
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    provider: str = "local"  # "local" (embedded SmolLM2) or "openai" (any compatible server)
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key: str = ""
+    temperature: float = 0.3
+    max_tokens: int = 80
+    timeout_s: float = 10.0  # time limit for the first token
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("local", "openai"):
+            raise ConfigError("llm.provider", f"{self.provider!r} is not 'local' or 'openai'")
+        if self.provider == "openai":
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ConfigError("llm.base_url", "must start with http:// or https://")
+            if not self.model:
+                raise ConfigError("llm.model", "is required when llm.provider is 'openai'")
+        if self.max_tokens < 1:
+            raise ConfigError("llm.max_tokens", "must be at least 1")
+        if self.timeout_s <= 0:
+            raise ConfigError("llm.timeout_s", "must be positive")
+
+    def __repr__(self) -> str:  # keep the key out of logs and tracebacks
+        return f"LLMOptions(provider={self.provider!r}, base_url={self.base_url!r}, " \
+               f"model={self.model!r}, api_key={'***' if self.api_key else ''!r})"
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    level: str = "info"
+    json: bool = True
+
+    def __post_init__(self) -> None:
+        if self.level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log.level", f"{self.level!r} is not debug/info/warning/error")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerOptions = field(default_factory=ServerOptions)
+    agent: AgentOptions = field(default_factory=AgentOptions)
+    turn: TurnOptions = field(default_factory=TurnOptions)
+    llm: LLMOptions = field(default_factory=LLMOptions)
+    log: LogOptions = field(default_factory=LogOptions)
+
+
+def load_config(path: str | Path | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (TOML) if given, apply environment overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("(file)", f"{path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("(file)", f"{path} is not valid TOML: {exc}") from exc
+    env = os.environ if env is None else env
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+            raw.setdefault(section, {})[name] = _EnvValue(value)
+    return _build(Config, raw, "")
+
+
+class _EnvValue(str):
+    """A string from the environment, converted to the field's type when built."""
+
+
+def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "(file)", "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(name, f"unknown field (known: {', '.join(sorted(fields))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{name}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _convert(value, hint, name)
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (list, typing.List):  # noqa: UP006
+        if isinstance(value, _EnvValue):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(name, f"expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        if hint is bool:
+            if isinstance(value, _EnvValue):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return str(value)
+    except ValueError:
+        raise ConfigError(name, f"expected {hint.__name__}, got {value!r}") from None
+    return value

@@ -1,0 +1,84 @@
+"""Any OpenAI-compatible chat-completions server (vLLM, llama.cpp server, Ollama,
+LM Studio, a cloud API), streamed over server-sent events with aiohttp."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from rejoinder.core.errors import ProviderError, ProviderStreamError
+from rejoinder.providers.base import LLM, ChatMessage
+
+log = logging.getLogger(__name__)
+
+
+def to_openai_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Our history as chat-completions messages. An interrupted reply keeps what the
+    caller heard and says it was cut off, so the model does not assume it was heard."""
+    out = []
+    for m in messages:
+        content = m.content
+        if m.interrupted:
+            content = f"{content} [interrupted by the caller]".strip()
+        out.append({"role": m.role, "content": content})
+    return out
+
+
+class OpenAILLM(LLM):
+    name = "openai-llm"
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", *,
+                 temperature: float = 0.3, max_tokens: int = 80,
+                 first_token_timeout_s: float = 10.0) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.first_item_timeout_s = first_token_timeout_s
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
+        return self._session
+
+    async def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        body = {"model": self.model, "messages": to_openai_messages(messages), "stream": True,
+                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        try:
+            async with self._client().post(self.url, json=body, headers=self._headers) as resp:
+                if resp.status != 200:
+                    detail = (await resp.text())[:300]
+                    raise ProviderError(self.name, f"HTTP {resp.status} from {self.url}: {detail}")
+                async for line in resp.content:
+                    text = line.decode("utf-8", "replace").strip()
+                    if not text.startswith("data:"):
+                        continue
+                    data = text[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        choices = json.loads(data).get("choices") or [{}]
+                    except ValueError:
+                        raise ProviderStreamError(self.name, "malformed stream event") from None
+                    delta = (choices[0].get("delta") or {}).get("content")
+                    if delta:
+                        yield delta
+        except aiohttp.ClientError as exc:
+            raise ProviderStreamError(self.name, f"connection to {self.url} failed: {exc}") \
+                from exc
+
+    async def warm(self, messages: list[ChatMessage]) -> None:
+        """Remote servers keep their own caches; opening the connection is enough."""
+        self._client()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

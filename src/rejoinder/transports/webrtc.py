@@ -1,0 +1,141 @@
+"""WebRTC with aiortc: audio in and out of one peer connection, and its event channel.
+
+- :class:`AgentTrack` is the outgoing track: aiortc's sender pulls it, it paces
+  itself at 20 ms per frame and hands over whatever the playout has (or silence).
+- :func:`caller_frames` turns the incoming track into 16 kHz mono PCM frames.
+- :func:`pinned_host_addresses` limits which local addresses ICE offers as host
+  candidates (aioice has no option for it, and leaves 127.0.0.1 out).
+- :func:`ice_configuration` builds aiortc's configuration: no STUN unless asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import fractions
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, Resampler
+from rejoinder.core.clock import Clock
+from rejoinder.turn.playout import Playout
+
+log = logging.getLogger(__name__)
+
+_pinned: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "pinned_host_addresses", default=None)
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    pinned = _pinned.get()
+    if pinned is None:
+        return _original_get_host_addresses(use_ipv4, use_ipv6)
+    return list(pinned)
+
+
+aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextlib.contextmanager
+def pinned_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
+    """ICE gathering inside this block offers exactly ``addresses`` as host candidates
+    (None or empty: aioice's default, every non-loopback address)."""
+    token = _pinned.set(tuple(addresses) if addresses else None)
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
+
+
+def ice_configuration(urls: Sequence[str], username: str = "",
+                      credential: str = "") -> RTCConfiguration:
+    servers = [RTCIceServer(urls=u, username=username or None, credential=credential or None)
+               for u in urls]
+    return RTCConfiguration(iceServers=servers)
+
+
+class AgentTrack(MediaStreamTrack):
+    """The agent's voice: 20 ms frames at 48 kHz pulled from a :class:`Playout`."""
+
+    kind = "audio"
+
+    def __init__(self, playout: Playout, clock: Clock | None = None) -> None:
+        super().__init__()
+        self.playout = playout
+        self.clock = clock or Clock()
+        self._start: float | None = None
+        self._pts = 0
+        self._silence = np.zeros(OUT_FRAME_SAMPLES, dtype=np.int16)
+        self._time_base = fractions.Fraction(1, OUT_RATE)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = self.clock.now()
+        else:
+            wait = self._start + self._pts / OUT_RATE - self.clock.now()
+            if wait > 0:
+                await self.clock.sleep(wait)
+        pcm = self.playout.pull()
+        if pcm is None:
+            pcm = self._silence
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE
+        frame.pts = self._pts
+        frame.time_base = self._time_base
+        self._pts += OUT_FRAME_SAMPLES
+        return frame
+
+
+def frame_to_pcm(frame: av.AudioFrame) -> PCM:
+    """A decoded frame (packed or planar, any channel count) as mono int16."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        mono = data[0] if channels == 1 else data.mean(axis=0)
+    else:
+        flat = data.reshape(-1)
+        mono = flat if channels == 1 else flat.reshape(-1, channels).mean(axis=1)
+    if mono.dtype != np.int16:
+        if np.issubdtype(mono.dtype, np.floating) and frame.format.name.startswith("flt"):
+            mono = mono * 32767.0
+        mono = np.clip(mono, -32768, 32767).astype(np.int16)
+    return mono
+
+
+async def caller_frames(track: MediaStreamTrack) -> AsyncIterator[PCM]:
+    """The caller's audio as 16 kHz mono int16 chunks, until the track ends."""
+    resampler: Resampler | None = None
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        if resampler is None or resampler.in_rate != frame.sample_rate:
+            resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
+        pcm = resampler(frame_to_pcm(frame))
+        if pcm.size:
+            yield pcm
+
+
+async def close_quietly(pc: object, deadline: float = 2.0) -> None:
+    """Close a peer connection, logging (not raising) when it hangs or fails."""
+    close = getattr(pc, "close", None)
+    if close is None:
+        return
+    try:
+        async with asyncio.timeout(deadline):
+            await close()
+    except TimeoutError:
+        log.error("peer connection did not close within %.1f s", deadline)
+    except Exception as exc:
+        log.warning("peer connection close failed: %r", exc)
