@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds to wait for the last reply after the WAV ends")
     call.add_argument("--min-gap", type=float, default=0.7,
                       help="silence (s) that separates two utterances in the WAV")
+    call.add_argument("--jitter-frames", type=int, default=2,
+                      help="the caller's own jitter buffer, in 20 ms frames")
 
     args = parser.parse_args(argv)
     try:
@@ -101,7 +103,7 @@ def _call(args: argparse.Namespace) -> int:
 
     print(f"calling {args.url} with {args.wav} ({len(pcm) / SAMPLE_RATE:.1f} s)", flush=True)
     result = asyncio.run(place_call(args.url, pcm, tail_s=args.tail, min_gap_s=args.min_gap,
-                                    on_event=live))
+                                    jitter_frames=args.jitter_frames, on_event=live))
     print(f"\ncall {result.call_id}: voice-to-voice latency measured at the caller")
     print(f"{'turn':>4} {'v2v ms':>8}  server stages (ms after server end of speech)")
     for t in result.turns:

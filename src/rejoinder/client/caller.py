@@ -28,7 +28,12 @@ from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, 
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import RejoinderError
 from rejoinder.client.measure import Received, Utterance, find_utterances, onset_after
-from rejoinder.transports.webrtc import close_quietly, frame_to_pcm, pinned_host_addresses
+from rejoinder.transports.webrtc import (
+    close_quietly,
+    frame_to_pcm,
+    pinned_host_addresses,
+    set_jitter_buffer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +110,13 @@ class CallResult:
 
 
 async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: float = 20.0,
-                     min_gap_s: float = 0.7,
+                     min_gap_s: float = 0.7, jitter_frames: int = 2,
                      on_event: Callable[[dict[str, Any]], None] | None = None) -> CallResult:
     """Call the server at ``url`` and play ``pcm16k``; return per-turn measurements.
 
-    After the WAV ends, waits until the server has reported as many turns as the WAV
+    ``jitter_frames``: the caller's own jitter buffer (20 ms frames). It is part of what
+    the caller hears, so it is in the measured latency; 2 frames is a small buffer for a
+    clean link (aiortc's default of 4 would add 40 ms more). After the WAV ends, waits until the server has reported as many turns as the WAV
     has utterances (or ``tail_s`` seconds), plus time for the last reply to play.
     """
     clock = Clock()
@@ -145,7 +152,10 @@ async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: floa
         if remote.kind == "audio" and listener is None:
             listener = asyncio.create_task(_listen(remote, received, clock))
 
-    pc.addTrack(track)
+    sender = pc.addTrack(track)
+    for t in pc.getTransceivers():
+        if t.sender is sender:
+            set_jitter_buffer(t.receiver, jitter_frames)
     try:
         with pinned_host_addresses(["127.0.0.1"] if _is_loopback(url) else None):
             await pc.setLocalDescription(await pc.createOffer())

@@ -24,6 +24,7 @@ from rejoinder.transports.webrtc import (
     close_quietly,
     ice_configuration,
     pinned_host_addresses,
+    set_jitter_buffer,
 )
 from rejoinder.turn.engine import Conversation
 from rejoinder.turn.playout import Playout
@@ -66,6 +67,7 @@ class Call:
         if not audio:
             raise SignalingError("the offer has no audio media section")
         audio[0].sender.replaceTrack(AgentTrack(self.playout))
+        set_jitter_buffer(audio[0].receiver, self.config.server.jitter_buffer_frames)
         audio[0].direction = "sendrecv"
         with pinned_host_addresses(media_addresses):
             try:

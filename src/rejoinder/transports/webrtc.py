@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, Resampler
@@ -53,6 +54,22 @@ def pinned_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
         yield
     finally:
         _pinned.reset(token)
+
+
+def set_jitter_buffer(receiver: RTCRtpReceiver, frames: int) -> None:
+    """Hold ``frames`` audio frames before decoding instead of aiortc's fixed 4 (80 ms).
+
+    A frame is released when a later one has arrived, so 1 means 20 ms of delay. On
+    a call this delay sits on the critical path twice (the server hears the end of
+    speech late, the caller hears the reply late), so keep it as low as the network
+    allows; raise it for lossy or reordering networks. aiortc has no public setting
+    for it; this replaces the receiver's buffer before any packet arrives.
+    """
+    attr = "_RTCRtpReceiver__jitter_buffer"
+    if not hasattr(receiver, attr):
+        log.warning("aiortc changed: cannot set the jitter buffer; keeping its default")
+        return
+    setattr(receiver, attr, JitterBuffer(capacity=16, prefetch=max(0, frames)))
 
 
 def ice_configuration(urls: Sequence[str], username: str = "",

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+
+from rejoinder.config import Config, ServerOptions
+from rejoinder.providers.base import Stack
+from rejoinder.server.app import run_server
+
+
+@contextlib.asynccontextmanager
+async def serving(stack: Stack, **server_options: object) -> AsyncIterator[str]:
+    """Run the real server in this process on a free loopback port; yield its URL."""
+    config = dataclasses.replace(
+        Config(), server=ServerOptions(host="127.0.0.1", port=0, **server_options))  # type: ignore[arg-type]
+    ready, bound = asyncio.Event(), []
+    task = asyncio.create_task(run_server(config, stack, ready=ready, bound=bound))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield f"http://127.0.0.1:{bound[0]}"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+def serve():
+    return serving

@@ -1,0 +1,244 @@
+"""The embedded offline stack, with the real models (a few seconds to load, once per module)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rejoinder.core.audio import FRAME_SAMPLES, SAMPLE_RATE, read_wav, rms_dbfs, split_frames
+from rejoinder.core.errors import MissingExtraError
+from rejoinder.providers.base import ChatMessage, Stack
+from rejoinder.providers.local import load_local_stack, package_file
+from rejoinder.providers.local.silero import SileroVADStream
+from rejoinder.providers.local.smollm import SmolLM
+
+pytestmark = pytest.mark.slow
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+ILL_DISPOSED = LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav"
+SYSTEM = ChatMessage("system", "You are a friendly voice assistant. Answer in one short sentence.")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    loaded = load_local_stack()
+    yield loaded
+    asyncio.run(loaded.close())
+
+
+def words(text: str) -> list[str]:
+    """Lower case, punctuation and hyphens to spaces: "Ill-disposed." -> ["ill", "disposed"]."""
+    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
+
+
+def word_errors(ref: list[str], hyp: list[str]) -> int:
+    """Levenshtein distance over words."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def references() -> dict[str, list[str]]:
+    refs: dict[str, list[str]] = {}
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        m = re.match(r"<s> (.*) </s> \((.*)\)", line.strip())
+        if m:
+            refs[m.group(2)] = words(m.group(1))
+    return refs
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def max_probability(stream: SileroVADStream, pcm: np.ndarray) -> float:
+    return max(stream.push(frame) for frame in split_frames(pcm, FRAME_SAMPLES))
+
+
+# --- VAD ---------------------------------------------------------------------------------------
+
+def test_vad_is_low_on_silence_and_noise_and_high_on_speech(stack: Stack) -> None:
+    silence = np.zeros(SAMPLE_RATE, dtype=np.int16)
+    noise = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 100).astype(np.int16)
+    speech = read_wav(ILL_DISPOSED)
+
+    vad = stack.vad.stream()
+    assert isinstance(vad, SileroVADStream)
+    assert max_probability(vad, silence) < 0.1
+    assert max_probability(vad, noise) < 0.3
+    probs = [vad.push(f) for f in split_frames(speech, FRAME_SAMPLES)]
+    assert max(probs) > 0.9
+    assert np.mean(np.array(probs) > 0.5) > 0.5  # most of the recording is speech
+
+
+def test_vad_streams_are_independent_and_reused_instances_start_blank(stack: Stack) -> None:
+    speech = read_wav(ILL_DISPOSED)
+    a = stack.vad.stream()
+    b = stack.vad.stream()
+    assert isinstance(a, SileroVADStream) and isinstance(b, SileroVADStream)
+    assert max_probability(a, speech[: SAMPLE_RATE]) > 0.9
+    # b has seen nothing: a's state must not leak into it.
+    assert max_probability(b, np.zeros(SAMPLE_RATE // 2, dtype=np.int16)) < 0.1
+    a.close()
+    a.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        a.push(np.zeros(1024, dtype=np.int16))
+    # The next stream reuses a's native instance; its state must be reset.
+    c = stack.vad.stream()
+    assert isinstance(c, SileroVADStream)
+    first = c.push(np.zeros(c.window, dtype=np.int16))
+    assert first < 0.1
+
+
+# --- STT ---------------------------------------------------------------------------------------
+
+async def test_whisper_transcribes_a_librivox_sentence(stack: Stack) -> None:
+    text = await stack.stt.transcribe(read_wav(ILL_DISPOSED))
+    hyp = words(text)
+    ref = references()[ILL_DISPOSED.stem]  # "he was not an ill disposed young man"
+    assert " ".join(hyp).startswith("he was not an")
+    assert hyp[-2:] == ["young", "man"]
+    # tiny.en hears "ill disposed" as "old-sposed" (every compute type, beam 1 and 5): two errors.
+    assert word_errors(ref, hyp) <= 2, text
+
+
+async def test_whisper_word_error_rate_on_five_librivox_sentences(stack: Stack) -> None:
+    refs = references()
+    errors = total = 0
+    for stem, ref in refs.items():
+        hyp = words(await stack.stt.transcribe(read_wav(LIBRIVOX / f"{stem}.wav")))
+        errors += word_errors(ref, hyp)
+        total += len(ref)
+    assert total > 50
+    assert errors / total <= 0.15
+
+
+async def test_whisper_does_not_block_the_event_loop(stack: Stack) -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    await stack.stt.transcribe(read_wav(ILL_DISPOSED))
+    elapsed = time.perf_counter() - started
+    ticker.cancel()
+    assert ticks >= 0.5 * elapsed / 0.01
+
+
+# --- LLM ---------------------------------------------------------------------------------------
+
+async def test_llm_streams_tokens(stack: Stack) -> None:
+    deltas = [d async for d in stack.llm.stream([SYSTEM, ChatMessage("user", "Hello, who are you?")])]
+    assert any(d.strip() for d in deltas)
+    assert len("".join(deltas)) > 3
+
+
+async def test_llm_stops_generating_when_the_consumer_stops(stack: Stack) -> None:
+    story = [SYSTEM, ChatMessage("user", "Tell me a long story about a dragon and a knight.")]
+    async for _ in stack.llm.stream(story):
+        pass  # warm, and shows how long a full reply runs
+    async for delta in stack.llm.stream(story):
+        assert isinstance(delta, str)
+        break
+    before = cpu_seconds()
+    await asyncio.sleep(0.5)
+    # Generation continuing would burn ~2 threads x 0.5 s of CPU; a token or two is ~0.05 s.
+    assert cpu_seconds() - before < 0.25
+
+    started = time.perf_counter()
+    reply = ""
+    async for delta in stack.llm.stream([SYSTEM, ChatMessage("user", "Say hello.")]):
+        reply += delta
+        if reply.strip():
+            break
+    assert reply.strip()
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_llm_reuses_the_prompt_prefix(stack: Stack) -> None:
+    system = ChatMessage("system", "You are a helpful assistant for a bakery. " * 12)
+    first = [system, ChatMessage("user", "Do you sell bread?")]
+
+    async def time_to_first_token(messages: list[ChatMessage]) -> float:
+        started = time.perf_counter()
+        async for _ in stack.llm.stream(messages):
+            break
+        return time.perf_counter() - started
+
+    cold = await time_to_first_token(first)
+    warm = await time_to_first_token(
+        [system, ChatMessage("user", "Do you sell bread?"), ChatMessage("assistant", "Yes."),
+         ChatMessage("user", "And cakes?")])
+    assert warm < cold * 0.6, (cold, warm)
+
+
+def test_llm_request_marks_interruptions_and_trims_history(stack: Stack) -> None:
+    llm = stack.llm
+    assert isinstance(llm, SmolLM)
+    request = llm.request([SYSTEM, ChatMessage("user", "Hi"),
+                           ChatMessage("assistant", "Hello, I can", interrupted=True),
+                           ChatMessage("user", "Stop.")])
+    assert request["messages"][2] == {"role": "assistant", "content": "Hello, I can…"}
+    assert request["max_tokens"] == 60 and request["stream"] is True
+
+    long_history = [SYSTEM] + [
+        ChatMessage("user" if i % 2 == 0 else "assistant", f"message {i} " + "blah " * 60)
+        for i in range(60)
+    ] + [ChatMessage("user", "Last question?")]
+    sent = llm.request(long_history)["messages"]
+    assert sent[0] == {"role": "system", "content": SYSTEM.content}
+    assert sent[-1] == {"role": "user", "content": "Last question?"}
+    assert 2 < len(sent) < len(long_history)
+    assert sum(len(m["content"]) for m in sent) < 2048 * 3
+
+
+async def test_llm_long_history_still_answers(stack: Stack) -> None:
+    long_history = [SYSTEM] + [
+        ChatMessage("user" if i % 2 == 0 else "assistant", "The weather is nice today. " * 20)
+        for i in range(40)
+    ] + [ChatMessage("user", "What is two plus two?")]
+    async for delta in stack.llm.stream(long_history):
+        assert isinstance(delta, str)
+        break
+    else:
+        pytest.fail("no token for a long history")
+
+
+# --- TTS ---------------------------------------------------------------------------------------
+
+async def test_piper_speaks(stack: Stack) -> None:
+    assert stack.tts.sample_rate == 22_050
+    chunks = [c async for c in stack.tts.synthesize("Hello there.")]
+    assert chunks
+    assert all(c.dtype == np.int16 and c.ndim == 1 for c in chunks)
+    audio = np.concatenate(chunks)
+    assert 0.3 < len(audio) / stack.tts.sample_rate < 3.0
+    assert rms_dbfs(audio) > -30.0
+
+
+async def test_piper_streams_sentence_by_sentence(stack: Stack) -> None:
+    chunks = [c async for c in stack.tts.synthesize("One. Two! Three?")]
+    assert len(chunks) == 3
+
+
+# --- packaging ---------------------------------------------------------------------------------
+
+def test_a_missing_model_package_names_the_extra() -> None:
+    with pytest.raises(MissingExtraError, match=r"rejoinder\[local\]"):
+        package_file("no_such_model_package_xyz", "model.bin")
