@@ -144,7 +144,8 @@ async def test_whisper_does_not_block_the_event_loop(stack: Stack) -> None:
 # --- LLM ---------------------------------------------------------------------------------------
 
 async def test_llm_streams_tokens(stack: Stack) -> None:
-    deltas = [d async for d in stack.llm.stream([SYSTEM, ChatMessage("user", "Hello, who are you?")])]
+    chat = [SYSTEM, ChatMessage("user", "Hello, who are you?")]
+    deltas = [d async for d in stack.llm.stream(chat)]
     assert any(d.strip() for d in deltas)
     assert len("".join(deltas)) > 3
 

@@ -10,7 +10,7 @@ from rejoinder.core.clock import Clock
 from rejoinder.providers.base import ChatMessage
 from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack, run_virtual
 from rejoinder.testing.loopback import Ear, script_audio, speak
-from rejoinder.turn.engine import Conversation, TurnOptions
+from rejoinder.turn.engine import Conversation
 
 approx = lambda x: pytest.approx(x, abs=1e-6)  # noqa: E731  float sums of 20 ms steps
 

@@ -55,8 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from rejoinder.config import load_config
     from rejoinder.observability.logs import setup_logging
-    from rejoinder.providers.factory import build_stack
     from rejoinder.providers.base import ChatMessage
+    from rejoinder.providers.factory import build_stack
     from rejoinder.server.app import run_server
 
     config = load_config(args.config)

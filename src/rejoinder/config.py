@@ -133,7 +133,8 @@ def load_config(path: str | Path | None = None,
         if key.startswith(ENV_PREFIX) and "__" in key:
             section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
             raw.setdefault(section, {})[name] = _EnvValue(value)
-    return _build(Config, raw, "")
+    config: Config = _build(Config, raw, "")
+    return config
 
 
 class _EnvValue(str):

@@ -24,10 +24,10 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from rejoinder.client.measure import Received, Utterance, find_utterances, onset_after
 from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, resample
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import RejoinderError
-from rejoinder.client.measure import Received, Utterance, find_utterances, onset_after
 from rejoinder.transports.webrtc import (
     close_quietly,
     frame_to_pcm,
@@ -116,7 +116,9 @@ async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: floa
 
     ``jitter_frames``: the caller's own jitter buffer (20 ms frames). It is part of what
     the caller hears, so it is in the measured latency; 2 frames is a small buffer for a
-    clean link (aiortc's default of 4 would add 40 ms more). After the WAV ends, waits until the server has reported as many turns as the WAV
+    clean link (aiortc's default of 4 would add 40 ms more).
+
+    After the WAV ends, waits until the server has reported as many turns as the WAV
     has utterances (or ``tail_s`` seconds), plus time for the last reply to play.
     """
     clock = Clock()
@@ -183,6 +185,7 @@ async def _listen(remote: MediaStreamTrack, received: Received, clock: Clock) ->
             frame = await remote.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, av.AudioFrame)
         received.times.append(clock.now())
         received.chunks.append(frame_to_pcm(frame))
 

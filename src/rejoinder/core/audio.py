@@ -34,7 +34,8 @@ class Resampler:
     def __call__(self, pcm: PCM, last: bool = False) -> PCM:
         if self._stream is None:
             return pcm
-        return self._stream.resample_chunk(pcm, last=last)
+        out: PCM = self._stream.resample_chunk(pcm, last=last)
+        return out
 
 
 def resample(pcm: PCM, in_rate: int, out_rate: int) -> PCM:

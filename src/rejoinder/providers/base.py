@@ -89,7 +89,7 @@ class STT(ABC):
         await self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.int16))
 
 
-class _Streaming(ABC):
+class _Streaming:
     """Shared first-item time limit for streaming providers."""
 
     name = "provider"

@@ -5,9 +5,9 @@ from ASGI, and aiohttp is both the server and the HTTP client the OpenAI-compati
 LLM provider streams with, so one dependency does both jobs.
 
     GET  /                  the call page
-    POST /api/offer         {"sdp": ..., "type": "offer"} -> {"sdp": ..., "type": "answer", "call_id": ...}
+    POST /api/offer         {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "call_id"}
     GET  /api/calls/{id}    the turn records of a live or recently ended call
-    GET  /api/health        {"status": "ok", "calls": N, "max_calls": M}
+    GET  /api/health        {status, calls, max_calls}
 
 Errors are JSON ``{"error": message}``: 400 for a bad offer, 503 when the server
 already carries ``server.max_calls`` calls.

@@ -126,7 +126,8 @@ def frame_to_pcm(frame: av.AudioFrame) -> PCM:
         if np.issubdtype(mono.dtype, np.floating) and frame.format.name.startswith("flt"):
             mono = mono * 32767.0
         mono = np.clip(mono, -32768, 32767).astype(np.int16)
-    return mono
+    out: PCM = mono
+    return out
 
 
 async def caller_frames(track: MediaStreamTrack) -> AsyncIterator[PCM]:
@@ -137,6 +138,7 @@ async def caller_frames(track: MediaStreamTrack) -> AsyncIterator[PCM]:
             frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, av.AudioFrame)
         if resampler is None or resampler.in_rate != frame.sample_rate:
             resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
         pcm = resampler(frame_to_pcm(frame))
