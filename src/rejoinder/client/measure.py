@@ -1,4 +1,4 @@
-"""What the caller measures, from the audio itself (definitions in docs/latency.md).
+"""What the caller measures, from the audio itself (definitions in the design notes: EoS is the last speech sample sent).
 
 - The caller's utterances are found in the audio it plays: 10 ms windows louder
   than a threshold, merged across gaps shorter than ``min_gap_s``. End of speech

@@ -59,9 +59,14 @@ def load_local_stack(
     from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
     from rejoinder.providers.local.whisper import WhisperOptions, WhisperSTT
 
-    return Stack(
-        vad=SileroVAD(vad or SileroOptions()),
-        stt=WhisperSTT(stt or WhisperOptions()),
-        llm=SmolLM(llm or SmolLMOptions()),
-        tts=PiperTTS(tts or PiperOptions()),
-    )
+    loaded: list[SileroVAD | WhisperSTT | SmolLM | PiperTTS] = []
+    try:
+        loaded.append(v := SileroVAD(vad or SileroOptions()))
+        loaded.append(s := WhisperSTT(stt or WhisperOptions()))
+        loaded.append(m := SmolLM(llm or SmolLMOptions()))
+        loaded.append(t := PiperTTS(tts or PiperOptions()))
+    except BaseException:
+        for provider in loaded:  # free what did load before re-raising
+            provider.close()
+        raise
+    return Stack(vad=v, stt=s, llm=m, tts=t)
