@@ -60,11 +60,10 @@ ui.call.addEventListener("click", () => {
 
 async function placeCall() {
   resetCall();
-  setState("connecting", "connecting…");
-  ui.call.disabled = true;
   const c = { pc: null, channel: null, mic: null, ctx: null, meter: null, onsetsPending: [] };
   call = c;
-  try {
+  setState("connecting", "connecting…");
+  {
     // The AudioContext is created inside the click so it is allowed to run.
     c.ctx = new AudioContext({ latencyHint: "interactive" });
     c.mic = await navigator.mediaDevices.getUserMedia({
@@ -72,7 +71,10 @@ async function placeCall() {
     }).catch((err) => {
       throw new Error(`microphone unavailable: ${err.message || err.name}`);
     });
-    if (call !== c) return;  // hung up meanwhile
+    if (call !== c) {  // hung up meanwhile
+      for (const t of c.mic.getTracks()) t.stop();
+      return;
+    }
     c.meter = await startMeter(c.ctx, c.mic);
 
     const pc = new RTCPeerConnection({ iceServers: [] });
@@ -99,9 +101,6 @@ async function placeCall() {
     state.callId = answer.call_id || null;
     console.debug("[rejoinder] answer for call", state.callId, "\n" + answer.sdp);
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-  } finally {
-    ui.call.disabled = false;
-    renderButton();
   }
 }
 
@@ -206,7 +205,8 @@ function onServerMessage(data) {
   if (!ev || typeof ev !== "object") return;
   ev.at = performance.now();
   state.events.push(ev);
-  const t = typeof ev.turn === "number" ? turnRecord(ev.turn) : null;
+  if (typeof ev.turn !== "number") return;
+  const t = turnRecord(ev.turn);
   switch (ev.type) {
     case "user":
       t.user = String(ev.text);
@@ -233,7 +233,7 @@ function onServerMessage(data) {
     default:
       return;
   }
-  if (t) render(t);
+  render(t);
 }
 
 function turnRecord(n) {
@@ -254,7 +254,9 @@ function onAgentOnset(c, o) {
   state.onsets.push(o);
   if (o.eos === null || o.callerSpeaking) return;  // not a reply to a finished utterance
   const latest = latestUserTurn();
-  if (latest && latest.latencyMs === null) {
+  // The "user" event of the utterance this onset answers comes after its end of speech
+  // (the server needs end_silence_s to decide); a later end of speech is a later turn.
+  if (latest && latest.latencyMs === null && c.meter.toPageTime(o.eos) < latest.userAt) {
     assignLatency(latest, o);
   } else {
     // The audio outran the "user" event of its turn (or it is a later burst of a turn
@@ -269,7 +271,7 @@ function claimPendingOnset(t) {
   const pending = call.onsetsPending;
   call.onsetsPending = [];
   // Only an onset after the caller's last speech answers this utterance.
-  const o = pending.find((p) => p.eos !== null && p.eos >= lastMicSpeech() - 1e-6);
+  const o = pending.find((p) => lastMicSpeech() <= p.onset);
   if (o) assignLatency(t, o);
 }
 
@@ -379,6 +381,8 @@ async function startMeter(ctx, micStream) {
   const meter = {
     eos: -Infinity,
     attachAgent(stream) { ctx.createMediaStreamSource(stream).connect(node, 0, 1); },
+    // Page time (performance.now() ms) of a context time; good to a render quantum or so.
+    toPageTime(t) { return performance.now() - (ctx.currentTime - t) * 1000; },
   };
   node.port.onmessage = (m) => {
     const d = m.data;
