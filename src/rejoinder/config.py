@@ -77,7 +77,7 @@ class LLMOptions:
     model: str = ""
     api_key: str = ""
     temperature: float = 0.3
-    max_tokens: int = 80
+    max_tokens: int = 60
     timeout_s: float = 10.0  # time limit for the first token
 
     def __post_init__(self) -> None:

@@ -19,8 +19,10 @@ def build_stack(config: Config, kind: str = "local") -> Stack:
         )
     elif kind == "local":
         from rejoinder.providers.local import load_local_stack
+        from rejoinder.providers.local.smollm import SmolLMOptions
 
-        stack = load_local_stack(llm=config.llm if config.llm.provider == "local" else None)
+        stack = load_local_stack(llm=SmolLMOptions(
+            max_tokens=config.llm.max_tokens, temperature=config.llm.temperature))
     else:
         raise ValueError(f"unknown stack {kind!r}")
     if config.llm.provider == "openai":

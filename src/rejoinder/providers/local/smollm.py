@@ -5,10 +5,14 @@ slot per conversation; ``handle_chat_completions`` posts an OpenAI-style request
 ``stream``, calls back once per chunk in the calling thread (the GIL is released while it
 waits). Returning ``True`` from the callback ends the request, and the server cancels the task,
 so a consumer that stops iterating stops decoding within one token (~10 ms). Prompt evaluation
-itself cannot be interrupted (~5 ms per prompt token on 2 cores).
+itself cannot be interrupted (~5-8 ms per prompt token on 2 cores).
 
 Each slot keeps its KV cache between requests (``cache_prompt``), so a turn that extends the
-previous conversation only evaluates the new tokens.
+previous conversation only evaluates the new tokens; caches of other conversations wait in host
+memory (``cache_ram_mib``), and dropping old history shifts the cache instead of discarding it
+(``n_cache_reuse``, when the slot still holds it). History beyond ``prompt_tokens`` (estimated
+from characters) is dropped, oldest first, in steps of half that budget so the prompt's prefix,
+and with it the cache, holds for many turns.
 
 The model is tiny and weak: short canned replies only. It exists so the product runs offline
 out of the box; real deployments point the agent at an OpenAI-compatible server.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -34,14 +39,16 @@ log = logging.getLogger(__name__)
 
 _CHARS_PER_TOKEN = 3.0  # conservative for English with SmolLM2's tokenizer (~4 measured)
 _TOKENS_PER_MESSAGE = 5  # the chat template's "<|im_start|>role\n ... <|im_end|>\n"
-_TRIM_STEP = 8  # history is cut in blocks of messages, so the cut (and the cached prefix) holds
 
 
 @dataclass(frozen=True)
 class SmolLMOptions:
     model_path: Path | None = None  # a chat GGUF; None: SmolLM2-135M-Instruct Q4_1 from the package
     threads: int = 2
-    context: int = 2048  # tokens per conversation slot
+    context: int = 2048  # tokens per conversation slot (its KV cache)
+    # The longest prompt sent; older history is dropped. A prompt with nothing cached evaluates
+    # at ~150-190 tokens/s on 2 cores, so this bounds the worst first-token delay to ~4-5 s.
+    prompt_tokens: int = 1024
     parallel: int = 1  # conversations decoded at once; more requests wait for a free slot
     max_tokens: int = 60
     temperature: float = 0.3
@@ -49,7 +56,9 @@ class SmolLMOptions:
     # " [interrupted]" gets copied into the model's next replies (and then spoken); an ellipsis
     # says the same thing and is harmless when copied.
     interrupted_suffix: str = "…"
-    prompt_cache_mib: int = 128  # host memory for prompt caches of idle slots
+    # Host memory for the KV caches of conversations that left their slot (~24 KB a token), so
+    # calls that take turns on one slot do not evaluate their whole history again.
+    prompt_cache_mib: int = 256
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -58,8 +67,10 @@ class SmolLMOptions:
             raise ConfigError("llm.parallel", "must be >= 1")
         if self.max_tokens < 1:
             raise ConfigError("llm.max_tokens", "must be >= 1")
-        if self.context < self.max_tokens + 64:
-            raise ConfigError("llm.context", "must leave room for a prompt beyond max_tokens")
+        if self.prompt_tokens < 64:
+            raise ConfigError("llm.prompt_tokens", "must be >= 64")
+        if self.context < self.prompt_tokens + self.max_tokens:
+            raise ConfigError("llm.context", "must be >= prompt_tokens + max_tokens")
         if self.temperature < 0:
             raise ConfigError("llm.temperature", "must be >= 0")
         if self.prompt_cache_mib < 0:
@@ -72,6 +83,9 @@ class SmolLM(LLM):
     name = "smollm"
 
     def __init__(self, options: SmolLMOptions | None = None) -> None:
+        #: llama.cpp's timings of the last request that ran to the end: prompt_n (tokens
+        #: evaluated), cache_n (prompt tokens reused from the cache), predicted_n, ... .
+        self.last_timings: dict[str, Any] = {}
         self.options = o = options or SmolLMOptions()
         try:
             import xllamacpp
@@ -95,6 +109,9 @@ class SmolLM(LLM):
         params.sampling.temp = o.temperature
         params.cache_prompt = True
         params.cache_ram_mib = o.prompt_cache_mib
+        # Reuse cached chunks of >= 64 tokens after a shift (KV shifting), so dropping the
+        # oldest history does not evaluate everything after it again.
+        params.n_cache_reuse = 64
         params.verbosity = 1  # native log lines (stderr): errors only
         # The embedded server always listens on 127.0.0.1 at a random port as well, with CORS
         # open to every origin. Nothing here uses HTTP, so lock it with a key nobody knows.
@@ -126,24 +143,30 @@ class SmolLM(LLM):
         return {"role": message.role, "content": content}
 
     def _fit(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-        """Drop the oldest non-system messages, a block at a time, until the prompt fits."""
-        o = self.options
+        """Drop the oldest non-system messages (never the last one) until the prompt fits.
 
-        def fits(kept: Sequence[ChatMessage]) -> bool:
-            tokens = sum(len(m.content) / _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE for m in kept)
-            return tokens + o.max_tokens <= o.context
-
-        if fits(messages):
+        The amount dropped is rounded up to a multiple of half the budget, so the cut stays at
+        the same message for many turns: the prompt keeps its prefix and the cache stays valid.
+        It moves (and the prompt after it is evaluated again) only every half budget or so.
+        """
+        budget = self.options.prompt_tokens
+        cost = [len(m.content) / _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE for m in messages]
+        excess = sum(cost) - budget
+        if excess <= 0:
             return list(messages)
-        droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
-        kept = list(messages)
-        for n in range(_TRIM_STEP, len(droppable) + _TRIM_STEP, _TRIM_STEP):
-            gone = set(droppable[:n])
-            kept = [m for i, m in enumerate(messages) if i not in gone]
-            if fits(kept):
+        step = budget / 2
+        target = math.ceil(excess / step) * step
+        gone: set[int] = set()
+        dropped = 0.0
+        for i, m in enumerate(messages[:-1]):
+            if dropped >= target:
                 break
-        log.debug("llm: history trimmed from %d to %d messages", len(messages), len(kept))
-        return kept
+            if m.role != "system":
+                gone.add(i)
+                dropped += cost[i]
+        log.debug("llm: history trimmed from %d to %d messages",
+                  len(messages), len(messages) - len(gone))
+        return [m for i, m in enumerate(messages) if i not in gone]
 
     async def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
         request = self.request(messages)
@@ -171,8 +194,10 @@ class SmolLM(LLM):
                     if content:
                         put(content)
                 timings = chunk.get("timings")
-                if timings is not None and log.isEnabledFor(logging.DEBUG):
-                    _log_timings(timings)
+                if timings is not None:
+                    self.last_timings = timings
+                    if log.isEnabledFor(logging.DEBUG):
+                        _log_timings(timings)
             except Exception as exc:  # a malformed chunk; raised in the consumer
                 failure.append(exc)
                 return True
