@@ -176,7 +176,7 @@ class FakeTTS(TTS):
         return None
 
 
-def fake_stack(*, stt: FakeSTT | None = None, llm: FakeLLM | None = None,
-               tts: FakeTTS | None = None, vad: FakeVAD | None = None) -> Stack:
+def fake_stack(*, stt: STT | None = None, llm: LLM | None = None,
+               tts: TTS | None = None, vad: VAD | None = None) -> Stack:
     return Stack(vad=vad or FakeVAD(), stt=stt or FakeSTT(), llm=llm or FakeLLM(),
                  tts=tts or FakeTTS())

@@ -10,17 +10,26 @@
 //     sample-accurate clock (an AnalyserNode poll is stamped when the timer happens to
 //     fire: several ms of jitter, and timers in a hidden tab run once a second);
 //   - runs on the audio thread, so main-thread work (rendering, GC) cannot delay it.
-// In the worklet, the caller's end of speech is the end of the last 10 ms window of mic
-// audio louder than MIC_DBFS (the same windows as the program caller in
-// rejoinder.client.measure), and the agent onset is the first agent sample at or above
-// AGENT_AMP after AGENT_QUIET_MS with none. Latency = onset - end of speech, kept only if
-// the caller was silent at the onset, and given to the turn of the latest "user" event.
-// Limits: both streams reach the context through Chromium's capture/playout buffers
+// In the worklet, the caller's end of speech (EoS) is the end of the last 10 ms window of
+// mic audio louder than MIC_DBFS after a MIC_HIGHPASS_HZ high-pass (the windows and
+// threshold of the program caller in rejoinder.client.measure), and the agent onset is
+// the first agent sample at or above AGENT_AMP after AGENT_QUIET_MS without one.
+// Latency = onset - EoS, kept only if the caller was silent at the onset, and given to the
+// turn of the latest "user" event (or of the next one, if the audio outruns the event).
+// Resolution: the EoS is quantised to 10 ms windows, the onset is exact to the sample.
+// Limits: both streams reach the context through Chromium's capture and playout buffers
 // (about 10 ms each, partly cancelling); the agent side is measured when it arrives at
-// the page, not when it leaves the loudspeaker (add AudioContext.outputLatency for that).
+// the page, not when it leaves the loudspeaker (add AudioContext.outputLatency for that);
+// a threshold cannot tell quiet speech from loud noise (use ?raw=1 only in quiet rooms).
 "use strict";
 
-const MIC_DBFS = -45;           // caller speech threshold, RMS over 10 ms (raw audio)
+// Caller speech: a 10 ms window of high-passed mic audio louder than MIC_DBFS (RMS).
+// Without the high-pass, rumble below 100 Hz (room, handling, breath) at -40..-45 dBFS
+// counts as speech: in the LibriVox test sentences it moves the end of speech up to
+// 270 ms past the words. The server never hears that rumble (Opus in VoIP mode
+// high-passes it), so its VAD ends the turn earlier and the page would under-report.
+const MIC_HIGHPASS_HZ = 100;
+const MIC_DBFS = -40;
 const AGENT_AMP = 500 / 32768;  // a non-silent agent sample (as rejoinder.client.measure)
 const AGENT_QUIET_MS = 300;     // agent silence that makes the next loud sample an onset
 const STAGES = ["vad_end", "stt_final", "llm_first_token", "first_clause",
@@ -49,21 +58,22 @@ const state = {
 };
 window.rejoinder = state;
 
-let call = null;      // the live call: {pc, channel, mic, ctx, meter}
+let call = null;      // the live call: {pc, channel, mic, ctx, meter, onsetsPending}
 
 // -- the call -----------------------------------------------------------------------------
 
 ui.call.addEventListener("click", () => {
   if (call) hangUp("call ended");
-  else placeCall().catch((err) => fail(err));
+  else placeCall();
 });
 
 async function placeCall() {
   resetCall();
-  const c = { pc: null, channel: null, mic: null, ctx: null, meter: null, onsetsPending: [] };
+  const c = { pc: null, channel: null, mic: null, ctx: null, meter: null, onsetsPending: [],
+              jitter: null };
   call = c;
   setState("connecting", "connecting…");
-  {
+  try {
     // The AudioContext is created inside the click so it is allowed to run.
     c.ctx = new AudioContext({ latencyHint: "interactive" });
     c.mic = await navigator.mediaDevices.getUserMedia({
@@ -101,6 +111,8 @@ async function placeCall() {
     state.callId = answer.call_id || null;
     console.debug("[rejoinder] answer for call", state.callId, "\n" + answer.sdp);
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  } catch (err) {
+    if (call === c) fail(err);  // else: hung up meanwhile; nothing to report
   }
 }
 
@@ -115,7 +127,8 @@ function iceGatheringComplete(pc, timeoutMs) {
     };
     // Without STUN there is nothing slow to gather; go with what we have if it stalls.
     const timer = setTimeout(() => {
-      console.warn("[rejoinder] ICE gathering still", pc.iceGatheringState, "after", timeoutMs, "ms");
+      console.warn("[rejoinder] ICE gathering still", pc.iceGatheringState,
+                   "after", timeoutMs, "ms");
       pc.removeEventListener("icegatheringstatechange", done);
       resolve();
     }, timeoutMs);
@@ -240,7 +253,8 @@ function turnRecord(n) {
   let t = state.turns.find((x) => x.turn === n);
   if (!t) {
     t = { turn: n, user: null, userAt: null, agent: [], interrupted: false, heard: null,
-          error: null, trace: null, outcome: null, latencyMs: null, onset: null, eos: null };
+          error: null, trace: null, outcome: null, latencyMs: null, onset: null, eos: null,
+          jitterBufferMs: null };
     state.turns.push(t);
     state.turns.sort((a, b) => a.turn - b.turn);
   }
@@ -293,6 +307,24 @@ function assignLatency(t, o) {
   state.latencies.push({ turn: t.turn, ms: t.latencyMs, eos: o.eos, onset: o.onset });
   render(t);
   renderSummary();
+  if (call) sampleJitterBuffer(call, t);
+}
+
+// The browser's own share of "network + playout": the average delay of its jitter buffer
+// since the previous sample (WebRTC stats, inbound audio).
+async function sampleJitterBuffer(c, t) {
+  let stats;
+  try { stats = await c.pc.getStats(); } catch { return; }
+  for (const r of stats.values()) {
+    if (r.type !== "inbound-rtp" || r.kind !== "audio" || !r.jitterBufferEmittedCount) continue;
+    const prev = c.jitter || { delay: 0, count: 0 };
+    const count = r.jitterBufferEmittedCount - prev.count;
+    if (count > 0) {
+      t.jitterBufferMs = Math.round(((r.jitterBufferDelay - prev.delay) / count) * 1000);
+    }
+    c.jitter = { delay: r.jitterBufferDelay, count: r.jitterBufferEmittedCount };
+    render(t);
+  }
 }
 
 // The AudioWorklet: runs on the audio thread, one instance with two inputs (0: mic,
@@ -352,7 +384,7 @@ function levelProcessorModule() {
       if (this.sinceLevel >= this.levelEvery) {
         const db = (p) => (p > 0 ? 10 * Math.log10(p) : -120);
         this.port.postMessage({ type: "levels", mic: db(this.micPeak), agent: db(this.agentPeak),
-                                eos: this.eos, time: currentTime });
+                                eos: this.eos });
         this.micPeak = this.agentPeak = 0; this.sinceLevel = 0;
       }
       return true;
@@ -376,7 +408,9 @@ async function startMeter(ctx, micStream) {
   });
   // The output stays silent; connecting it keeps the node pulled by the render loop.
   node.connect(ctx.destination);
-  ctx.createMediaStreamSource(micStream).connect(node, 0, 0);
+  const highpass = new BiquadFilterNode(ctx, { type: "highpass", frequency: MIC_HIGHPASS_HZ,
+                                                Q: Math.SQRT1_2 });  // < 1 ms delay above 300 Hz
+  ctx.createMediaStreamSource(micStream).connect(highpass).connect(node, 0, 0);
   if (ctx.state === "suspended") await ctx.resume();
   const meter = {
     eos: -Infinity,
@@ -436,19 +470,29 @@ function render(t) {
 function renderTranscript(t) {
   const lines = [];
   if (t.user !== null) {
-    lines.push(el("li", { class: "line you", "data-turn": t.turn },
-                  el("span", { class: "who" }, "you"), el("span", { class: "text" }, t.user)));
+    // Abandoned: the caller went on before hearing a reply; the next turn answers it all.
+    const wentOn = t.outcome === "abandoned";
+    lines.push(el("li", { class: `line you${wentOn ? " abandoned" : ""}`, "data-turn": t.turn },
+                  el("span", { class: "who" }, "you"), el("span", { class: "text" }, t.user),
+                  wentOn ? el("span", { class: "note" }, "(you went on)") : null));
   }
   if (t.agent.length || t.interrupted) {
-    const li = el("li", { class: `line agent${t.interrupted ? " interrupted" : ""}`,
-                          "data-turn": t.turn },
-                  el("span", { class: "who" }, "agent"),
-                  el("span", { class: "text" }, t.agent.join(" ")));
+    const text = el("span", { class: "text" });
     if (t.interrupted) {
-      li.append(el("span", { class: "note" },
-                   t.heard ? `interrupted; you heard: “${t.heard}”` : "interrupted; nothing heard"));
+      // What was heard in plain, the rest struck through (when the words line up: the
+      // "agent" event of a clause cut during synthesis may never have been sent).
+      const said = t.agent.join(" ").split(/\s+/).filter(Boolean);
+      const heard = (t.heard || "").split(/\s+/).filter(Boolean);
+      const rest = heard.every((w, i) => said[i] === w) ? said.slice(heard.length) : [];
+      text.append(el("span", { class: "heard" }, heard.join(" ")));
+      if (rest.length) text.append(" ", el("s", { class: "unheard" }, rest.join(" ")));
+    } else {
+      text.append(t.agent.join(" "));
     }
-    lines.push(li);
+    lines.push(el("li", { class: `line agent${t.interrupted ? " interrupted" : ""}`,
+                          "data-turn": t.turn },
+                  el("span", { class: "who" }, "agent"), text,
+                  t.interrupted ? el("span", { class: "note" }, "interrupted") : null));
   }
   if (t.error !== null) {
     lines.push(el("li", { class: "line error", "data-turn": t.turn },
@@ -475,7 +519,8 @@ function renderRow(t) {
     el("td", { class: "outcome" }, t.outcome || (t.interrupted ? "interrupted" : "…")),
     el("td", { class: "v2v" }, t.latencyMs === null ? "–" : `${t.latencyMs.toFixed(0)} ms`),
     ...STAGES.map((s) => el("td", { class: `stage ${s}` }, ms(trace[s]))),
-    el("td", { class: "delta" },
+    el("td", t.jitterBufferMs === null ? { class: "delta" }
+             : { class: "delta", title: `browser jitter buffer: ${t.jitterBufferMs} ms` },
        t.latencyMs !== null && typeof sent === "number" ? ms(t.latencyMs - sent) : "–"),
   );
   const old = ui.turns.querySelector(`tr[data-turn="${t.turn}"]`);
@@ -491,8 +536,9 @@ function renderSummary() {
   const v = state.latencies.map((l) => l.ms).sort((a, b) => a - b);
   if (!v.length) { ui.summary.textContent = ""; return; }
   const q = (p) => v[Math.min(v.length - 1, Math.ceil((p / 100) * v.length) - 1)];
+  const max = v[v.length - 1];
   ui.summary.textContent = `voice-to-voice over ${v.length} turn${v.length > 1 ? "s" : ""}: ` +
-    `median ${q(50).toFixed(0)} ms, p95 ${q(95).toFixed(0)} ms, max ${v[v.length - 1].toFixed(0)} ms`;
+    `median ${q(50).toFixed(0)} ms, p95 ${q(95).toFixed(0)} ms, max ${max.toFixed(0)} ms`;
 }
 
 renderButton();

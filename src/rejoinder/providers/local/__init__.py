@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rejoinder.core.errors import MissingExtraError
-from rejoinder.providers.base import Stack
+from rejoinder.providers.base import LLM, Stack
 
 if TYPE_CHECKING:
     from rejoinder.providers.local.piper import PiperOptions
@@ -47,10 +47,12 @@ def load_local_stack(
     *,
     vad: SileroOptions | None = None,
     stt: WhisperOptions | None = None,
-    llm: SmolLMOptions | None = None,
+    llm: SmolLMOptions | LLM | None = None,
     tts: PiperOptions | None = None,
 ) -> Stack:
     """Load the four local models once (blocking, a few seconds: call it via ``asyncio.to_thread``).
+
+    ``llm`` may be another provider (e.g. an OpenAI-compatible server); then SmolLM2 is not loaded.
 
     The returned :class:`Stack` is shared by every call; ``await stack.close()`` frees it.
     """
@@ -63,7 +65,10 @@ def load_local_stack(
     try:
         loaded.append(v := SileroVAD(vad or SileroOptions()))
         loaded.append(s := WhisperSTT(stt or WhisperOptions()))
-        loaded.append(m := SmolLM(llm or SmolLMOptions()))
+        if isinstance(llm, LLM):
+            m: LLM = llm
+        else:
+            loaded.append(m := SmolLM(llm or SmolLMOptions()))
         loaded.append(t := PiperTTS(tts or PiperOptions()))
     except BaseException:
         for provider in loaded:  # free what did load before re-raising
