@@ -46,3 +46,16 @@ def test_percentiles_interpolate():
     assert percentile([100, 200, 300, 400], 50) == 250
     assert percentile([float(x) for x in range(1, 101)], 95) == pytest.approx(95.05)
     assert np.isnan(percentile([], 50))
+
+
+def test_low_rumble_after_speech_is_not_speech():
+    from rejoinder.testing.loopback import tone
+
+    rumble = tone(0.4, freq=40.0, amplitude=0.03)  # about -33 dBFS, below 100 Hz
+    audio = np.concatenate([script_audio([("silence", 0.5), ("speech", 1.0)]), rumble,
+                            script_audio([("silence", 1.0)])])
+    (u,) = find_utterances(audio, 16000)
+    # Without the high-pass the rumble would carry EoS to 1.9 s. The filter's ringing at
+    # the tone's abrupt end may cost one 10 ms window (the measurement's resolution).
+    assert u.start_s == 0.5
+    assert u.end_s == pytest.approx(1.5, abs=0.0101)

@@ -1,7 +1,11 @@
-"""What the caller measures, from the audio itself (definitions in the design notes: EoS is the last speech sample sent).
+"""What the caller measures, from the audio itself.
+
+End of speech (EoS) is the last speech sample the caller sent; see the definitions below.
 
 - The caller's utterances are found in the audio it plays: 10 ms windows louder
-  than a threshold, merged across gaps shorter than ``min_gap_s``. End of speech
+  than a threshold both as played and after a 100 Hz high-pass (low rumble is not
+  speech; the filter's own spill into silent windows is not either), merged across
+  gaps shorter than ``min_gap_s``. End of speech
   (EoS) is the end of the last loud window of an utterance.
 - Agent audio is a list of received chunks with their arrival times. A sample's
   arrival time is its chunk's arrival plus its offset inside the chunk.
@@ -28,17 +32,38 @@ class Utterance:
     end_s: float    # end of speech, offset in the played audio
 
 
+def highpass(pcm: PCM, rate: int, cutoff_hz: float = 100.0) -> np.ndarray:
+    """Zero-phase high-pass (float32): remove content below ``cutoff_hz``.
+
+    Recordings often end in low rumble loud enough to pass for speech; Opus in voice
+    mode removes it, so the server never hears it. Measuring EoS on the raw audio
+    would put it too late and make latency look shorter than it is.
+    """
+    spectrum = np.fft.rfft(pcm.astype(np.float32))
+    freqs = np.fft.rfftfreq(len(pcm), 1.0 / rate)
+    # A raised-cosine edge from cutoff/2 to cutoff: a brick wall would ring around
+    # abrupt onsets and blur them across windows.
+    gain = np.clip((freqs - cutoff_hz / 2) / (cutoff_hz / 2), 0.0, 1.0)
+    spectrum *= 0.5 - 0.5 * np.cos(np.pi * gain)
+    return np.fft.irfft(spectrum, n=len(pcm)).astype(np.float32)
+
+
+def _window_dbfs(x: np.ndarray, n: int) -> np.ndarray:
+    frames = x.reshape(n, -1)
+    rms = np.sqrt(np.mean(frames * frames, axis=1)) / 32768.0
+    with np.errstate(divide="ignore"):
+        out: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-12))
+    return out
+
+
 def find_utterances(pcm: PCM, rate: int, *, threshold_dbfs: float = -40.0,
                     min_gap_s: float = 0.7, min_len_s: float = 0.15) -> list[Utterance]:
     win = rate // 100
     n = len(pcm) // win
     if n == 0:
         return []
-    frames = pcm[: n * win].astype(np.float32).reshape(n, win)
-    rms = np.sqrt(np.mean(frames * frames, axis=1)) / 32768.0
-    with np.errstate(divide="ignore"):
-        db = 20.0 * np.log10(np.maximum(rms, 1e-12))
-    loud = np.flatnonzero(db > threshold_dbfs)
+    loud = np.flatnonzero((_window_dbfs(pcm[: n * win].astype(np.float32), n) > threshold_dbfs)
+                          & (_window_dbfs(highpass(pcm[: n * win], rate), n) > threshold_dbfs))
     out: list[Utterance] = []
     if loud.size == 0:
         return out

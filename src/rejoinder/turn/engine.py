@@ -100,7 +100,7 @@ class Conversation:
         self.history: list[ChatMessage] = []
         self.events: EventSink = events or (lambda e: None)
         self.playout = playout or Playout()
-        self.playout.on_first_audio = self._on_first_audio
+        self.playout.on_clause_start = self._on_clause_start
         self.greeting = greeting
         self.traces: list[dict[str, object]] = []  # emitted turn records, in order
         self._reply: Reply | None = None
@@ -271,7 +271,6 @@ class Conversation:
                 self.playout.push(reply.turn, index, resample(chunk))
             self.playout.push(reply.turn, index, resample(np.zeros(0, dtype=np.int16), last=True))
             self.playout.end_clause(reply.turn, index)
-            self.events({"type": "agent", "turn": reply.turn, "text": clause})
 
     async def _wait_played(self, reply: Reply) -> None:
         # Poll at frame rate: playout is pulled by the transport every 20 ms.
@@ -279,9 +278,11 @@ class Conversation:
         while self.playout.is_playing(reply.turn):
             await self.clock.sleep(frame_s)
 
-    def _on_first_audio(self, turn: int) -> None:
-        if self._reply is not None and self._reply.turn == turn:
+    def _on_clause_start(self, turn: int, index: int, text: str) -> None:
+        """The transport just took the first frame of a clause: it is being spoken now."""
+        if self._reply is not None and self._reply.turn == turn and index == 0:
             self._reply.trace.mark("first_audio_sent", self.clock.now())
+        self.events({"type": "agent", "turn": turn, "text": text})
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _release(self, reply: Reply) -> bool:

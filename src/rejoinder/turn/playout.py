@@ -34,9 +34,10 @@ class Playout:
     """A queue of agent audio at the output rate, labelled by turn and clause."""
 
     def __init__(self, frame_samples: int = OUT_FRAME_SAMPLES,
-                 on_first_audio: Callable[[int], None] | None = None) -> None:
+                 on_clause_start: Callable[[int, int, str], None] | None = None) -> None:
         self.frame_samples = frame_samples
-        self.on_first_audio = on_first_audio
+        #: Called with (turn, clause index, clause text) when a clause's first frame is pulled.
+        self.on_clause_start = on_clause_start
         self._chunks: deque[tuple[PCM, int, int]] = deque()  # (pcm, turn, clause index)
         self._offset = 0  # samples of the head chunk already pulled
         self._queued = 0
@@ -93,11 +94,11 @@ class Playout:
         reply = self._replies.get(turn)
         if reply is None:
             return
-        reply.clauses[clause].played += n
-        if not reply.started:
-            reply.started = True
-            if self.on_first_audio is not None:
-                self.on_first_audio(turn)
+        c = reply.clauses[clause]
+        if c.played == 0 and self.on_clause_start is not None:
+            self.on_clause_start(turn, clause, c.text)
+        c.played += n
+        reply.started = True
 
     # -- questions and barge-in ----------------------------------------------------
     @property
