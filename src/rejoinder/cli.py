@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         log.info("loading %s providers", args.stack)
         stack = await asyncio.to_thread(build_stack, config, args.stack)
+        _stop_on_sigterm()
         await stack.warm([ChatMessage("system", config.agent.system_prompt)])
         log.info("providers warm")
         try:
@@ -78,8 +79,20 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             await stack.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except asyncio.CancelledError:  # SIGTERM
+        log.info("stopped")
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a service manager stopping us) shuts down like Ctrl-C does."""
+    import signal
+
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 def _call(args: argparse.Namespace) -> int:
