@@ -10,7 +10,7 @@ from rejoinder.core.clock import Clock
 from rejoinder.providers.base import ChatMessage
 from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack, run_virtual
 from rejoinder.testing.loopback import Ear, script_audio, speak
-from rejoinder.turn.engine import Conversation
+from rejoinder.turn.engine import Conversation, TurnOptions
 
 approx = lambda x: pytest.approx(x, abs=1e-6)  # noqa: E731  float sums of 20 ms steps
 
@@ -72,7 +72,8 @@ def test_barge_in_stops_audio_cancels_llm_and_keeps_only_what_was_heard():
 
     async def main():
         return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 1.6),
-                            ("speech", 0.6)], fake_stack(stt=stt, llm=llm, tts=tts))
+                            ("speech", 0.6)], fake_stack(stt=stt, llm=llm, tts=tts),
+                           options=TurnOptions(max_reply_sentences=10))
 
     conv, ear, events = run_virtual(main())
     first, second = conv.traces
@@ -165,3 +166,21 @@ def test_llm_stream_dropping_fails_the_turn_but_not_the_call():
     assert [e["type"] for e in events if e["type"] == "error"] == ["error"]
     # The failed turn left no half-reply in the history.
     assert conv.history == [ChatMessage("user", "two"), ChatMessage("assistant", "Fine now.")]
+
+
+def test_reply_stops_after_the_sentence_limit_and_the_llm_is_cancelled():
+    stt = FakeSTT(["talk"], Latency(first_s=0.1))
+    llm = FakeLLM(["First one here. Second one here! Third one here. Fourth."],
+                  Latency(first_s=0.2, per_item_s=0.05))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0)],
+                           fake_stack(stt=stt, llm=llm, tts=tts),
+                           options=TurnOptions(max_reply_sentences=2))
+
+    conv, ear, events = run_virtual(main())
+    assert tts.spoken == ["First one here.", "Second one here!"]
+    assert conv.history[-1] == ChatMessage("assistant", "First one here. Second one here!")
+    # "here!" is token 6; the splitter sees it complete with token 7 (" Third"), then stops.
+    assert llm.tokens_sent == 7 and llm.cancelled == 1

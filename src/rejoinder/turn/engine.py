@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 Event = dict[str, object]
 EventSink = Callable[[Event], None]
 
+_SENTENCE_MARKS = frozenset(".!?…")
 _vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
 
 
@@ -52,6 +53,7 @@ class TurnOptions:
     preroll_s: float = 0.2         # audio kept from before speech onset, for STT
     max_history_messages: int = 16
     clause_min_words: int = 3
+    max_reply_sentences: int = 2   # a spoken reply stops after this many sentences
 
     def __post_init__(self) -> None:
         from rejoinder.core.errors import ConfigError
@@ -61,6 +63,8 @@ class TurnOptions:
         for name in ("end_silence_s", "min_speech_s", "barge_in_min_s", "preroll_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"turn.{name}", "must not be negative")
+        if self.max_reply_sentences < 1:
+            raise ConfigError("turn.max_reply_sentences", "must be at least 1")
         if self.max_history_messages < 2:
             raise ConfigError("turn.max_history_messages", "must be at least 2")
 
@@ -246,10 +250,18 @@ class Conversation:
                 return
             messages = [self.system, *self.history[-self.opts.max_history_messages:],
                         ChatMessage("user", reply.user_text)]
-            async for delta in self.stack.llm.stream(messages):
-                reply.trace.mark("llm_first_token", self.clock.now())
-                for clause in splitter.push(delta):
-                    self._clause_ready(reply, clause, clauses)
+            sentences = 0
+            stream = self.stack.llm.stream(messages)
+            try:
+                async for delta in stream:
+                    reply.trace.mark("llm_first_token", self.clock.now())
+                    for clause in splitter.push(delta):
+                        self._clause_ready(reply, clause, clauses)
+                        sentences += clause[-1] in _SENTENCE_MARKS
+                    if sentences >= self.opts.max_reply_sentences:
+                        return  # long enough for speech; closing the stream stops the LLM
+            finally:
+                await stream.aclose()
             for clause in splitter.flush():
                 self._clause_ready(reply, clause, clauses)
         finally:
