@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds to wait for the last reply after the WAV ends")
     call.add_argument("--min-gap", type=float, default=0.7,
                       help="silence (s) that separates two utterances in the WAV")
-    call.add_argument("--jitter-frames", type=int, default=2,
-                      help="the caller's own jitter buffer, in 20 ms frames")
+    call.add_argument("--jitter-frames", type=int, default=0,
+                      help="the caller's own jitter buffer, in 20 ms frames (0: measure on"
+                           " arrival)")
 
     args = parser.parse_args(argv)
     try:

@@ -47,9 +47,11 @@ class ServerOptions:
     # "all local addresses", except that a server bound to 127.0.0.1 offers 127.0.0.1.
     media_addresses: list[str] = field(default_factory=list)
     max_calls: int = 8
-    # Audio frames (20 ms each) the server buffers against network jitter; aiortc's own
-    # default is 4. Every frame here delays end-of-speech detection by 20 ms.
-    jitter_buffer_frames: int = 1
+    # Audio frames (20 ms each) the server buffers against network jitter before decoding;
+    # aiortc's own default is 4. Every frame delays end-of-speech detection by 20 ms; 0
+    # decodes each packet on arrival and drops the rare late one (fine on LAN and most
+    # paths; raise it where packets arrive out of order).
+    jitter_buffer_frames: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter_buffer_frames <= 15:

@@ -60,12 +60,17 @@ class WavTrack(MediaStreamTrack):
         self._time_base = fractions.Fraction(1, OUT_RATE)
 
     def time_of(self, offset_s: float) -> float | None:
-        """Caller-clock time at which the sample ``offset_s`` into the WAV was sent."""
+        """Caller-clock time at which the sample ``offset_s`` into the WAV was spoken.
+
+        Like a microphone, frame k is taken to hold the 20 ms of audio *before* it was
+        handed to the encoder, so a sample's time is the hand-over time minus the rest
+        of its frame: the packetisation delay a real caller has is inside the latency.
+        """
         pos = round((offset_s + self.lead_s) * OUT_RATE)
         k, within = divmod(pos, OUT_FRAME_SAMPLES)
         if k >= len(self.sent_at):
             return None
-        return self.sent_at[k] + within / OUT_RATE
+        return self.sent_at[k] - (OUT_FRAME_SAMPLES - within) / OUT_RATE
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -110,13 +115,13 @@ class CallResult:
 
 
 async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: float = 20.0,
-                     min_gap_s: float = 0.7, jitter_frames: int = 2,
+                     min_gap_s: float = 0.7, jitter_frames: int = 0,
                      on_event: Callable[[dict[str, Any]], None] | None = None) -> CallResult:
     """Call the server at ``url`` and play ``pcm16k``; return per-turn measurements.
 
-    ``jitter_frames``: the caller's own jitter buffer (20 ms frames). It is part of what
-    the caller hears, so it is in the measured latency; 2 frames is a small buffer for a
-    clean link (aiortc's default of 4 would add 40 ms more).
+    ``jitter_frames``: the caller's own jitter buffer (20 ms frames). The default 0
+    timestamps agent audio as it *arrives* (design.md's definition); a positive value
+    adds the playout delay a buffering client would have.
 
     After the WAV ends, waits until the server has reported as many turns as the WAV
     has utterances (or ``tail_s`` seconds), plus time for the last reply to play.

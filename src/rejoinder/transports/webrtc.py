@@ -21,7 +21,9 @@ import aioice.ice
 import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCRtpReceiver
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_gt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, Resampler
@@ -56,20 +58,40 @@ def pinned_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
         _pinned.reset(token)
 
 
+class InOrderBuffer:
+    """A zero-delay "jitter buffer" for audio: each packet is decoded the moment it
+    arrives; a packet older than one already released is late and dropped (the decoder
+    conceals the gap). For Opus, one packet is one frame, so nothing needs assembling."""
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None and not uint16_gt(seq, self._last):
+            return False, None
+        self._last = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # noqa: SLF001
+
+
 def set_jitter_buffer(receiver: RTCRtpReceiver, frames: int) -> None:
     """Hold ``frames`` audio frames before decoding instead of aiortc's fixed 4 (80 ms).
 
-    A frame is released when a later one has arrived, so 1 means 20 ms of delay. On
-    a call this delay sits on the critical path twice (the server hears the end of
+    0 decodes every packet on arrival (:class:`InOrderBuffer`); n >= 1 uses aiortc's
+    buffer, which releases a frame once n later ones have arrived (n x 20 ms). On a
+    call this delay sits on the critical path twice (the server hears the end of
     speech late, the caller hears the reply late), so keep it as low as the network
-    allows; raise it for lossy or reordering networks. aiortc has no public setting
+    allows; raise it where packets arrive out of order. aiortc has no public setting
     for it; this replaces the receiver's buffer before any packet arrives.
     """
     attr = "_RTCRtpReceiver__jitter_buffer"
     if not hasattr(receiver, attr):
         log.warning("aiortc changed: cannot set the jitter buffer; keeping its default")
         return
-    setattr(receiver, attr, JitterBuffer(capacity=16, prefetch=max(0, frames)))
+    buffer = InOrderBuffer() if frames <= 0 else JitterBuffer(capacity=16, prefetch=frames)
+    setattr(receiver, attr, buffer)
 
 
 def ice_configuration(urls: Sequence[str], username: str = "",
@@ -80,7 +102,13 @@ def ice_configuration(urls: Sequence[str], username: str = "",
 
 
 class AgentTrack(MediaStreamTrack):
-    """The agent's voice: 20 ms frames at 48 kHz pulled from a :class:`Playout`."""
+    """The agent's voice: 20 ms frames at 48 kHz pulled from a :class:`Playout`.
+
+    Frames leave every 20 ms. While the agent is silent the track waits for the next
+    tick *or* for audio, whichever comes first: a reply's first frame goes out the
+    moment it exists instead of waiting up to 20 ms for its slot, and the pacing
+    continues from there (a talkspurt start, which receivers handle as jitter).
+    """
 
     kind = "audio"
 
@@ -88,20 +116,30 @@ class AgentTrack(MediaStreamTrack):
         super().__init__()
         self.playout = playout
         self.clock = clock or Clock()
-        self._start: float | None = None
+        self._next: float | None = None  # when the next frame is due
         self._pts = 0
         self._silence = np.zeros(OUT_FRAME_SAMPLES, dtype=np.int16)
         self._time_base = fractions.Fraction(1, OUT_RATE)
+        self._audio = asyncio.Event()
+        playout.on_push = self._audio.set
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = self.clock.now()
-        else:
-            wait = self._start + self._pts / OUT_RATE - self.clock.now()
-            if wait > 0:
+        now = self.clock.now()
+        if self._next is None:
+            self._next = now
+        wait = self._next - now
+        if wait > 0:
+            if self.playout.queued_samples == 0:
+                self._audio.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._audio.wait(), wait)
+                # Audio arrived early: start the talkspurt now and pace from here.
+                self._next = min(self._next, self.clock.now())
+            else:
                 await self.clock.sleep(wait)
+        self._next += OUT_FRAME_SAMPLES / OUT_RATE
         pcm = self.playout.pull()
         if pcm is None:
             pcm = self._silence

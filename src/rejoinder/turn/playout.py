@@ -38,6 +38,8 @@ class Playout:
         self.frame_samples = frame_samples
         #: Called with (turn, clause index, clause text) when a clause's first frame is pulled.
         self.on_clause_start = on_clause_start
+        #: Called whenever audio is queued (the transport may be waiting for it).
+        self.on_push: Callable[[], None] | None = None
         self._chunks: deque[tuple[PCM, int, int]] = deque()  # (pcm, turn, clause index)
         self._offset = 0  # samples of the head chunk already pulled
         self._queued = 0
@@ -55,6 +57,8 @@ class Playout:
         self._replies[turn].clauses[clause].queued += len(pcm)
         self._chunks.append((pcm, turn, clause))
         self._queued += len(pcm)
+        if self.on_push is not None:
+            self.on_push()
 
     def end_clause(self, turn: int, clause: int) -> None:
         if turn in self._replies:
