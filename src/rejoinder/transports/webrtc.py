@@ -74,7 +74,8 @@ class InOrderBuffer:
             return False, None
         self._last = seq
         # The receiver stores the depayloaded bytes in ``_data`` before calling add().
-        return False, JitterFrame(data=getattr(packet, "_data"), timestamp=packet.timestamp)
+        data: bytes = packet._data  # type: ignore[attr-defined]
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
 
 
 def set_jitter_buffer(receiver: RTCRtpReceiver, frames: int) -> None:
