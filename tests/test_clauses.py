@@ -9,11 +9,18 @@ def split(deltas, min_words=3):
     return out + s.flush()
 
 
-def test_sentence_ends_once_the_next_token_shows_whitespace():
+def test_a_sentence_ends_with_its_last_token_when_it_cannot_be_anything_else():
     s = ClauseSplitter()
-    assert s.push("Hello there.") == []
-    assert s.push(" How") == ["Hello there."]
-    assert s.flush() == ["How"]
+    assert s.push("Hello there.") == ["Hello there."]
+    assert s.push(" Really?") == ["Really?"]
+    assert s.push(" It costs 3.") == []  # maybe 3.5
+    assert s.push("5 dollars, Dr.") == ["It costs 3.5 dollars,"]
+    assert s.push(" Smith said so, e.g.") == ["Dr. Smith said so,"]
+    assert s.push(" today.") == ["e.g. today."]
+    assert s.push(" I think so,") == ["I think so,"]
+    assert s.push(" about 1,") == []
+    assert s.push("000 more words,") == ["about 1,000 more words,"]
+    assert s.flush() == []
 
 
 def test_short_lead_in_is_not_its_own_clause_but_a_long_one_is():

@@ -46,13 +46,12 @@ def test_one_turn_streams_first_clause_to_tts_before_llm_finishes():
     assert ms["vad_end"] == approx(300.0)
     assert ms["stt_final"] == approx(400.0)
     assert ms["llm_first_token"] == approx(600.0)
-    # "that." arrives with token 6 (at 600 + 5*50 ms); the splitter needs the next token
-    # to know the sentence ended, so the first clause is ready at 900 ms.
-    assert ms["first_clause"] == approx(900.0)
-    assert ms["tts_first_audio"] == approx(950.0)
-    # The transport pulls every 20 ms (at 5, 25, 45 ... ms): the next pull is at 965 ms.
-    assert ms["first_audio_sent"] == approx(965.0)
-    assert ear.first_loud_after(1.5) == approx(1.5 + 0.965)
+    # "that." arrives with token 6 (at 600 + 5*50 ms) and ends the first clause at once.
+    assert ms["first_clause"] == approx(850.0)
+    assert ms["tts_first_audio"] == approx(900.0)
+    # The transport pulls every 20 ms (at 5, 25, 45 ... ms): the next pull is at 905 ms.
+    assert ms["first_audio_sent"] == approx(905.0)
+    assert ear.first_loud_after(1.5) == approx(1.5 + 0.905)
     # TTS received the first clause while the LLM was still streaming the second.
     assert tts.spoken == ["Sure, I can help with that.", "It is late now."]
     assert [e["text"] for e in events if e["type"] == "user"] == ["what time is it"]
@@ -79,7 +78,7 @@ def test_barge_in_stops_audio_cancels_llm_and_keeps_only_what_was_heard():
     first, second = conv.traces
     assert first["outcome"] == "interrupted" and second["outcome"] == "completed"
     # Caller speech starts at 3.10 s; 200 ms later (3.30 s) the agent is interrupted.
-    # Agent audio began at 2.565 s; the last loud frame reached the caller at 3.285 s,
+    # Agent audio began at 2.465 s; the last loud frame reached the caller at 3.285 s,
     # the last pull before the decision; the next pull (3.305 s) was already silent.
     assert ear.last_loud_before(3.30) == approx(3.285)
     assert ear.first_loud_after(3.286) == approx(4.0 + 0.1 + 0.21 + 0.05 + 0.005)
@@ -87,12 +86,12 @@ def test_barge_in_stops_audio_cancels_llm_and_keeps_only_what_was_heard():
     # after its 12th token.
     assert llm.cancelled == 1
     assert llm.tokens_sent == 12 + 1  # plus the one token of the second reply
-    # 37 frames (0.74 s) of the 1.0 s first clause were heard: 2 of its 4 words.
+    # 42 frames (0.84 s) of the 1.0 s first clause were heard: 3 of its 4 words.
     assert [e for e in events if e["type"] == "interrupted"] == [
-        {"type": "interrupted", "turn": 1, "heard": "One two"}]
+        {"type": "interrupted", "turn": 1, "heard": "One two three"}]
     assert conv.history == [
         ChatMessage("user", "count for me"),
-        ChatMessage("assistant", "One two", interrupted=True),
+        ChatMessage("assistant", "One two three", interrupted=True),
         ChatMessage("user", "stop"),
         ChatMessage("assistant", "Okay."),
     ]
@@ -182,5 +181,5 @@ def test_reply_stops_after_the_sentence_limit_and_the_llm_is_cancelled():
     conv, ear, events = run_virtual(main())
     assert tts.spoken == ["First one here.", "Second one here!"]
     assert conv.history[-1] == ChatMessage("assistant", "First one here. Second one here!")
-    # "here!" is token 6; the splitter sees it complete with token 7 (" Third"), then stops.
-    assert llm.tokens_sent == 7 and llm.cancelled == 1
+    # "here!" is token 6 and completes the second sentence: generation stops there.
+    assert llm.tokens_sent == 6 and llm.cancelled == 1

@@ -39,10 +39,39 @@ def main(argv: list[str] | None = None) -> int:
                       help="the caller's own jitter buffer, in 20 ms frames (0: measure on"
                            " arrival)")
 
+    bench = sub.add_parser("bench", help="measure latency with simulated callers")
+    bench.add_argument("--script", default="librivox",
+                       help="conversation script: a shipped name or a .toml path")
+    bench.add_argument("--stack", choices=["cloud", "local", "fake"], default="cloud",
+                       help="cloud: simulated cloud providers in their own process; local:"
+                            " the embedded models; fake: in-process fakes")
+    bench.add_argument("--url", help="bench an already running server instead")
+    bench.add_argument("--calls", type=int, default=1, help="concurrent calls (1-100)")
+    bench.add_argument("--sweep", help="comma-separated concurrencies, e.g. 1,10,25,50")
+    bench.add_argument("--profile", default="cloud-typical",
+                       help="simulated cloud latency profile: a shipped name or a .toml path")
+    bench.add_argument("--cloud", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a profile value, e.g. llm_ttft=0.3 (repeatable)")
+    bench.add_argument("--max-calls", type=int, default=100,
+                       help="the server's admission limit (when the bench starts it)")
+    bench.add_argument("--ramp", type=float, default=0.2, help="seconds between call starts")
+    bench.add_argument("--out", type=Path, default=Path("bench-out"),
+                       help="folder for results.json, report.html and server.log")
+
+    cloud = sub.add_parser("cloudsim", help="run the simulated cloud providers",
+                           add_help=False)
+    cloud.add_argument("rest", nargs=argparse.REMAINDER)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "cloudsim":
+            from rejoinder.cloudsim.service import main as cloudsim_main
+
+            return cloudsim_main(args.rest)
         return _call(args)
     except RejoinderError as exc:
         print(f"rejoinder: {exc}", file=sys.stderr)
@@ -84,6 +113,29 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(run())
     except asyncio.CancelledError:  # SIGTERM
         log.info("stopped")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rejoinder.bench.report import render_table
+    from rejoinder.bench.runner import BenchOptions, run, write_results
+    from rejoinder.bench.scripts import load_script
+
+    logging.basicConfig(level=logging.WARNING)
+    levels = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.calls]
+    if any(not 1 <= n <= 100 for n in levels):
+        print("rejoinder: concurrency must be between 1 and 100", file=sys.stderr)
+        return 2
+    overrides = dict(kv.split("=", 1) for kv in args.cloud)
+    opts = BenchOptions(script=load_script(args.script), stack=args.stack, url=args.url,
+                        concurrency=tuple(levels), profile=args.profile,
+                        cloud_overrides=overrides, max_calls=args.max_calls, ramp_s=args.ramp,
+                        out=args.out)
+    results = run(opts, progress=lambda line: print(line, flush=True))
+    paths = write_results(results, args.out)
+    print()
+    print(render_table(results))
+    print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
 
 

@@ -7,7 +7,9 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [server]   host, port, ice_servers, media_addresses, max_calls
     [agent]    name, system_prompt, greeting
     [turn]     vad_threshold, end_silence_s, min_speech_s, barge_in_min_s, ...
+    [stt]      provider ("local" | "remote"), url, api_key
     [llm]      provider ("local" | "openai"), base_url, model, api_key, ...
+    [tts]      provider ("local" | "remote"), url, api_key, sample_rate
     [log]      level, json
 """
 
@@ -101,6 +103,42 @@ class LLMOptions:
 
 
 @dataclass(frozen=True)
+class STTOptions:
+    provider: str = "local"  # "local" (Whisper tiny.en) or "remote" (HTTP: POST {url}/v1/stt)
+    url: str = ""
+    api_key: str = ""
+
+    def __post_init__(self) -> None:
+        _remote_or_local("stt", self.provider, self.url)
+
+    def __repr__(self) -> str:
+        return f"STTOptions(provider={self.provider!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class TTSOptions:
+    provider: str = "local"  # "local" (Piper) or "remote" (HTTP: POST {url}/v1/tts)
+    url: str = ""
+    api_key: str = ""
+    sample_rate: int = 24_000  # of the remote service's PCM16 stream
+
+    def __post_init__(self) -> None:
+        _remote_or_local("tts", self.provider, self.url)
+        if not 8_000 <= self.sample_rate <= 48_000:
+            raise ConfigError("tts.sample_rate", "must be between 8000 and 48000")
+
+    def __repr__(self) -> str:
+        return f"TTSOptions(provider={self.provider!r}, url={self.url!r})"
+
+
+def _remote_or_local(section: str, provider: str, url: str) -> None:
+    if provider not in ("local", "remote"):
+        raise ConfigError(f"{section}.provider", f"{provider!r} is not 'local' or 'remote'")
+    if provider == "remote" and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{section}.url", "a remote provider needs an http(s):// URL")
+
+
+@dataclass(frozen=True)
 class LogOptions:
     level: str = "info"
     json: bool = True
@@ -115,7 +153,9 @@ class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
     turn: TurnOptions = field(default_factory=TurnOptions)
+    stt: STTOptions = field(default_factory=STTOptions)
     llm: LLMOptions = field(default_factory=LLMOptions)
+    tts: TTSOptions = field(default_factory=TTSOptions)
     log: LogOptions = field(default_factory=LogOptions)
 
 

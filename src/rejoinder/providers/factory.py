@@ -1,38 +1,95 @@
-"""Build the provider stack a server runs with, from configuration."""
+"""Build the provider stack a server runs with, from configuration.
+
+Each kind is chosen on its own: local (the embedded models) or a remote service
+(``stt.provider = "remote"``, ``llm.provider = "openai"``, ``tts.provider = "remote"``).
+Voice activity detection always runs locally. ``kind="fake"`` replaces every local
+provider with a fixed-latency fake (no models; for trying the page and for tests).
+"""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from rejoinder.config import Config
-from rejoinder.providers.base import LLM, Stack
+from rejoinder.providers.base import LLM, STT, TTS, VAD, Stack
 
 
 def build_stack(config: Config, kind: str = "local") -> Stack:
-    """``kind``: "local" (embedded offline models) or "fake" (no models, fixed latency).
+    """Load every provider once (blocking: call it through ``asyncio.to_thread``)."""
+    if kind not in ("local", "fake"):
+        raise ValueError(f"unknown stack {kind!r}")
+    with ExitStack() as loaded:  # closes what did load if a later provider fails
+        vad = _vad(kind)
+        loaded.callback(_close, vad)
+        stt = _stt(config, kind)
+        loaded.callback(_close, stt)
+        llm = _llm(config, kind)
+        loaded.callback(_close, llm)
+        tts = _tts(config, kind)
+        loaded.pop_all()
+    return Stack(vad=vad, stt=stt, llm=llm, tts=tts)
 
-    With ``llm.provider = "openai"`` the LLM is the configured server in either case.
-    """
-    remote = _openai_llm(config) if config.llm.provider == "openai" else None
+
+def _close(provider: object) -> None:
+    close = getattr(provider, "close", None)
+    if close is not None:
+        result = close()
+        if hasattr(result, "close"):  # an unawaited coroutine: nothing was opened yet
+            result.close()
+
+
+def _vad(kind: str) -> VAD:
     if kind == "fake":
-        from rejoinder.testing.fakes import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack
+        from rejoinder.testing.fakes import FakeVAD
 
-        return fake_stack(
-            stt=FakeSTT(["(fake transcript)"], Latency(first_s=0.15)),
-            llm=remote or FakeLLM(["This is a fake reply from the test stack."],
-                                  Latency(first_s=0.25, per_item_s=0.02)),
-            tts=FakeTTS(Latency(first_s=0.1), rtf=0.1, sample_rate=24_000),
-        )
-    if kind == "local":
-        from rejoinder.providers.local import load_local_stack
-        from rejoinder.providers.local.smollm import SmolLMOptions
+        return FakeVAD()
+    from rejoinder.providers.local.silero import SileroOptions, SileroVAD
 
-        return load_local_stack(llm=remote or SmolLMOptions(
-            max_tokens=config.llm.max_tokens, temperature=config.llm.temperature))
-    raise ValueError(f"unknown stack {kind!r}")
+    return SileroVAD(SileroOptions())
 
 
-def _openai_llm(config: Config) -> LLM:
-    from rejoinder.providers.openai.llm import OpenAILLM
+def _stt(config: Config, kind: str) -> STT:
+    c = config.stt
+    if c.provider == "remote":
+        from rejoinder.providers.remote.stt import RemoteSTT
 
+        return RemoteSTT(c.url, api_key=c.api_key)
+    if kind == "fake":
+        from rejoinder.testing.fakes import FakeSTT, Latency
+
+        return FakeSTT(["(fake transcript)"], Latency(first_s=0.15))
+    from rejoinder.providers.local.whisper import WhisperOptions, WhisperSTT
+
+    return WhisperSTT(WhisperOptions())
+
+
+def _llm(config: Config, kind: str) -> LLM:
     c = config.llm
-    return OpenAILLM(c.base_url, c.model, c.api_key, temperature=c.temperature,
-                     max_tokens=c.max_tokens, first_token_timeout_s=c.timeout_s)
+    if c.provider == "openai":
+        from rejoinder.providers.openai.llm import OpenAILLM
+
+        return OpenAILLM(c.base_url, c.model, c.api_key, temperature=c.temperature,
+                         max_tokens=c.max_tokens, first_token_timeout_s=c.timeout_s)
+    if kind == "fake":
+        from rejoinder.testing.fakes import FakeLLM, Latency
+
+        return FakeLLM(["This is a fake reply from the test stack."],
+                       Latency(first_s=0.25, per_item_s=0.02))
+    from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
+
+    return SmolLM(SmolLMOptions(max_tokens=c.max_tokens, temperature=c.temperature))
+
+
+def _tts(config: Config, kind: str) -> TTS:
+    c = config.tts
+    if c.provider == "remote":
+        from rejoinder.providers.remote.tts import RemoteTTS
+
+        return RemoteTTS(c.url, sample_rate=c.sample_rate, api_key=c.api_key)
+    if kind == "fake":
+        from rejoinder.testing.fakes import FakeTTS, Latency
+
+        return FakeTTS(Latency(first_s=0.1), rtf=0.1, sample_rate=24_000)
+    from rejoinder.providers.local.piper import PiperOptions, PiperTTS
+
+    return PiperTTS(PiperOptions())

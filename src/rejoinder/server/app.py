@@ -7,7 +7,7 @@ LLM provider streams with, so one dependency does both jobs.
     GET  /                  the call page
     POST /api/offer         {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "call_id"}
     GET  /api/calls/{id}    the turn records of a live or recently ended call
-    GET  /api/health        {status, calls, max_calls}
+    GET  /api/health        {status, calls, max_calls, end_silence_s}
 
 Errors are JSON ``{"error": message}``: 400 for a bad offer, 503 when the server
 already carries ``server.max_calls`` calls.
@@ -72,7 +72,8 @@ class Server:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "calls": len(self.calls),
-                                  "max_calls": self.config.server.max_calls})
+                                  "max_calls": self.config.server.max_calls,
+                                  "end_silence_s": self.config.turn.end_silence_s})
 
     async def call_record(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]

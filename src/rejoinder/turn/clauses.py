@@ -11,8 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]*_`]*(?=\s)")
+_SENTENCE_END = re.compile(r"(\S*?)([.!?…]+)[\"')\]*_`]*(?=\s)")
 _SOFT_END = re.compile(r"[,;:]|\s[-–—]\s")
+# A sentence mark at the very end of the text so far: the clause may be complete now,
+# one token earlier than waiting for the next word's space would tell.
+_END_NOW = re.compile(r"(\S*)([.!?…]+)[\"')\]*_`]*$")
+_ABBREVIATIONS = frozenset(
+    ["mr", "mrs", "ms", "dr", "st", "vs", "etc", "jr", "sr", "no", "prof", "e.g", "i.e",
+     "approx", "dept", "fig", "inc", "ltd", "co"])
 _MARKDOWN = re.compile(r"(\*\*|__|\*|`+|^#{1,6}\s*|^\s*[-*+]\s+|^\s*\d+\.\s+)", re.MULTILINE)
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _SPACES = re.compile(r"\s+")
@@ -52,16 +58,39 @@ class ClauseSplitter:
     def _find_cut(self) -> int | None:
         # A newline ends a clause too (LLMs put list items on their own lines).
         nl = self._buf.find("\n")
-        m = _SENTENCE_END.search(self._buf)
-        ends = [e for e in (m.end() if m else None, nl + 1 if nl >= 0 else None) if e]
+        sentence = next((m.end() for m in _SENTENCE_END.finditer(self._buf)
+                         if _ends_sentence(m.group(1), m.group(2), last=False)), None)
+        ends = [e for e in (sentence, nl + 1 if nl >= 0 else None) if e]
         if ends:
             return min(ends)
+        m = _END_NOW.search(self._buf)
+        if m is not None and _ends_sentence(m.group(1), m.group(2), last=True):
+            return len(self._buf)
         for soft in _SOFT_END.finditer(self._buf):
             head = self._buf[:soft.end()]
-            # Need the following whitespace to know the word is finished.
-            if soft.end() < len(self._buf) and len(head.split()) >= self.min_words:
+            if len(head.split()) < self.min_words:
+                continue
+            # A comma at the very end is final unless a digit precedes it ("1,000").
+            if soft.end() < len(self._buf) or not head[-2:-1].isdigit():
                 return soft.end()
         return None
+
+def _ends_sentence(word: str, marks: str, last: bool) -> bool:
+    """Do ``marks`` after ``word`` end a sentence?
+
+    "!" and "?" always do. A period does unless it belongs to an abbreviation ("Dr.",
+    "e.g.", initials like "U.S."), or, at the very end of the text so far (``last``),
+    to a number that may go on ("3." before "5").
+    """
+    if marks != "." and not marks.startswith(".."):
+        return True
+    if not word:
+        return not last
+    if last and word[-1].isdigit():
+        return False
+    bare = word.strip("\"'([*_`").lower()
+    return bare not in _ABBREVIATIONS and not (len(bare) == 1 and bare.isalpha()) \
+        and "." not in bare
 
 
 async def clauses(deltas: AsyncIterator[str], min_words: int = 3) -> AsyncIterator[str]:

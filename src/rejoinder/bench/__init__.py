@@ -1,0 +1,1 @@
+"""The load and latency benchmark: `rejoinder bench`."""

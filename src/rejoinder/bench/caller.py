@@ -1,0 +1,136 @@
+"""A simulated caller: plays a script over real WebRTC, reacting to what it hears.
+
+The caller waits for the agent like a person would (speaks again ``gap_s`` after the
+reply ended, or interrupts ``interrupt_after_s`` after the reply began), records
+when each of its samples was spoken and when each agent sample arrived, and leaves
+the arithmetic to :mod:`rejoinder.bench.measure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rejoinder.bench.scripts import Script
+from rejoinder.client.connection import Connection, Mic
+from rejoinder.client.measure import find_utterances
+from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, resample
+from rejoinder.core.clock import Clock
+
+LOUD = 500          # agent sample magnitude that counts as sound (of 32768)
+BURST_GAP_S = 0.15  # quiet that separates two bursts of agent audio
+POLL_S = 0.02
+
+
+@dataclass
+class SpokenTurn:
+    index: int
+    start: float        # caller clock: first speech sample
+    eos: float          # caller clock: last speech sample (end of speech)
+    interrupt: bool     # scripted to talk over the agent
+    pause_at: float | None = None  # caller clock: start of a spliced mid-sentence pause
+
+
+@dataclass
+class CallRecord:
+    """Everything one simulated call observed; see :func:`measure.turns_of`."""
+
+    call_id: str
+    turns: list[SpokenTurn]
+    loud: np.ndarray                 # arrival times of loud agent samples, ascending
+    traces: list[dict[str, Any]]     # the server's turn records (events channel)
+    wall_offset: float               # caller wall clock minus caller monotonic clock
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Ear:
+    """Follows the agent audio as it arrives: burst starts and the last loud sample."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.bursts: list[float] = []
+        self.last_loud = -math.inf
+        self._seen = 0
+
+    def update(self) -> None:
+        r = self.conn.received
+        while self._seen < len(r.chunks):
+            t, chunk = r.times[self._seen], r.chunks[self._seen]
+            self._seen += 1
+            idx = np.flatnonzero(np.abs(chunk.astype(np.int32)) >= LOUD)
+            if not idx.size:
+                continue
+            first = t + idx[0] / r.rate
+            if first - self.last_loud > BURST_GAP_S:
+                self.bursts.append(first)
+            self.last_loud = t + idx[-1] / r.rate
+
+    def burst_after(self, t: float) -> float | None:
+        return next((b for b in self.bursts if b > t), None)
+
+
+async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
+                   clock: Clock | None = None) -> CallRecord:
+    """Place one call and play ``script``; raises CallFailed if refused or unreachable."""
+    clock = clock or Clock()
+    mic = Mic(clock)
+    conn = Connection(mic)
+    ear = _Ear(conn)
+    spoken: list[tuple[int, int, int, bool, int | None]] = []  # (turn, start, eos, intr, pause)
+    await conn.open(url)
+    try:
+        await clock.sleep(script.lead_s)
+        prev_eos: float | None = None
+        for i, turn in enumerate(script.turns):
+            if prev_eos is not None:
+                await _wait_for_cue(ear, clock, prev_eos, turn.gap_s, turn.interrupt_after_s,
+                                    reply_timeout_s)
+            pcm48 = resample(turn.audio, SAMPLE_RATE, OUT_RATE)
+            first = mic.play(pcm48)
+            found = find_utterances(turn.audio, SAMPLE_RATE, min_gap_s=10.0)
+            start_off = round(found[0].start_s * OUT_RATE) if found else 0
+            end_off = round(found[-1].end_s * OUT_RATE) if found else len(pcm48)
+            pause = None if turn.pause_at_s is None else first + round(turn.pause_at_s * OUT_RATE)
+            spoken.append((i + 1, first + start_off, first + end_off,
+                           turn.interrupt_after_s is not None, pause))
+            await mic.idle.wait()
+            prev_eos = mic.time_of(first + end_off - 1) or clock.now()
+        # The last reply: wait for it to start and end, then for the server's record.
+        assert prev_eos is not None
+        await _wait_for_cue(ear, clock, prev_eos, 1.0, None, reply_timeout_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                while len(conn.traces()) < len(spoken):
+                    conn.event_arrived.clear()
+                    await conn.event_arrived.wait()
+    finally:
+        await conn.close()
+    turns = []
+    for index, s, e, intr, pause in spoken:
+        start_t, eos_t = mic.time_of(s), mic.time_of(e - 1)
+        assert start_t is not None and eos_t is not None
+        turns.append(SpokenTurn(index, start_t, eos_t + 1.0 / OUT_RATE, intr,
+                                None if pause is None else mic.time_of(pause)))
+    return CallRecord(conn.call_id, turns, conn.received.loud_times(LOUD), conn.traces(),
+                      conn.wall_offset, conn.events)
+
+
+async def _wait_for_cue(ear: _Ear, clock: Clock, prev_eos: float, gap_s: float,
+                        interrupt_after_s: float | None, timeout_s: float) -> None:
+    """Until it is this turn's moment to speak (or the agent never answered)."""
+    deadline = prev_eos + timeout_s
+    while clock.now() < deadline:
+        ear.update()
+        onset = ear.burst_after(prev_eos)
+        if onset is not None:
+            if interrupt_after_s is not None:
+                await clock.sleep(max(0.0, onset + interrupt_after_s - clock.now()))
+                return
+            if clock.now() - ear.last_loud >= gap_s:
+                return
+        await clock.sleep(POLL_S)

@@ -1,0 +1,106 @@
+"""Per-turn numbers from what a simulated caller observed (definitions: design.md).
+
+- **voice-to-voice**: EoS to the first loud agent sample that arrives after it and
+  starts a new burst, before the caller's next utterance begins.
+- **cut off**: the agent began a new burst while the caller was still speaking.
+- **barge-in** (scripted interruptions only): from the start of caller speech during
+  agent audio to the last agent sample before the agent went quiet.
+- **ideal critical path** with known provider latencies: the end-of-turn silence,
+  then STT, LLM time to first token and to the end of the first clause, then TTS
+  time to first audio, one after another. **Overhead** is measured minus ideal:
+  the transport, the scheduling and everything else the server adds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from rejoinder.bench.caller import BURST_GAP_S, CallRecord
+from rejoinder.client.measure import onset_after
+from rejoinder.turn.clauses import ClauseSplitter
+
+QUIET_AFTER_BARGE_IN_S = 0.25  # agent silence that counts as "stopped"
+JOIN_TOLERANCE_S = 1.0         # caller EoS vs the server's speech end, to join records
+
+
+def ideal_ms(end_silence_s: float, stt_s: float, llm_ttft_s: float, tokens_per_s: float,
+             reply: str, tts_ttfb_s: float) -> float:
+    """The critical path with zero orchestration cost, in ms.
+
+    The first clause is ready when its last word has been generated; the LLM streams
+    one word per token here (as the simulated providers do). Waiting for the next
+    token to *see* that the clause ended is the splitter's cost, so it is overhead.
+    """
+    words = reply.split()
+    splitter = ClauseSplitter()
+    clause_words = len(words)
+    for i, w in enumerate(words):
+        done = splitter.push((" " if i else "") + w)
+        if done:
+            clause_words = len(done[0].split())
+            break
+    per_token = 0.0 if tokens_per_s <= 0 else 1.0 / tokens_per_s
+    first_clause_s = llm_ttft_s + (clause_words - 1) * per_token
+    return 1000.0 * (end_silence_s + stt_s + first_clause_s + tts_ttfb_s)
+
+
+def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[str, Any]]:
+    loud = record.loud
+    out: list[dict[str, Any]] = []
+    for i, t in enumerate(record.turns):
+        nxt = record.turns[i + 1].start if i + 1 < len(record.turns) else math.inf
+        onset = onset_after(loud, t.eos, until=nxt, quiet_s=BURST_GAP_S)
+        v2v = None if onset is None else round((onset - t.eos) * 1000.0, 1)
+        cut = onset_after(loud, t.start, until=t.eos, quiet_s=BURST_GAP_S) is not None
+        server = _join(record.traces, t.eos + record.wall_offset)
+        if server is not None and server.get("speech_end_wall") is not None:
+            # How long after the caller's EoS the server saw the end of speech (uplink,
+            # decoding, VAD lag); the rest of v2v - first_audio_sent is the downlink.
+            lag = (server.pop("speech_end_wall") - t.eos - record.wall_offset) * 1000.0
+            server["eos_lag_ms"] = round(lag, 1)
+        out.append({
+            "call": call, "turn": t.index, "call_id": record.call_id,
+            "v2v_ms": v2v, "replied": v2v is not None, "cut_off": cut,
+            "interrupt": t.interrupt,
+            "barge_in_ms": barge_in_ms(loud, t.start) if t.interrupt else None,
+            "ideal_ms": ideal,
+            "overhead_ms": None if v2v is None or ideal is None else round(v2v - ideal, 1),
+            "server": server,
+        })
+    return out
+
+
+def barge_in_ms(loud: np.ndarray, start: float) -> float | None:
+    """Start of caller speech to the last agent sample before a quiet stretch.
+
+    None if the agent was not audible when the caller started (nothing to interrupt).
+    """
+    n = loud.size
+    i = int(np.searchsorted(loud, start, side="left"))  # first loud sample at/after start
+    if i > 0 and start - loud[i - 1] <= BURST_GAP_S:
+        k = i - 1
+    elif i < n and loud[i] - start <= BURST_GAP_S:
+        k = i
+    else:
+        return None
+    while k + 1 < n and loud[k + 1] - loud[k] < QUIET_AFTER_BARGE_IN_S:
+        k += 1
+    return round(max(0.0, float(loud[k]) - start) * 1000.0, 1)
+
+
+def _join(traces: list[dict[str, Any]], eos_wall: float) -> dict[str, Any] | None:
+    """The server's record of the turn whose speech ended nearest this EoS."""
+    best, best_d = None, JOIN_TOLERANCE_S
+    for t in traces:
+        wall = t.get("speech_end_wall")
+        if isinstance(wall, (int, float)) and abs(wall - eos_wall) < best_d:
+            best, best_d = t, abs(wall - eos_wall)
+    if best is None:
+        return None
+    stages = dict(best.get("ms_after_speech_end") or {})
+    stages.pop("speech_end", None)
+    return {"turn": best.get("turn"), "outcome": best.get("outcome"), "stages": stages,
+            "speech_end_wall": best.get("speech_end_wall")}

@@ -1,0 +1,271 @@
+"""``rejoinder bench``: N simulated callers against a server, at one or more concurrencies.
+
+It starts what it needs (the simulated cloud in its own process, the server in its
+own process) unless given ``--url``, runs the script on every call, samples the
+processes' CPU and memory, and hands the per-turn numbers to the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from rejoinder.bench.caller import run_call
+from rejoinder.bench.measure import ideal_ms, turns_of
+from rejoinder.bench.scripts import Script
+from rejoinder.client.connection import CallFailed
+from rejoinder.client.measure import percentile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    script: Script
+    stack: str = "cloud"                 # cloud | local | fake (ignored with url)
+    url: str | None = None               # an already running server
+    concurrency: tuple[int, ...] = (1,)
+    profile: str = "cloud-typical"
+    cloud_overrides: dict[str, float | int | str] = field(default_factory=dict)
+    max_calls: int = 100                 # the server's admission limit (when we start it)
+    ramp_s: float = 0.2                  # between call starts
+    out: Path = Path("bench-out")
+    reply_timeout_s: float = 15.0
+
+
+@dataclass
+class _Procs:
+    server: subprocess.Popen[bytes] | None = None
+    cloudsim: subprocess.Popen[str] | None = None
+
+
+def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole benchmark (blocking) and return the results dict."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        procs = _Procs()
+        profile = None
+        url = opts.url
+        if url is None:
+            env: dict[str, str] = {}
+            if opts.stack == "cloud":
+                from rejoinder.cloudsim.process import start_cloudsim, stop_cloudsim
+
+                progress(f"starting the simulated cloud ({opts.profile})")
+                procs.cloudsim, cloud_url = start_cloudsim(
+                    opts.profile, **opts.cloud_overrides)  # type: ignore[arg-type]
+                stack.callback(stop_cloudsim, procs.cloudsim)
+                env = {"REJOINDER_STT__PROVIDER": "remote", "REJOINDER_STT__URL": cloud_url,
+                       "REJOINDER_LLM__PROVIDER": "openai", "REJOINDER_LLM__MODEL": "cloudsim",
+                       "REJOINDER_LLM__BASE_URL": cloud_url + "/v1",
+                       "REJOINDER_TTS__PROVIDER": "remote", "REJOINDER_TTS__URL": cloud_url}
+            progress(f"starting the server ({opts.stack} stack)")
+            url, procs.server = stack.enter_context(
+                _server(opts.stack if opts.stack != "cloud" else "local", env, opts))
+        if opts.stack == "cloud":
+            from rejoinder.cloudsim.profile import load_profile
+
+            profile = load_profile(opts.profile).with_overrides(
+                _override_fields(opts.cloud_overrides))
+        health = asyncio.run(_health(url))
+        ideal = None
+        if profile is not None:
+            ideal = round(ideal_ms(float(health.get("end_silence_s", 0.3)), profile.stt.final_s,
+                                   profile.llm.ttft_s, profile.llm.tokens_per_s,
+                                   profile.llm.reply, profile.tts.ttfb_s), 1)
+            progress(f"ideal critical path with this profile: {ideal:.0f} ms")
+        runs = []
+        for n in opts.concurrency:
+            progress(f"\n{n} concurrent call(s), script {opts.script.name!r} "
+                     f"({len(opts.script.turns)} turns each)")
+            pids = {"server": procs.server.pid if procs.server else None,
+                    "cloudsim": procs.cloudsim.pid if procs.cloudsim else None,
+                    "bench": os.getpid()}
+            runs.append(asyncio.run(_run_level(url, n, opts, ideal, pids, progress)))
+    return {
+        "meta": {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "commit": _commit(),
+            "host": {"cpus": os.cpu_count(), "mem_gb": _mem_gb()},
+            "stack": opts.stack if opts.url is None else "external",
+            "profile": None if profile is None else dataclasses.asdict(profile),
+            "script": opts.script.name,
+            "command": " ".join(["rejoinder", "bench", *sys.argv[2:]]),
+            "ideal_ms": ideal,
+        },
+        "runs": runs,
+    }
+
+
+async def _run_level(url: str, n: int, opts: BenchOptions, ideal: float | None,
+                     pids: dict[str, int | None], progress: Callable[[str], None]
+                     ) -> dict[str, Any]:
+    sampler = _Sampler(pids)
+    sampling = asyncio.create_task(sampler.run())
+    counts = {"started": n, "refused": 0, "failed": 0, "completed": 0}
+    turns: list[dict[str, Any]] = []
+    errors: list[str] = []
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(i * opts.ramp_s)
+        try:
+            record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s)
+        except CallFailed as exc:
+            counts["refused" if exc.status == 503 else "failed"] += 1
+            errors.append(str(exc))
+            return
+        except Exception as exc:
+            counts["failed"] += 1
+            errors.append(repr(exc))
+            log.exception("call %d failed", i)
+            return
+        counts["completed"] += 1
+        mine = turns_of(record, i, ideal)
+        turns.extend(mine)
+        v2v = [t["v2v_ms"] for t in turns if t["v2v_ms"] is not None]
+        progress(f"  call {counts['completed'] + counts['failed'] + counts['refused']}/{n} done"
+                 f" ({sum(t['replied'] for t in mine)}/{len(mine)} replies);"
+                 f" so far v2v p50 {percentile(v2v, 50):.0f} ms, p95 {percentile(v2v, 95):.0f} ms")
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    sampling.cancel()
+    for e in sorted(set(errors)):
+        progress(f"  ! {e}")
+    return {"concurrency": n, "calls": counts, "turns": turns,
+            "resources": {"samples": sampler.samples}, "errors": sorted(set(errors))}
+
+
+class _Sampler:
+    """CPU (% of one core) and RSS of the server, the simulator and the bench itself."""
+
+    def __init__(self, pids: dict[str, int | None], every_s: float = 0.5) -> None:
+        self.pids = {k: v for k, v in pids.items() if v is not None}
+        self.every_s = every_s
+        self.samples: list[dict[str, float]] = []
+
+    async def run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        start = time.monotonic()
+        last = {k: _cpu_ticks(p) for k, p in self.pids.items()}
+        last_t = start
+        while True:
+            await asyncio.sleep(self.every_s)
+            now = time.monotonic()
+            sample: dict[str, float] = {"t": round(now - start, 2)}
+            for name, pid in self.pids.items():
+                ticks = _cpu_ticks(pid)
+                pct = 100.0 * (ticks - last[name]) / tick / (now - last_t)
+                last[name] = ticks
+                key = "cpu_pct" if name == "server" else f"{name}_cpu_pct"
+                sample[key] = round(pct, 1)
+                if name == "server":
+                    sample["rss_mb"] = _rss_mb(pid)
+            last_t = now
+            self.samples.append(sample)
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+@contextmanager
+def _server(kind: str, env: dict[str, str], opts: BenchOptions
+            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = opts.out / "server.log"
+    full_env = {**os.environ, **env, "REJOINDER_SERVER__MAX_CALLS": str(opts.max_calls)}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rejoinder", "serve", "--stack", kind,
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({proc.returncode}); see {log_path}")
+            try:
+                asyncio.run(_health(url))
+                break
+            except (aiohttp.ClientError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start; see {log_path}") from None
+                time.sleep(0.3)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _health(url: str) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession() as http, http.get(url + "/api/health",
+                                                         timeout=timeout) as r:
+        return dict(await r.json())
+
+
+def _override_fields(overrides: dict[str, float | int | str]) -> dict[str, object]:
+    from rejoinder.cloudsim.profile import override_flags
+
+    flags = override_flags()
+    return {flags[k].field: flags[k].kind(v) for k, v in overrides.items() if k in flags}
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=Path(__file__).parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _mem_gb() -> float:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        return 0.0
+
+
+def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    from rejoinder.bench.report import write_report
+
+    paths = write_report(results, out)
+    return paths
+
+
+__all__ = ["BenchOptions", "run", "write_results"]

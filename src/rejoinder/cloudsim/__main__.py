@@ -1,0 +1,3 @@
+from rejoinder.cloudsim.service import main
+
+raise SystemExit(main())

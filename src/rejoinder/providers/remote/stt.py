@@ -1,0 +1,58 @@
+"""Speech to text over HTTP: the utterance goes up as raw PCM16, the transcript comes back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import aiohttp
+import numpy as np
+
+from rejoinder.core.audio import PCM, SAMPLE_RATE
+from rejoinder.core.errors import ProviderError, ProviderStreamError
+from rejoinder.providers.base import STT
+from rejoinder.providers.remote._http import HTTPClient, error_detail
+
+log = logging.getLogger(__name__)
+
+
+class RemoteSTT(STT):
+    """``POST {base_url}/v1/stt`` (see :mod:`rejoinder.providers.remote`).
+
+    ``headers`` are sent with every request, e.g. ``{"X-Transcript": "..."}`` for a simulator.
+    """
+
+    name = "remote-stt"
+
+    def __init__(self, base_url: str, *, api_key: str = "",
+                 headers: Mapping[str, str] | None = None, timeout_s: float = 10.0,
+                 path: str = "/v1/stt") -> None:
+        self.url = base_url.rstrip("/") + path
+        self.timeout_s = timeout_s
+        self._http = HTTPClient(api_key, headers)
+
+    async def _transcribe(self, audio: PCM) -> str:
+        body = np.ascontiguousarray(audio, dtype="<i2").tobytes()
+        headers = {"Content-Type": "application/octet-stream", "X-Sample-Rate": str(SAMPLE_RATE)}
+        try:
+            async with self._http.session().post(self.url, data=body, headers=headers) as resp:
+                if resp.status != 200:
+                    raise ProviderError(self.name, await error_detail(resp))
+                try:
+                    payload = await resp.json(content_type=None)
+                except ValueError:
+                    raise ProviderError(self.name, "the response is not JSON") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderStreamError(self.name, f"connection to {self.url} failed: {exc!r}") \
+                from exc
+        text = payload.get("text") if isinstance(payload, dict) else None
+        if not isinstance(text, str):
+            raise ProviderError(self.name, 'the response has no "text" string')
+        return text
+
+    async def warm(self) -> None:
+        """Open the connection pool; a remote service keeps itself warm."""
+        self._http.session()
+
+    async def close(self) -> None:
+        await self._http.close()
