@@ -34,32 +34,35 @@ from rejoinder.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+STARTUP_TIMEOUT_S = 15.0
 _READY = re.compile(r"^cloudsim listening on (http://\S+)$")
 
 Process = subprocess.Popen[str]
 
 
 def start_cloudsim(profile: str | Path = "cloud-typical", *, host: str = "127.0.0.1",
-                   port: int = 0, startup_timeout_s: float = 15.0,
                    **overrides: float | int | str) -> tuple[Process, str]:
-    """Start the simulator; return the process and its base URL once it listens.
+    """Start the simulator on a free port; return the process and its base URL once it listens.
 
-    A bad profile or override raises :class:`ConfigError` here, before anything starts.
+    Override values may be typed (``llm_ttft=0.3``) or text as on the command line
+    (``llm_ttft="0.3"``). A bad profile or override raises :class:`ConfigError` here, before
+    anything starts; a child that does not come up within ``STARTUP_TIMEOUT_S`` (or exits)
+    raises ``RuntimeError`` with the end of its stderr.
     """
-    return _start(profile, host, port, startup_timeout_s, overrides)
+    return _start(profile, host, overrides)
 
 
-def _start(profile: str | Path, host: str, port: int, startup_timeout_s: float,
+def _start(profile: str | Path, host: str,
            overrides: Mapping[str, float | int | str]) -> tuple[Process, str]:
     flags = override_flags()
     changes: dict[str, object] = {}
     argv = [sys.executable, "-m", "rejoinder.cloudsim", "--profile", str(profile),
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", "0"]
     for key, value in overrides.items():
         if key not in flags:
             raise ConfigError(key, f"unknown cloudsim override (known: {', '.join(flags)})")
-        changes[flags[key].field] = value
-        argv += [flags[key].flag, str(value)]
+        changes[flags[key].field] = flags[key].parse(value)
+        argv.append(f"{flags[key].flag}={value}")  # "=": a value may start with "-"
     load_profile(profile).with_overrides(changes)  # validate in this process
 
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -78,14 +81,14 @@ def _start(profile: str | Path, host: str, port: int, startup_timeout_s: float,
                               name="cloudsim-stderr", daemon=True)
     errors.start()
 
-    deadline = time.monotonic() + startup_timeout_s
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             stop_cloudsim(process)
             errors.join(1.0)
-            raise RuntimeError(f"cloudsim not listening after {startup_timeout_s} s: "
+            raise RuntimeError(f"cloudsim not listening after {STARTUP_TIMEOUT_S} s: "
                                + " | ".join(tail)) from None
         if line is None:  # stdout closed: the child is exiting
             stop_cloudsim(process)
@@ -115,10 +118,9 @@ def stop_cloudsim(process: Process, timeout_s: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def running_cloudsim(profile: str | Path = "cloud-typical", *, host: str = "127.0.0.1",
-                     startup_timeout_s: float = 15.0,
                      **overrides: float | int | str) -> Iterator[str]:
     """``with running_cloudsim("fast") as url: ...``: start, yield the base URL, stop."""
-    process, url = _start(profile, host, 0, startup_timeout_s, overrides)
+    process, url = _start(profile, host, overrides)
     try:
         yield url
     finally:

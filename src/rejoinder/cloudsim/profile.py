@@ -186,6 +186,16 @@ class Flag:
     kind: type[Any]
     help: str
 
+    def parse(self, value: object) -> object:
+        """``value`` for the field: typed already, or text as written on the command line."""
+        if isinstance(value, str) and self.kind is not str:
+            try:
+                return self.kind(value)
+            except ValueError:
+                raise ConfigError(self.field, f"expected {self.kind.__name__}, "
+                                              f"got {value!r}") from None
+        return value
+
 
 def override_flags() -> dict[str, Flag]:
     """Every overridable field by ``dest``: ``--{section}-{field}``, seconds' ``_s`` dropped

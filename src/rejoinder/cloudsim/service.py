@@ -11,6 +11,9 @@ the endpoints a real vendor would offer, so that the server reaches them over so
                                 of d seconds every d * rtf; a 440 Hz tone, 0.3 s per word
     GET  /health                {"ok": true, "profile": {...}}
 
+Every response runs on its own :class:`Timeline`: the waits are counted from when the request
+arrived, so the simulator's own work does not add up into the profile's pacing.
+
 Injected failures: a "timeout" request is never answered (no headers; the handler waits until
 the client disconnects); a "drop" closes the connection midway (no [DONE], partial audio).
 """
@@ -66,8 +69,7 @@ class CloudSim:
         return app
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "profile": dataclasses.asdict(self.profile)},
-                                 dumps=_dumps)
+        return web.json_response({"ok": True, "profile": dataclasses.asdict(self.profile)})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
@@ -76,11 +78,11 @@ class CloudSim:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "\"messages\" must be a non-empty list")
-        words = self.profile.llm.reply.split()
+        p = self.profile.llm
+        words = p.reply.split()
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and max_tokens > 0:
             words = words[:max_tokens]
-        p = self.profile.llm
         fault, seed = self._dice["llm"].roll()
         llm = FakeLLM([" ".join(words)], Latency(
             first_s=p.ttft_s, per_item_s=p.token_interval_s, jitter_s=p.jitter_s, fail=fault,
@@ -135,10 +137,10 @@ class CloudSim:
         if not isinstance(rate, int) or not 8_000 <= rate <= 48_000:
             return _error(400, "\"sample_rate\" must be an integer between 8000 and 48000")
         fault, seed = self._dice["tts"].roll()
+        chunks = math.ceil(len(text.split()) * p.seconds_per_word / p.chunk_s)
         tts = FakeTTS(
             Latency(first_s=p.ttfb_s, jitter_s=p.jitter_s, fail=fault, seed=seed,
-                    fail_after=max(1, math.ceil(len(text.split()) * p.seconds_per_word
-                                                / p.chunk_s) // 2)),
+                    fail_after=max(1, chunks // 2)),
             rtf=p.rtf, seconds_per_word=p.seconds_per_word, chunk_s=p.chunk_s,
             sample_rate=rate, clock=Timeline(self.clock))
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
@@ -199,10 +201,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "invalid_request_error"}},
                              status=status)
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, default=str, allow_nan=True)
 
 
 async def serve(profile: Profile, host: str = "127.0.0.1", port: int = 0,

@@ -154,19 +154,25 @@ class AgentTrack(MediaStreamTrack):
 
 
 def frame_to_pcm(frame: av.AudioFrame) -> PCM:
-    """A decoded frame (packed or planar, any channel count) as mono int16."""
+    """A decoded frame as mono int16.
+
+    aiortc decodes Opus to packed stereo s16 even for mono sources (both channels
+    equal), so the common case takes the first channel as a strided view: no
+    arithmetic per frame. Other layouts are mixed down.
+    """
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
+    if frame.format.name == "s16":
+        out: PCM = data.reshape(-1)[::channels] if channels > 1 else data.reshape(-1)
+        return out
     if frame.format.is_planar:
         mono = data[0] if channels == 1 else data.mean(axis=0)
     else:
         flat = data.reshape(-1)
         mono = flat if channels == 1 else flat.reshape(-1, channels).mean(axis=1)
-    if mono.dtype != np.int16:
-        if np.issubdtype(mono.dtype, np.floating) and frame.format.name.startswith("flt"):
-            mono = mono * 32767.0
-        mono = np.clip(mono, -32768, 32767).astype(np.int16)
-    out: PCM = mono
+    if np.issubdtype(mono.dtype, np.floating) and frame.format.name.startswith("flt"):
+        mono = mono * 32767.0
+    out = np.clip(mono, -32768, 32767).astype(np.int16)
     return out
 
 

@@ -1,0 +1,285 @@
+"""Transcribing while the caller speaks, so the final transcript is ready when they stop.
+
+One :class:`WhisperStream` per caller (``WhisperSTT.stream()``); the turn engine drives it::
+
+    session = stt.stream()
+    await session.push(frame)        # every 20 ms frame of the caller's speech (never blocks)
+    session.partial()                # latest hypothesis of the utterance so far
+    text = await session.finish()    # final transcript of everything pushed so far
+    session.reset()                  # next utterance
+
+How: the session keeps its own speech/silence decision per frame (an adaptive energy gate,
+or the caller's VAD through ``push(frame, speech=...)``) and, while the worker is idle, runs
+one background pass at a time:
+
+- **pause pass**: once the caller has been silent for ``pause_s`` after speech, transcribe
+  the audio up to now. If they do not speak again, that result *is* the final transcript and
+  ``finish()`` returns it without any inference. A turn is only confirmed after a longer
+  silence (200-300 ms), so the pass has usually finished by then.
+- **commit**: a pass whose audio ends in a pause (the caller has moved past it, so the audio
+  will not change) is committed: its text is kept, and later passes start at that point with
+  the committed text as Whisper's prompt. The tail left for the end stays short.
+- **partial pass**: while speech goes on, the uncommitted tail is transcribed every
+  ``step_s`` of new audio, for ``partial()``.
+
+Background passes are skipped whenever the shared worker is busy (another call's final,
+another pass), so they never queue up or delay anyone's final transcript. Everything is
+measured in samples pushed, not wall-clock time, so a session behaves the same under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+import numpy as np
+
+from rejoinder.core.audio import PCM, SAMPLE_RATE
+from rejoinder.core.errors import ConfigError, ProviderError, ProviderTimeout
+
+log = logging.getLogger(__name__)
+
+PassKind = Literal["pause", "commit", "partial", "final"]
+T = TypeVar("T")
+_Job = tuple["Future[str]", int]  # the decoding, and the session generation it belongs to
+
+
+class Engine(Protocol):
+    """What a session needs from its model (``WhisperSTT``; tests use a fake)."""
+
+    name: str
+    timeout_s: float
+
+    @property
+    def busy(self) -> bool: ...
+
+    def submit(self, fn: Callable[[], T], *, background: bool = False) -> Future[T] | None: ...
+
+    def decode(self, audio: PCM, prompt: str = "") -> str: ...
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    background: bool = True  # False: no work before finish() (a plain whole-utterance decode)
+    commit: bool = True  # commit passes that end in a pause; later passes decode only the tail
+    pause_s: float = 0.12  # silence after speech that starts a pause pass
+    step_s: float = 0.8  # new audio between partial passes while speech goes on
+    min_commit_s: float = 1.0  # shortest phrase committed on its own
+    lead_s: float = 0.3  # audio kept before the first speech
+    tail_s: float = 0.3  # audio kept after the last speech in the final pass
+    gate_db: float = 10.0  # energy gate: speech is this far above the noise floor...
+    gate_range_db: float = 35.0  # ...and no further than this below the loudest frame
+    gate_min_dbfs: float = -55.0  # ...and louder than this
+
+    def __post_init__(self) -> None:
+        for name in ("pause_s", "step_s", "min_commit_s", "lead_s", "tail_s"):
+            if not 0.0 <= getattr(self, name) <= 30.0:
+                raise ConfigError(f"stt.stream.{name}", "must be between 0 and 30 seconds")
+        if self.step_s < 0.1:
+            raise ConfigError("stt.stream.step_s", "must be at least 0.1 s")
+
+
+@dataclass(frozen=True)
+class _Result:
+    start: int  # first sample decoded (the commit point when the pass started)
+    end: int  # one past the last sample decoded
+    speech_end: int  # end of the last speech before ``end`` when the pass started
+    text: str
+
+
+class WhisperStream:
+    """Incremental transcription of one utterance at a time (see the module docstring)."""
+
+    def __init__(self, stt: Engine, options: StreamOptions | None = None) -> None:
+        self.options = options or StreamOptions()
+        self._stt = stt
+        self._pause = int(self.options.pause_s * SAMPLE_RATE)
+        self._step = int(self.options.step_s * SAMPLE_RATE)
+        self._min_commit = int(self.options.min_commit_s * SAMPLE_RATE)
+        self._job: asyncio.Task[None] | None = None
+        self.passes: dict[PassKind, int] = {"pause": 0, "commit": 0, "partial": 0, "final": 0}
+        self._buf = np.zeros(SAMPLE_RATE * 8, dtype=np.int16)
+        self._generation = 0
+        self.reset()
+
+    # -- public API ------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the utterance; a pass still running for it is ignored when it returns."""
+        self._generation += 1
+        self._n = 0  # samples pushed
+        self._speech_start: int | None = None
+        self._speech_end = 0  # one past the last speech sample
+        self._silence_start: int | None = None  # start of the silence run going on now
+        self._pauses: list[tuple[int, int]] = []  # closed silences inside the speech
+        self._cut = 0  # everything before this sample is committed
+        self._committed: list[str] = []
+        self._result: _Result | None = None  # latest pass over [cut, ...)
+        self._last_pass_end = 0
+        self._floor = 0.0
+        self._peak = -120.0
+        self._job = None
+
+    async def push(self, frame: PCM, speech: bool | None = None) -> None:
+        """Add caller audio (16 kHz int16, any length). ``speech``: the caller's VAD verdict
+        for this frame; None uses the session's own energy gate. Never waits for inference."""
+        if frame.size == 0:
+            return
+        start = self._n
+        self._append(frame)
+        if speech is None:
+            speech = self._gate(frame)
+        if speech:
+            if self._speech_start is None:
+                self._speech_start = start
+                self._cut = max(0, start - int(self.options.lead_s * SAMPLE_RATE))
+            elif self._silence_start is not None and self._silence_start > self._cut:
+                self._pauses.append((self._silence_start, start))
+            self._silence_start = None
+            self._speech_end = self._n
+        elif self._silence_start is None and self._speech_start is not None:
+            self._silence_start = start
+        if self.options.background and (self._job is None or self._job.done()):
+            self._schedule()
+
+    def partial(self) -> str:
+        """The latest hypothesis: committed text plus the last pass over the rest."""
+        parts = list(self._committed)
+        if self._result is not None and self._result.start == self._cut:
+            parts.append(self._result.text)
+        return _join(parts)
+
+    async def idle(self) -> None:
+        """Wait until this session's background pass, if one is running, has been applied."""
+        job = self._job
+        if job is not None and not job.done():
+            await asyncio.shield(job)
+
+    async def finish(self) -> str:
+        """The final transcript of everything pushed so far.
+
+        Free when a pause pass already covered the end of speech; otherwise it decodes only
+        the uncommitted tail. The session stays usable: pushing more audio continues the
+        same utterance (a speculative ``finish`` at a pause may be followed by more speech).
+        """
+        try:
+            async with asyncio.timeout(self._stt.timeout_s):
+                return await self._finish()
+        except TimeoutError as exc:
+            raise ProviderTimeout(
+                self._stt.name, f"no transcript within {self._stt.timeout_s} s") from exc
+        except (ProviderError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ProviderError(self._stt.name, f"transcription failed: {exc!r}") from exc
+
+    # -- internals -------------------------------------------------------------------------
+    async def _finish(self) -> str:
+        await self.idle()  # the pass running may be the final one; never cancel it
+        if self._speech_start is None or self._covered():
+            return self.partial()
+        end = min(self._n, self._speech_end + int(self.options.tail_s * SAMPLE_RATE))
+        await self._run("final", self._cut, end, self._speech_end)
+        return self.partial()
+
+    def _append(self, frame: PCM) -> None:
+        need = self._n + frame.size
+        if need > self._buf.size:
+            grown = np.zeros(max(need, 2 * self._buf.size), dtype=np.int16)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n:need] = frame
+        self._n = need
+
+    def _gate(self, frame: PCM) -> bool:
+        """Energy gate with an adaptive noise floor (falls at once, rises 3 dB a second;
+        it starts at the first frame's level, or at -50 dBFS if that frame is louder)."""
+        mean_sq = float(np.mean(np.square(frame, dtype=np.float32)))
+        level = 10.0 * float(np.log10(mean_sq / (32768.0 * 32768.0) + 1e-12))
+        seconds = frame.size / SAMPLE_RATE
+        if self._n == frame.size:
+            self._floor = min(level, -50.0)
+        self._floor = min(self._floor + 3.0 * seconds, level)
+        self._peak = max(self._peak - 1.0 * seconds, level)
+        o = self.options
+        threshold = max(self._floor + o.gate_db, self._peak - o.gate_range_db, o.gate_min_dbfs)
+        return level > threshold
+
+    def _covered(self) -> bool:
+        """Whether the latest pass (or the commits) already hold all the speech pushed."""
+        if self._speech_end <= self._cut:
+            return True
+        r = self._result
+        return r is not None and r.start == self._cut and r.end >= self._speech_end
+
+    def _schedule(self) -> None:
+        """Start at most one background pass, and only while the shared worker is idle."""
+        if self._speech_start is None or self._stt.busy:
+            return
+        cut, now = self._cut, self._n
+        if self._silence_start is not None:
+            if now - self._silence_start >= self._pause and not self._covered():
+                self._start("pause", cut, now, speech_end=self._speech_end)
+            return
+        if self.options.commit:
+            for pause_start, pause_end in reversed(self._pauses):
+                point = min(pause_start + self._pause, (pause_start + pause_end) // 2)
+                if point - cut >= self._min_commit:
+                    self._pauses.clear()
+                    self._start("commit", cut, point, speech_end=pause_start)
+                    return
+        if now - self._last_pass_end >= self._step:
+            self._start("partial", cut, now, speech_end=self._speech_end)
+
+    def _start(self, kind: PassKind, start: int, end: int, *, speech_end: int) -> None:
+        self._last_pass_end = end
+        job = self._submit(kind, start, end, background=True)
+        if job is not None:  # None: the worker became busy; skip this pass
+            self._job = asyncio.get_running_loop().create_task(
+                self._background(kind, job, start, end, speech_end), name=f"whisper-{kind}")
+
+    async def _background(
+        self, kind: PassKind, job: _Job, start: int, end: int, speech_end: int,
+    ) -> None:
+        try:
+            self._apply(job, start, end, speech_end, await asyncio.wrap_future(job[0]))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background %s pass failed", kind)
+
+    async def _run(self, kind: PassKind, start: int, end: int, speech_end: int) -> None:
+        job = self._submit(kind, start, end, background=False)
+        assert job is not None
+        self._apply(job, start, end, speech_end, await asyncio.wrap_future(job[0]))
+
+    def _submit(self, kind: PassKind, start: int, end: int, *, background: bool) -> _Job | None:
+        """Queue the decoding of [start, end) on the worker now, with the committed text as
+        the prompt; the session's generation is taken now too, so a reset voids the job."""
+        audio, prompt = self._buf[start:end].copy(), _join(self._committed)
+        future = self._stt.submit(lambda: self._stt.decode(audio, prompt), background=background)
+        if future is None:
+            return None
+        self.passes[kind] += 1
+        return future, self._generation
+
+    def _apply(self, job: _Job, start: int, end: int, speech_end: int, text: str) -> None:
+        """Keep a pass's text; commit it when its audio ends in a pause (``speech_end``:
+        where the speech in it ended)."""
+        if job[1] != self._generation or start != self._cut:
+            return  # reset, or a commit moved the start while this pass ran
+        self._result = _Result(start, end, speech_end, text)
+        ends_in_pause = end - speech_end >= self._pause and speech_end > start
+        if self.options.commit and ends_in_pause and end - start >= self._min_commit:
+            self._committed.append(text)
+            self._cut = end
+            self._pauses = [p for p in self._pauses if p[0] >= end]
+            self._result = None
+            log.debug("committed %.2f s of audio", (end - start) / SAMPLE_RATE)
+
+
+def _join(parts: list[str]) -> str:
+    return " ".join(p for p in (s.strip() for s in parts) if p)
