@@ -98,7 +98,9 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
             pause = None if turn.pause_at_s is None else first + round(turn.pause_at_s * OUT_RATE)
             spoken.append((i + 1, first + start_off, first + end_off,
                            turn.interrupt_after_s is not None, pause))
-            await mic.idle.wait()
+            # The mic plays in real time; if the connection stalls it never finishes.
+            async with asyncio.timeout(len(turn.audio) / SAMPLE_RATE + 10.0):
+                await mic.idle.wait()
             prev_eos = mic.time_of(first + end_off - 1) or clock.now()
         # The last reply: wait for it to start and end, then for the server's record.
         assert prev_eos is not None

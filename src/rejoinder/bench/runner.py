@@ -122,8 +122,11 @@ async def _run_level(url: str, n: int, opts: BenchOptions, ideal: float | None,
 
     async def one(i: int) -> None:
         await asyncio.sleep(i * opts.ramp_s)
+        limit = opts.script.lead_s + sum(
+            len(t.audio) / 16_000 + t.gap_s + opts.reply_timeout_s for t in opts.script.turns)
         try:
-            record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s)
+            async with asyncio.timeout(limit + 30.0):
+                record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s)
         except CallFailed as exc:
             counts["refused" if exc.status == 503 else "failed"] += 1
             errors.append(str(exc))

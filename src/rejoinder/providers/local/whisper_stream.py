@@ -101,6 +101,7 @@ class WhisperStream:
         self._step = int(self.options.step_s * SAMPLE_RATE)
         self._min_commit = int(self.options.min_commit_s * SAMPLE_RATE)
         self._job: asyncio.Task[None] | None = None
+        # Passes run since the session was made, by kind (for metrics and tests).
         self.passes: dict[PassKind, int] = {"pause": 0, "commit": 0, "partial": 0, "final": 0}
         self._buf = np.zeros(SAMPLE_RATE * 8, dtype=np.int16)
         self._generation = 0
@@ -195,14 +196,16 @@ class WhisperStream:
         self._n = need
 
     def _gate(self, frame: PCM) -> bool:
-        """Energy gate with an adaptive noise floor (falls at once, rises 3 dB a second;
-        it starts at the first frame's level, or at -50 dBFS if that frame is louder)."""
+        """Energy gate over an adaptive noise floor: the floor falls at once to a quieter
+        frame (not below -70 dBFS) and rises 6 dB a second; it starts at the first frame's
+        level, or at -50 dBFS if that frame is louder. The turn engine's VAD, passed to
+        ``push``, is better in noise; this gate keeps the session usable without one."""
         mean_sq = float(np.mean(np.square(frame, dtype=np.float32)))
         level = 10.0 * float(np.log10(mean_sq / (32768.0 * 32768.0) + 1e-12))
         seconds = frame.size / SAMPLE_RATE
         if self._n == frame.size:
             self._floor = min(level, -50.0)
-        self._floor = min(self._floor + 3.0 * seconds, level)
+        self._floor = max(min(self._floor + 6.0 * seconds, level), -70.0)
         self._peak = max(self._peak - 1.0 * seconds, level)
         o = self.options
         threshold = max(self._floor + o.gate_db, self._peak - o.gate_range_db, o.gate_min_dbfs)
