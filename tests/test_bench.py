@@ -56,7 +56,7 @@ def test_barge_in_needs_agent_audio_to_interrupt():
 
 
 def test_scripts_load_and_pauses_are_spliced_in_silence():
-    names = ["interrupts", "librivox", "pauses", "smoke"]
+    names = ["calls12", "interrupts", "librivox", "pauses", "smoke"]
     scripts = {n: load_script(n) for n in names}
     assert [t.interrupt_after_s for t in scripts["interrupts"].turns][:2] == [None, 0.8]
     audio = np.ones(16000, dtype=np.int16) * 1000

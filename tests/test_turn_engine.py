@@ -183,3 +183,23 @@ def test_reply_stops_after_the_sentence_limit_and_the_llm_is_cancelled():
     assert conv.history[-1] == ChatMessage("assistant", "First one here. Second one here!")
     # "here!" is token 6 and completes the second sentence: generation stops there.
     assert llm.tokens_sent == 6 and llm.cancelled == 1
+
+
+def test_history_is_capped_in_blocks_so_the_prompt_prefix_stays_stable():
+    from rejoinder.turn.engine import Reply
+
+    async def main():
+        conv = Conversation(fake_stack(), "sys", options=TurnOptions(max_history_messages=6))
+        firsts = []
+        for i in range(12):
+            reply = Reply(i, None, None)  # type: ignore[arg-type]
+            reply.user_text = f"q{i}"
+            conv._commit(reply, f"a{i}", interrupted=False)
+            assert len(conv.history) <= 6 and conv.history[0].role == "user"
+            firsts.append(conv.history[0].content)
+        return firsts
+
+    # Over the cap (8 messages) the history drops to its newest exchange and then grows
+    # again: the oldest kept message, and so the prompt's prefix, changes every third turn.
+    assert run_virtual(main()) == ["q0", "q0", "q0", "q3", "q3", "q3", "q6", "q6", "q6",
+                                   "q9", "q9", "q9"]

@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--ramp", type=float, default=0.2, help="seconds between call starts")
     bench.add_argument("--out", type=Path, default=Path("bench-out"),
                        help="folder for results.json, report.html and server.log")
+    bench.add_argument("--write-wav", type=Path, metavar="WAV",
+                       help="only write the script's turns as one WAV for `rejoinder call`"
+                            " (turns --gap seconds apart), then exit")
+    bench.add_argument("--gap", type=float, default=9.0, help="silence after each turn in"
+                       " --write-wav")
 
     cloud = sub.add_parser("cloudsim", help="run the simulated cloud providers",
                            add_help=False)
@@ -122,6 +127,19 @@ def _bench(args: argparse.Namespace) -> int:
     from rejoinder.bench.scripts import load_script
 
     logging.basicConfig(level=logging.WARNING)
+    if args.write_wav:
+        import numpy as np
+
+        from rejoinder.core.audio import SAMPLE_RATE, write_wav
+
+        script = load_script(args.script)
+        silence = np.zeros(round(args.gap * SAMPLE_RATE), dtype=np.int16)
+        parts = [np.zeros(round(script.lead_s * SAMPLE_RATE), dtype=np.int16)]
+        for turn in script.turns:
+            parts += [turn.audio, silence]
+        write_wav(args.write_wav, np.concatenate(parts), SAMPLE_RATE)
+        print(f"{len(script.turns)} turns written to {args.write_wav}")
+        return 0
     levels = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.calls]
     if any(not 1 <= n <= 100 for n in levels):
         print("rejoinder: concurrency must be between 1 and 100", file=sys.stderr)

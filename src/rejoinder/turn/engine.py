@@ -248,8 +248,7 @@ class Conversation:
                 for clause in splitter.push(canned + " ") + splitter.flush():
                     self._clause_ready(reply, clause, clauses)
                 return
-            messages = [self.system, *self.history[-self.opts.max_history_messages:],
-                        ChatMessage("user", reply.user_text)]
+            messages = [self.system, *self.history, ChatMessage("user", reply.user_text)]
             sentences = 0
             stream = self.stack.llm.stream(messages)
             try:
@@ -309,6 +308,14 @@ class Conversation:
             self.history.append(ChatMessage("user", reply.user_text))
         if agent_text or interrupted:
             self.history.append(ChatMessage("assistant", agent_text, interrupted=interrupted))
+        cap = self.opts.max_history_messages
+        if len(self.history) > cap:
+            # Drop the oldest half at once rather than one message per turn: the prompt
+            # then keeps the same prefix for many turns, so the LLM's prompt cache holds.
+            cut = len(self.history) - cap // 2
+            while cut < len(self.history) and self.history[cut].role != "user":
+                cut += 1
+            del self.history[:cut]
 
     def _finish(self, reply: Reply, outcome: str) -> None:
         if reply.trace.outcome != "pending":
