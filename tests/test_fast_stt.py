@@ -84,6 +84,15 @@ async def feed(session: WhisperStream, pcm: np.ndarray) -> None:
         await session.idle()
 
 
+async def test_without_commits_the_final_pass_decodes_the_whole_utterance() -> None:
+    engine = FakeEngine()
+    session = WhisperStream(engine)
+    await feed(session, np.concatenate([word(1100, 1.2), silence(0.3), word(1200, 0.8)]))
+    assert await session.finish() == "w1100 w1200"
+    seconds, prompt = engine.calls[-1]
+    assert prompt == "" and seconds > 2.0
+
+
 async def test_a_pause_pass_becomes_the_final_transcript() -> None:
     engine = FakeEngine()
     session = WhisperStream(engine)
@@ -98,7 +107,7 @@ async def test_a_pause_pass_becomes_the_final_transcript() -> None:
 
 async def test_audio_before_a_pause_is_committed_and_the_final_pass_decodes_only_the_tail() -> None:
     engine = FakeEngine()
-    session = WhisperStream(engine)
+    session = WhisperStream(engine, StreamOptions(commit=True, min_commit_s=1.0))
     await feed(session, np.concatenate([word(1100, 1.2), silence(0.3), word(1200, 0.8)]))
     assert session.partial().startswith("w1100")
     text = await session.finish()
