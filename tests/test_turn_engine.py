@@ -203,3 +203,22 @@ def test_history_is_capped_in_blocks_so_the_prompt_prefix_stays_stable():
     # again: the oldest kept message, and so the prompt's prefix, changes every third turn.
     assert run_virtual(main()) == ["q0", "q0", "q0", "q3", "q3", "q3", "q6", "q6", "q6",
                                    "q9", "q9", "q9"]
+
+
+def test_greeting_is_spoken_first_and_recorded():
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        clock = Clock()
+        conv = Conversation(fake_stack(tts=tts), "sys", clock=clock, greeting="Hello, how can I help?")
+        ear = Ear(conv.playout, clock)
+        task = asyncio.create_task(ear.run())
+        await conv.run(speak(script_audio([("silence", 3.0)]), clock))
+        task.cancel()
+        return conv, ear
+
+    conv, ear = run_virtual(main())
+    assert tts.spoken == ["Hello, how can I help?"]
+    assert ear.first_loud_after(0) == approx(0.065)  # TTS 50 ms, then the next 20 ms pull
+    assert conv.history == [ChatMessage("assistant", "Hello, how can I help?")]
+    assert [t["outcome"] for t in conv.traces] == ["completed"]
