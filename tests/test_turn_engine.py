@@ -210,7 +210,8 @@ def test_greeting_is_spoken_first_and_recorded():
 
     async def main():
         clock = Clock()
-        conv = Conversation(fake_stack(tts=tts), "sys", clock=clock, greeting="Hello, how can I help?")
+        conv = Conversation(fake_stack(tts=tts), "sys", clock=clock,
+                            greeting="Hello, how can I help?")
         ear = Ear(conv.playout, clock)
         task = asyncio.create_task(ear.run())
         await conv.run(speak(script_audio([("silence", 3.0)]), clock))
