@@ -20,6 +20,7 @@ import pytest
 
 from rejoinder.core.audio import FRAME_SAMPLES, SAMPLE_RATE, read_wav, split_frames
 from rejoinder.providers.local.whisper_stream import StreamOptions, WhisperStream
+from rejoinder.testing.loop import LoopTicks
 from rejoinder.testing.wer import word_errors, words
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -190,31 +191,21 @@ def stt() -> Iterator[Any]:
 async def test_streamed_transcript_of_a_librivox_sentence(stt: Any) -> None:
     pcm = read_wav(DASHWOOD)
     session = stt.stream()
-    ticks, longest_push = 0, 0.0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    started = time.perf_counter()
-    for frame in split_frames(pcm, FRAME_SAMPLES):
-        t0 = time.perf_counter()
-        await session.push(frame)
-        longest_push = max(longest_push, time.perf_counter() - t0)
-        await asyncio.sleep(0.005)  # 4x real time: background passes run meanwhile
-    text = await session.finish()
-    elapsed = time.perf_counter() - started
-    ticker.cancel()
+    longest_push = 0.0
+    async with LoopTicks() as ticks:
+        for frame in split_frames(pcm, FRAME_SAMPLES):
+            t0 = time.perf_counter()
+            await session.push(frame)
+            longest_push = max(longest_push, time.perf_counter() - t0)
+            await asyncio.sleep(0.005)  # 4x real time: background passes run meanwhile
+        text = await session.finish()
 
     assert sum(session.passes[k] for k in ("pause", "commit", "partial")) >= 2
     hyp = words(text)
     whole = words(await stt.transcribe(pcm))
     assert word_errors(reference(DASHWOOD.stem), hyp) <= 2 or word_errors(whole, hyp) <= 1, text
     # Inference runs on the worker thread: the loop keeps ticking and push() returns at once.
-    assert ticks >= 0.5 * elapsed / 0.01
+    assert ticks.share >= 0.5
     assert longest_push < 0.05
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from rejoinder.providers.local.smart_turn import (
     features,
     find_model,
 )
+from rejoinder.testing.loop import LoopTicks
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +98,7 @@ async def test_a_real_end_scores_higher_than_a_pause_mid_sentence(
 async def test_probability_does_not_block_the_event_loop(model: SmartTurn) -> None:
     audio = read_wav(Path("/usr/share/pocketsphinx/test/data/librivox/"
                           "sense_and_sensibility_01_austen_64kb-0870.wav"))
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    started = time.perf_counter()
-    for _ in range(3):
-        await model.probability(audio)
-    elapsed = time.perf_counter() - started
-    ticker.cancel()
-    assert ticks >= 0.5 * elapsed / 0.01
+    async with LoopTicks() as ticks:
+        for _ in range(3):
+            await model.probability(audio)
+    assert ticks.share >= 0.5
