@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rejoinder.bench.runner import server_process
 from rejoinder.core.audio import SAMPLE_RATE, read_wav, write_wav
 
 pytestmark = pytest.mark.slow
@@ -44,12 +41,6 @@ FAKE_REPLY = "This is a fake reply from the test stack."
 from playwright import sync_api  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=2) as resp:
         return json.load(resp)
@@ -57,36 +48,12 @@ def _get_json(url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "REJOINDER_LOG__JSON": "false"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rejoinder", "serve", "--stack", "fake",
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if _get_json(url + "/api/health")["status"] == "ok":
-                    break
-            except (OSError, urllib.error.URLError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after 30 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield url
+        with server_process("fake", log, {"REJOINDER_LOG__JSON": "false"},
+                            startup_timeout_s=30) as (url, _):
+            yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         if os.environ.get("REJOINDER_TEST_VERBOSE"):
             print(log.read_text())
 

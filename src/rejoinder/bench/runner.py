@@ -74,8 +74,9 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
                        "REJOINDER_LLM__BASE_URL": cloud_url + "/v1",
                        "REJOINDER_TTS__PROVIDER": "remote", "REJOINDER_TTS__URL": cloud_url}
             progress(f"starting the server ({opts.stack} stack)")
-            url, procs.server = stack.enter_context(
-                _server(opts.stack if opts.stack != "cloud" else "local", env, opts))
+            env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
+            url, procs.server = stack.enter_context(server_process(
+                opts.stack if opts.stack != "cloud" else "local", opts.out / "server.log", env))
         if opts.stack == "cloud":
             from rejoinder.cloudsim.profile import load_profile
 
@@ -200,21 +201,25 @@ def _rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def _server(kind: str, env: dict[str, str], opts: BenchOptions
-            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server_process(kind: str, log_path: Path, env: dict[str, str] | None = None,
+                   startup_timeout_s: float = 120.0
+                   ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``rejoinder serve --stack kind`` in a child process on a free loopback port.
+
+    Yields its URL once ``/api/health`` answers; its output goes to ``log_path``; it is
+    terminated on exit. A child that exits or never answers raises RuntimeError.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log_path = opts.out / "server.log"
-    full_env = {**os.environ, **env, "REJOINDER_SERVER__MAX_CALLS": str(opts.max_calls)}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rejoinder", "serve", "--stack", kind,
              "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + startup_timeout_s
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the server exited ({proc.returncode}); see {log_path}")
@@ -224,7 +229,7 @@ def _server(kind: str, env: dict[str, str], opts: BenchOptions
             except (aiohttp.ClientError, OSError):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start; see {log_path}") from None
-                time.sleep(0.3)
+                time.sleep(0.1)
         yield url, proc
     finally:
         proc.terminate()
@@ -232,6 +237,7 @@ def _server(kind: str, env: dict[str, str], opts: BenchOptions
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 async def _health(url: str) -> dict[str, Any]:
@@ -271,4 +277,4 @@ def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["BenchOptions", "run", "write_results"]
+__all__ = ["BenchOptions", "run", "server_process", "write_results"]
