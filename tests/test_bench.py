@@ -51,8 +51,15 @@ def test_turn_numbers_from_a_synthetic_call():
 
 def test_barge_in_needs_agent_audio_to_interrupt():
     loud = _bursts((1.0, 2.0))
-    assert barge_in_ms(loud, 3.0) is None
-    assert barge_in_ms(loud, 1.5) == pytest.approx(499.0, abs=0.5)
+    assert barge_in_ms(loud, 3.0, 4.0) is None
+    assert barge_in_ms(loud, 1.5, 2.5) == pytest.approx(499.0, abs=0.5)
+
+
+def test_barge_in_ends_at_the_last_agent_audio_before_the_caller_stops():
+    # The agent pauses between clauses (2.0-2.3 s) just after the caller starts at 1.9 s,
+    # then talks on over them until 3.0 s: it stopped at 3.0 s, not at 2.0 s.
+    loud = _bursts((1.0, 2.0), (2.3, 3.0), (4.5, 5.0))
+    assert barge_in_ms(loud, 1.9, 3.5) == pytest.approx(1100.0, abs=1.5)
 
 
 def test_scripts_load_and_pauses_are_spliced_in_silence():

@@ -28,22 +28,36 @@ async def _call(script, stack, options=None, extra_s=5.0):
     return conv, ear, events
 
 
-def test_one_turn_streams_first_clause_to_tts_before_llm_finishes():
+def _one_turn(options=None):
     stt = FakeSTT(["what time is it"], Latency(first_s=0.1))
     llm = FakeLLM(["Sure, I can help with that. It is late now."],
                   Latency(first_s=0.2, per_item_s=0.05))
     tts = FakeTTS(Latency(first_s=0.05))
 
     async def main():
-        return await _call([("silence", 0.5), ("speech", 1.0)], fake_stack(stt=stt, llm=llm,
-                                                                          tts=tts))
+        return await _call([("silence", 0.5), ("speech", 1.0)],
+                           fake_stack(stt=stt, llm=llm, tts=tts), options=options)
 
     conv, ear, events = run_virtual(main())
     (trace,) = conv.traces
     assert trace["outcome"] == "completed"
+    # TTS received the first clause while the LLM was still streaming the second.
+    assert tts.spoken == ["Sure, I can help with that.", "It is late now."]
+    assert [e["text"] for e in events if e["type"] == "user"] == ["what time is it"]
+    assert conv.history == [
+        ChatMessage("user", "what time is it"),
+        ChatMessage("assistant", "Sure, I can help with that. It is late now."),
+    ]
+    return trace, ear
+
+
+def test_one_turn_without_speculation_runs_the_stages_after_the_turn_ends():
+    trace, ear = _one_turn(TurnOptions(speculate=False))
     ms = trace["ms_after_speech_end"]
+    assert trace["speculation"] is None
     # speech ends at 1.5 s; 300 ms of silence ends the turn; then the fixed provider delays.
     assert ms["vad_end"] == approx(300.0)
+    assert ms["turn_confirmed"] == approx(300.0)
     assert ms["stt_final"] == approx(400.0)
     assert ms["llm_first_token"] == approx(600.0)
     # "that." arrives with token 6 (at 600 + 5*50 ms) and ends the first clause at once.
@@ -52,41 +66,73 @@ def test_one_turn_streams_first_clause_to_tts_before_llm_finishes():
     # The transport pulls every 20 ms (at 5, 25, 45 ... ms): the next pull is at 905 ms.
     assert ms["first_audio_sent"] == approx(905.0)
     assert ear.first_loud_after(1.5) == approx(1.5 + 0.905)
-    # TTS received the first clause while the LLM was still streaming the second.
-    assert tts.spoken == ["Sure, I can help with that.", "It is late now."]
-    assert [e["text"] for e in events if e["type"] == "user"] == ["what time is it"]
-    assert conv.history == [
-        ChatMessage("user", "what time is it"),
-        ChatMessage("assistant", "Sure, I can help with that. It is late now."),
-    ]
 
 
-REPLY = "One two three four. Five six seven eight. Nine ten eleven twelve. Thirteen fourteen."
+def test_speculation_starts_at_the_pause_and_plays_when_the_turn_is_confirmed():
+    trace, ear = _one_turn()
+    ms = trace["ms_after_speech_end"]
+    assert trace["speculation"] == "committed"
+    # The pause (100 ms of silence) starts STT, LLM and TTS; the turn is confirmed at
+    # 300 ms while they run: everything moves 200 ms earlier.
+    assert ms["vad_end"] == approx(100.0)
+    assert ms["stt_final"] == approx(200.0)
+    assert ms["turn_confirmed"] == approx(300.0)
+    assert ms["llm_first_token"] == approx(400.0)
+    assert ms["first_clause"] == approx(650.0)
+    assert ms["tts_first_audio"] == approx(700.0)
+    assert ms["first_audio_sent"] == approx(705.0)
+    assert ear.first_loud_after(1.5) == approx(1.5 + 0.705)
 
 
-def test_barge_in_stops_audio_cancels_llm_and_keeps_only_what_was_heard():
+def test_speculative_audio_waits_for_the_turn_to_be_confirmed():
+    # Fast providers: the first clause is synthesised 100 ms after the pause, before the
+    # 300 ms silence has confirmed the turn. Nothing plays until then.
+    stt = FakeSTT(["hi"], Latency(first_s=0.02))
+    llm = FakeLLM(["Hello there."], Latency(first_s=0.05))
+    tts = FakeTTS(Latency(first_s=0.03))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0)],
+                           fake_stack(stt=stt, llm=llm, tts=tts))
+
+    conv, ear, events = run_virtual(main())
+    ms = conv.traces[0]["ms_after_speech_end"]
+    assert ms["tts_first_audio"] == approx(200.0)
+    assert ms["turn_confirmed"] == approx(300.0)
+    assert ear.first_loud_after(0) == approx(1.5 + 0.305)  # the first pull after 1.8 s
+
+
+REPLY = ("One two three four. Five six seven eight. Nine ten eleven twelve. "
+         "Thirteen fourteen fifteen sixteen. Seventeen eighteen nineteen twenty.")
+
+
+def test_barge_in_stops_audio_within_a_frame_cancels_llm_and_keeps_only_what_was_heard():
     stt = FakeSTT(["count for me", "stop"], Latency(first_s=0.1))
     llm = FakeLLM([REPLY, "Okay."], Latency(first_s=0.21, per_item_s=0.1))
     tts = FakeTTS(Latency(first_s=0.05))
 
     async def main():
         return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 1.6),
-                            ("speech", 0.6)], fake_stack(stt=stt, llm=llm, tts=tts),
+                            ("speech", 0.3)], fake_stack(stt=stt, llm=llm, tts=tts),
                            options=TurnOptions(max_reply_sentences=10))
 
     conv, ear, events = run_virtual(main())
     first, second = conv.traces
     assert first["outcome"] == "interrupted" and second["outcome"] == "completed"
-    # Caller speech starts at 3.10 s; 200 ms later (3.30 s) the agent is interrupted.
-    # Agent audio began at 2.465 s; the last loud frame reached the caller at 3.285 s,
-    # the last pull before the decision; the next pull (3.305 s) was already silent.
-    assert ear.last_loud_before(3.30) == approx(3.285)
-    assert ear.first_loud_after(3.286) == approx(4.0 + 0.1 + 0.21 + 0.05 + 0.005)
-    # The LLM was still streaming (tokens every 100 ms from 2.11 s) and was cancelled
-    # after its 12th token.
+    # The reply's audio began at 2.265 s (pause 1.6, STT 1.7, token 4 at 2.21, TTS 2.26).
+    assert ear.first_loud_after(1.5) == approx(2.265)
+    # Caller speech starts at 3.10 s; after 60 ms (3.16 s) the agent's audio is held: the
+    # last loud frame reached the caller at 3.145 s, the last pull before the decision.
+    assert ear.last_loud_before(3.5) == approx(3.145)
+    # The caller's words ("stop", STT 100 ms after their 100 ms pause at 3.50 s) make it
+    # an interruption at 3.60 s. Their turn is confirmed at 3.70 s; the reply to it was
+    # speculated at once (the transcript was already final): LLM 210 ms, TTS 50 ms.
+    assert ear.first_loud_after(3.146) == approx(3.62 + 0.21 + 0.05 + 0.005)
+    # The LLM was still streaming (a token every 100 ms from 1.91 s) and was cancelled
+    # after its 17th token (at 3.51 s).
     assert llm.cancelled == 1
-    assert llm.tokens_sent == 12 + 1  # plus the one token of the second reply
-    # 42 frames (0.84 s) of the 1.0 s first clause were heard: 3 of its 4 words.
+    assert llm.tokens_sent == 17 + 1  # plus the one token of the second reply
+    # 45 frames (0.90 s) of the 1.0 s first clause were heard: 3 of its 4 words.
     assert [e for e in events if e["type"] == "interrupted"] == [
         {"type": "interrupted", "turn": 1, "heard": "One two three"}]
     assert conv.history == [
@@ -97,23 +143,54 @@ def test_barge_in_stops_audio_cancels_llm_and_keeps_only_what_was_heard():
     ]
     # The second request saw the truncated, marked history.
     assert llm.requests[1][1:] == conv.history[:3]
+    assert conv.stats["interruptions"] == 1
 
 
-def test_short_noise_while_agent_talks_does_not_interrupt():
-    stt = FakeSTT(["tell me a story"], Latency(first_s=0.1))
+def _talk_over(noise_s, words):
+    stt = FakeSTT(["tell me a story", words], Latency(first_s=0.1))
     llm = FakeLLM(["Once upon a time there was a fox."], Latency(first_s=0.2, per_item_s=0.02))
     tts = FakeTTS(Latency(first_s=0.05))
 
     async def main():
-        # Reply audio plays from about 2.1 s for 2 s; a 150 ms "mm-hm" at 2.5 s.
+        # The reply's audio plays from 2.105 s for 2 s (the last token at 2.04 s, TTS 50 ms);
+        # the caller's sound starts at 2.5 s.
         return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 1.0),
-                            ("speech", 0.15)], fake_stack(stt=stt, llm=llm, tts=tts))
+                            ("speech", noise_s)], fake_stack(stt=stt, llm=llm, tts=tts))
 
     conv, ear, events = run_virtual(main())
     assert [t["outcome"] for t in conv.traces] == ["completed"]
-    assert stt.calls == 1
     assert not [e for e in events if e["type"] == "interrupted"]
     assert conv.history[-1] == ChatMessage("assistant", "Once upon a time there was a fox.")
+    # All 2 s of the reply were played: 100 frames.
+    played = [t for t in ear.loud_times if t > 2.0]
+    assert len(played) == 100
+    return conv, ear, events, stt
+
+
+def test_sound_shorter_than_barge_in_min_does_not_even_pause_the_agent():
+    conv, ear, events, stt = _talk_over(0.04, "")
+    assert ear.loud_times[0] == approx(2.105)
+    assert ear.loud_times[-1] == approx(2.105 + 99 * 0.02)  # no gap anywhere
+    assert stt.calls == 1 and not [e for e in events if e["type"] == "hold"]
+
+
+def test_false_interruption_resumes_where_the_agent_stopped():
+    # A 100 ms click: long enough to pause the agent (60 ms), too short to be words.
+    conv, ear, events, stt = _talk_over(0.1, "")
+    assert stt.calls == 1  # judged by its length alone
+    assert conv.stats["false_interruptions"] == 1
+    # Held from 2.56 s (after 60 ms) until the caller's 100 ms pause at 2.70 s.
+    assert ear.last_loud_before(2.56) == approx(2.545)
+    assert ear.first_loud_after(2.546) == approx(2.705)
+    assert [e["type"] for e in events if e["type"] in ("hold", "resume")] == ["hold", "resume"]
+
+
+def test_backchannel_does_not_interrupt_and_the_agent_resumes():
+    conv, ear, events, stt = _talk_over(0.4, "Mm-hmm.")
+    assert stt.calls == 2 and conv.stats["backchannels"] == 1
+    # Held from 2.56 s; the caller's pause at 3.00 s, STT 100 ms: resumes at 3.10 s.
+    assert ear.last_loud_before(2.56) == approx(2.545)
+    assert ear.first_loud_after(2.546) == approx(3.105)
 
 
 def test_pause_before_agent_audio_carries_utterance_into_next_turn():
@@ -186,15 +263,14 @@ def test_reply_stops_after_the_sentence_limit_and_the_llm_is_cancelled():
 
 
 def test_history_is_capped_in_blocks_so_the_prompt_prefix_stays_stable():
-    from rejoinder.turn.engine import Reply
+    from types import SimpleNamespace
 
     async def main():
         conv = Conversation(fake_stack(), "sys", options=TurnOptions(max_history_messages=6))
         firsts = []
         for i in range(12):
-            reply = Reply(i, None, None)  # type: ignore[arg-type]
-            reply.user_text = f"q{i}"
-            conv._commit(reply, f"a{i}", interrupted=False)
+            reply = SimpleNamespace(user_text=f"q{i}")
+            conv._commit(reply, f"a{i}", interrupted=False)  # type: ignore[arg-type]
             assert len(conv.history) <= 6 and conv.history[0].role == "user"
             firsts.append(conv.history[0].content)
         return firsts

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rejoinder.core.errors import ConfigError
-from rejoinder.turn.engine import TurnOptions
+from rejoinder.turn.options import TurnOptions
 
 ENV_PREFIX = "REJOINDER_"
 
@@ -203,13 +203,14 @@ def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
 
 def _convert(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
-    if origin in (list, typing.List):  # noqa: UP006
+    if origin in (list, tuple, typing.List):  # noqa: UP006
         if isinstance(value, _EnvValue):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
+        if not isinstance(value, list | tuple):
             raise ConfigError(name, f"expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint)
-        return [_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        item = typing.get_args(hint)[0]
+        items = [_convert(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if isinstance(hint, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     try:

@@ -22,7 +22,6 @@ from rejoinder.bench.caller import BURST_GAP_S, CallRecord
 from rejoinder.client.measure import onset_after
 from rejoinder.turn.clauses import ClauseSplitter
 
-QUIET_AFTER_BARGE_IN_S = 0.25  # agent silence that counts as "stopped"
 JOIN_TOLERANCE_S = 1.0         # caller EoS vs the server's speech end, to join records
 
 
@@ -65,7 +64,7 @@ def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[st
             "call": call, "turn": t.index, "call_id": record.call_id,
             "v2v_ms": v2v, "replied": v2v is not None, "cut_off": cut,
             "interrupt": t.interrupt,
-            "barge_in_ms": barge_in_ms(loud, t.start) if t.interrupt else None,
+            "barge_in_ms": barge_in_ms(loud, t.start, t.eos) if t.interrupt else None,
             "ideal_ms": ideal,
             "overhead_ms": None if v2v is None or ideal is None else round(v2v - ideal, 1),
             "server": server,
@@ -73,22 +72,23 @@ def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[st
     return out
 
 
-def barge_in_ms(loud: np.ndarray, start: float) -> float | None:
-    """Start of caller speech to the last agent sample before a quiet stretch.
+def barge_in_ms(loud: np.ndarray, start: float, until: float) -> float | None:
+    """Start of caller speech to the last agent sample heard before ``until`` (the end of
+    the caller's interrupting utterance: the agent must be quiet by then).
 
     None if the agent was not audible when the caller started (nothing to interrupt).
+    Taking the last sample before ``until``, not the end of the burst the caller started
+    in, matters: a reply has gaps of its own (between clauses), and an agent that went
+    quiet at one of them and then talked on over the caller has not stopped.
     """
     n = loud.size
     i = int(np.searchsorted(loud, start, side="left"))  # first loud sample at/after start
-    if i > 0 and start - loud[i - 1] <= BURST_GAP_S:
-        k = i - 1
-    elif i < n and loud[i] - start <= BURST_GAP_S:
-        k = i
-    else:
+    audible = (i > 0 and start - loud[i - 1] <= BURST_GAP_S) or (
+        i < n and loud[i] - start <= BURST_GAP_S)
+    if not audible:
         return None
-    while k + 1 < n and loud[k + 1] - loud[k] < QUIET_AFTER_BARGE_IN_S:
-        k += 1
-    return round(max(0.0, float(loud[k]) - start) * 1000.0, 1)
+    j = int(np.searchsorted(loud, until, side="left")) - 1  # last loud sample before until
+    return round(max(0.0, float(loud[j]) - start) * 1000.0, 1)
 
 
 def _join(traces: list[dict[str, Any]], eos_wall: float) -> dict[str, Any] | None:

@@ -34,6 +34,9 @@ class TurnTrace:
     stamps: dict[str, float] = field(default_factory=dict)
     outcome: str = "pending"  # completed | interrupted | abandoned | failed | empty
     error: str | None = None
+    # "committed": the reply started speculatively at the pause and was kept; "restarted":
+    # the transcript changed after that and the reply was built again; None: not speculative.
+    speculation: str | None = None
 
     def mark(self, stage: str, t: float) -> None:
         self.stamps.setdefault(stage, t)
@@ -51,6 +54,7 @@ class TurnTrace:
             "outcome": self.outcome,
             "speech_end_wall": None if base is None else round(base + self.wall_offset, 4),
             "ms_after_speech_end": ms,
+            "speculation": self.speculation,
             **({"error": self.error} if self.error else {}),
         }
 

@@ -15,7 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -65,6 +65,54 @@ class VAD(ABC):
     def stream(self) -> VADStream: ...
 
 
+class STTStream(Protocol):
+    """One caller's utterance being transcribed while it is spoken.
+
+    The turn engine pushes every frame of the utterance (with its VAD verdict), asks for
+    ``finish()`` when the caller pauses (it may be asked again if they go on: the session
+    keeps the whole utterance), and calls ``reset()`` once a reply to it is committed.
+    """
+
+    async def push(self, frame: PCM, speech: bool | None = None) -> None: ...
+
+    async def finish(self) -> str: ...
+
+    def reset(self) -> None: ...
+
+
+class BufferedSTTStream:
+    """The default session: keep the audio, transcribe it whole at ``finish()``.
+
+    Like an incremental engine, it answers a second ``finish()`` without new work when no
+    speech came since the first (only silence was added).
+    """
+
+    def __init__(self, stt: STT) -> None:
+        self._stt = stt
+        self.reset()
+
+    async def push(self, frame: PCM, speech: bool | None = None) -> None:
+        self._frames.append(frame)
+        if speech or speech is None:
+            self._speech += 1
+            self._final = None
+
+    async def finish(self) -> str:
+        if self._final is not None:
+            return self._final
+        speech = self._speech
+        audio = np.concatenate(self._frames) if self._frames else np.zeros(0, np.int16)
+        text = await self._stt.transcribe(audio)
+        if speech == self._speech:
+            self._final = text
+        return text
+
+    def reset(self) -> None:
+        self._frames: list[PCM] = []
+        self._speech = 0  # speech frames pushed
+        self._final: str | None = None  # the transcript, while no speech came after it
+
+
 class STT(ABC):
     """Speech to text for one finished utterance (16 kHz mono int16)."""
 
@@ -85,8 +133,33 @@ class STT(ABC):
     @abstractmethod
     async def _transcribe(self, audio: PCM) -> str: ...
 
+    def stream(self) -> STTStream:
+        """A session for one caller (engines that transcribe incrementally override this)."""
+        return BufferedSTTStream(self)
+
     async def warm(self) -> None:
         await self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.int16))
+
+
+class TurnModel(ABC):
+    """An end-of-turn model: P(the caller has finished) from the audio of their turn so far."""
+
+    name = "turn-model"
+    timeout_s = 1.0
+
+    async def probability(self, audio: PCM) -> float:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return float(await self._probability(audio))
+        except TimeoutError as exc:
+            raise ProviderTimeout(self.name, f"no answer within {self.timeout_s} s") from exc
+        except (ProviderError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ProviderError(self.name, f"end-of-turn model failed: {exc!r}") from exc
+
+    @abstractmethod
+    async def _probability(self, audio: PCM) -> float: ...
 
 
 class _Streaming:
@@ -166,14 +239,17 @@ class Stack:
     stt: STT
     llm: LLM
     tts: TTS
+    turn: TurnModel | None = None  # None: the end of a turn is taken from silence alone
 
     async def warm(self, system: list[ChatMessage]) -> None:
         await self.stt.warm()
         await self.tts.warm()
         await self.llm.warm(system)
+        if self.turn is not None:
+            await self.turn.probability(np.zeros(SAMPLE_RATE, dtype=np.int16))
 
     async def close(self) -> None:
-        for p in (self.vad, self.stt, self.llm, self.tts):
+        for p in (self.vad, self.stt, self.llm, self.tts, self.turn):
             close = getattr(p, "close", None)
             if close is not None:
                 result = close()

@@ -16,7 +16,16 @@ import numpy as np
 
 from rejoinder.core.audio import PCM, rms_dbfs
 from rejoinder.core.clock import Clock
-from rejoinder.providers.base import LLM, STT, TTS, VAD, ChatMessage, Stack, VADStream
+from rejoinder.providers.base import (
+    LLM,
+    STT,
+    TTS,
+    VAD,
+    ChatMessage,
+    Stack,
+    TurnModel,
+    VADStream,
+)
 
 
 @dataclass(frozen=True)
@@ -176,7 +185,26 @@ class FakeTTS(TTS):
         return None
 
 
-def fake_stack(*, stt: STT | None = None, llm: LLM | None = None,
-               tts: TTS | None = None, vad: VAD | None = None) -> Stack:
+class FakeTurnModel(TurnModel):
+    """P(turn complete) from a function of the turn's audio (or a constant), after
+    ``latency.first_s``. Records the length in samples of every audio it was asked about."""
+
+    name = "fake-turn-model"
+
+    def __init__(self, probability: float | Callable[[PCM], float] = 1.0,
+                 latency: Latency = Latency(), clock: Clock | None = None) -> None:
+        self._p = probability
+        self.asked: list[int] = []
+        self._waits = _Waits(latency, clock)
+
+    async def _probability(self, audio: PCM) -> float:
+        await self._waits.hang_if_asked()
+        self.asked.append(len(audio))
+        await self._waits.wait(self._waits.latency.first_s)
+        return self._p(audio) if callable(self._p) else self._p
+
+
+def fake_stack(*, stt: STT | None = None, llm: LLM | None = None, tts: TTS | None = None,
+               vad: VAD | None = None, turn: TurnModel | None = None) -> Stack:
     return Stack(vad=vad or FakeVAD(), stt=stt or FakeSTT(), llm=llm or FakeLLM(),
-                 tts=tts or FakeTTS())
+                 tts=tts or FakeTTS(), turn=turn)

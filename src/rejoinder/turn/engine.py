@@ -1,84 +1,62 @@
 """The turn engine: one conversation, from caller frames to agent audio.
 
-Everything about turn-taking lives here. The engine reads 16 kHz caller
-frames, tracks voice activity, decides when the caller's turn has ended, and
-runs one :class:`Reply` per agent turn:
+Everything about turn-taking lives here; what one reply does is in ``turn/reply.py``.
+Per caller frame the engine takes the VAD's verdict, feeds the caller's utterance to the
+STT session, and moves through these decisions:
 
-    utterance ─► STT ─► LLM deltas ─► clause splitter ─► TTS ─► playout
-                             (producer task)           (speaker task)
+- **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): the
+  end-of-turn model is asked about the audio so far, and a *speculative* reply starts at
+  once (final transcript, LLM, first TTS clause) with its audio held back.
+- **Turn confirmed**, by two signals: the model is sure (P >= ``confirm_p``) as soon as
+  it answers; or ``end_silence_s`` of silence, unless the model says the caller is
+  mid-sentence (P < ``hold_p``: then only ``max_silence_s`` ends the turn). The held audio
+  plays. If the caller made sounds after the speculation started, the transcript is
+  taken again and a reply built on different words is cancelled and restarted.
+- **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
+  cancelled as one unit and the utterance continues. The same happens to a confirmed
+  reply the caller has not heard yet: they were only pausing.
+- **Caller speaks over the agent**: after ``barge_in_min_s`` the agent's audio is held
+  within one frame. When the caller pauses, their words decide: nothing, a cough or a
+  backchannel ("mm-hm") lets the agent resume where it stopped (a false interruption);
+  anything else interrupts: the reply is cancelled, and the history keeps only the words
+  the caller heard, marked as interrupted. Speech longer than ``backchannel_max_s``
+  interrupts without waiting for words.
 
-Barge-in cancels the current reply as one unit: the LLM and TTS tasks stop,
-queued audio is flushed, and the history keeps only the words the caller
-heard, marked as interrupted. If the caller speaks before any agent audio was
-heard, the pending reply is dropped and its audio is carried into the next
-utterance (the caller was only pausing).
+Durations are counted in samples of caller audio, not read off the clock, so network
+jitter cannot stretch or shrink them; the clock only stamps when things happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
-from rejoinder.core.audio import FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, Resampler
+from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import ProviderError
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage, Stack
-from rejoinder.turn.clauses import ClauseSplitter
+from rejoinder.turn.options import TurnOptions
 from rejoinder.turn.playout import Playout
+from rejoinder.turn.reply import Reply
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Conversation", "TurnOptions"]
 
 Event = dict[str, object]
 EventSink = Callable[[Event], None]
 
-_SENTENCE_MARKS = frozenset(".!?…")
 _vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
-
-
-@dataclass(frozen=True)
-class TurnOptions:
-    """Turn-taking knobs (seconds unless named otherwise)."""
-
-    vad_threshold: float = 0.5
-    end_silence_s: float = 0.3     # silence that ends the caller's turn
-    min_speech_s: float = 0.12     # shorter voiced stretches are noise, not a turn
-    barge_in_min_s: float = 0.2    # caller speech this long while the agent talks interrupts
-    preroll_s: float = 0.2         # audio kept from before speech onset, for STT
-    max_history_messages: int = 16
-    clause_min_words: int = 3
-    max_reply_sentences: int = 2   # a spoken reply stops after this many sentences
-
-    def __post_init__(self) -> None:
-        from rejoinder.core.errors import ConfigError
-
-        if not 0.0 < self.vad_threshold < 1.0:
-            raise ConfigError("turn.vad_threshold", "must be between 0 and 1")
-        for name in ("end_silence_s", "min_speech_s", "barge_in_min_s", "preroll_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"turn.{name}", "must not be negative")
-        if self.max_reply_sentences < 1:
-            raise ConfigError("turn.max_reply_sentences", "must be at least 1")
-        if self.max_history_messages < 2:
-            raise ConfigError("turn.max_history_messages", "must be at least 2")
-
-
-@dataclass
-class Reply:
-    """One agent turn: a handle with its turn id, its task and its trace."""
-
-    turn: int
-    audio: PCM                      # the caller's utterance this reply answers
-    trace: TurnTrace
-    task: asyncio.Task[None] | None = None
-    user_text: str = ""
-    text: str = ""                  # everything generated so far
+_HOLD_SPECULATIVE = "speculative"
+_HOLD_CALLER = "caller"
+_TURN_MODEL_WINDOW = 8 * SAMPLE_RATE
 
 
 class Conversation:
@@ -106,202 +84,332 @@ class Conversation:
         self.playout = playout or Playout()
         self.playout.on_clause_start = self._on_clause_start
         self.greeting = greeting
+        self.stt = stack.stt.stream()  # the caller's utterance, transcribed as it comes
         self.traces: list[dict[str, object]] = []  # emitted turn records, in order
+        #: speculative_starts, commits, wasted, restarts, interruptions,
+        #: false_interruptions, backchannels, fillers
+        self.stats: Counter[str] = Counter()
         self._reply: Reply | None = None
         self._turns = 0
         self._wall_offset = self.clock.wall() - self.clock.now()
-        self._carry = np.zeros(0, dtype=np.int16)
+        # The caller's utterance: open from speech onset (with pre-roll) until a reply to it
+        # starts playing, or it turns out to be noise or a backchannel.
+        self._open = False
+        self._frames: list[PCM] = []
+        self._ring: list[PCM] = []      # recent frames while no utterance is open
+        self._ring_len = 0
+        self._voiced = 0                # samples from onset to the last voiced frame
+        self._run = 0                   # samples in the current voiced run
+        self._silence = 0               # samples since the last voiced frame
+        self._last_speech = 0.0
+        self._paused = False            # the current silence has reached pause_s
+        self._pause_id = 0
+        self._turn_p: float | None = None  # the model's answer for this pause
+        self._turn_failed = False
+        self._spec_voiced = 0           # self._voiced when the speculation started
+        self._interrupting: Reply | None = None  # the reply held by caller speech
+        self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
 
     # -- the caller side ---------------------------------------------------------------
     async def run(self, frames: AsyncIterator[PCM]) -> None:
-        """Consume caller frames (16 kHz mono int16, any length) until they end.
-
-        Durations (speech length, silence length) are counted in samples of caller
-        audio, not read off the clock, so network jitter cannot stretch or shrink
-        them; the clock only stamps when things happened.
-        """
-        o = self.opts
+        """Consume caller frames (16 kHz mono int16, any length) until they end."""
         vad = self.stack.vad.stream()
         inline = getattr(self.stack.vad, "inline", False)
         loop = asyncio.get_running_loop()
-        preroll, end_silence, min_speech, barge_in = (
-            round(s * SAMPLE_RATE)
-            for s in (o.preroll_s, o.end_silence_s, o.min_speech_s, o.barge_in_min_s))
-        ring: list[PCM] = []          # recent frames while not in speech, for pre-roll
-        ring_len = 0
-        utterance: list[PCM] = []
-        in_speech = False
-        voiced = silence = 0          # samples since speech onset / since the last voiced frame
-        last_speech = 0.0
+        threshold = self.opts.vad_threshold
         if self.greeting:
-            self._start_reply(np.zeros(0, dtype=np.int16), self.clock.now(), text=self.greeting)
+            self._start_reply(self.clock.now(), canned=self.greeting)
         try:
             async for frame in frames:
                 now = self.clock.now()
                 p = vad.push(frame) if inline else await loop.run_in_executor(
                     _vad_executor, vad.push, frame)
-                if p >= o.vad_threshold:
-                    if not in_speech:
-                        in_speech, voiced = True, 0
-                        utterance, ring, ring_len = ring, [], 0
-                    voiced += silence + len(frame)
-                    silence = 0
-                    last_speech = now
-                    utterance.append(frame)
-                    if self._reply is not None and voiced >= barge_in:
-                        await self._barge_in()
-                elif in_speech:
-                    utterance.append(frame)
-                    silence += len(frame)
-                    if silence >= end_silence:
-                        in_speech, silence = False, 0
-                        if voiced >= min_speech:
-                            self._end_of_turn(np.concatenate(utterance), last_speech, now)
-                        utterance = []
+                if p >= threshold:
+                    await self._on_speech(frame, now)
+                elif self._open:
+                    await self._on_silence(frame, now)
                 else:
-                    ring.append(frame)
-                    ring_len += len(frame)
-                    while ring and ring_len - len(ring[0]) >= preroll:
-                        ring_len -= len(ring.pop(0))
+                    self._remember(frame)
         finally:
             await self.close()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            await cancel_and_wait(task, what=task.get_name())
         reply, self._reply = self._reply, None
         if reply is not None:
-            await cancel_and_wait(reply.task, what=f"reply {reply.turn}")
+            await reply.cancel()
             self._finish(reply, "abandoned")
 
-    # -- turn decisions ----------------------------------------------------------------
-    def _end_of_turn(self, audio: PCM, speech_end: float, now: float) -> None:
-        if self._reply is not None:
-            # Too short to interrupt the agent (a cough, an "mm-hm"): not a turn.
-            return
-        if self._carry.size:
-            audio = np.concatenate((self._carry, audio))
-            self._carry = np.zeros(0, dtype=np.int16)
-        reply = self._start_reply(audio, speech_end)
-        reply.trace.mark("vad_end", now)
-        reply.trace.mark("turn_confirmed", now)
+    def _remember(self, frame: PCM) -> None:
+        """Keep the last ``preroll_s`` of audio before speech: onsets are soft."""
+        self._ring.append(frame)
+        self._ring_len += len(frame)
+        preroll = self.opts.preroll_s * SAMPLE_RATE
+        while self._ring and self._ring_len - len(self._ring[0]) >= preroll:
+            self._ring_len -= len(self._ring.pop(0))
 
-    def _start_reply(self, audio: PCM, speech_end: float, text: str | None = None) -> Reply:
-        self._turns += 1
-        trace = TurnTrace(self.call_id, self._turns, self._wall_offset)
+    async def _on_speech(self, frame: PCM, now: float) -> None:
+        o = self.opts
+        if not self._open:
+            self._open = True
+            for earlier in self._ring:
+                self._frames.append(earlier)
+                await self.stt.push(earlier, False)
+            self._ring, self._ring_len = [], 0
+        n = len(frame)
+        self._frames.append(frame)
+        await self.stt.push(frame, True)
+        self._run += n
+        self._voiced += self._silence + n
+        self._silence = 0
+        self._last_speech = now
+        if self._paused:
+            self._paused, self._turn_p, self._turn_failed = False, None, False
+        reply = self._reply
+        run_s = self._run / SAMPLE_RATE
+        if self._interrupting is not None:
+            if self._voiced / SAMPLE_RATE >= o.backchannel_max_s:
+                await self._interrupt(self._interrupting)
+        elif reply is None:
+            return
+        elif not reply.confirmed.is_set():
+            if run_s >= o.min_speech_s:  # the caller goes on: the speculation was wasted
+                self.stats["wasted"] += 1
+                await self._drop(reply, "wasted")
+        elif not self.playout.started(reply.turn):
+            if run_s >= o.min_speech_s:  # nothing heard yet: the caller was only pausing
+                await self._drop(reply, "abandoned")
+        elif run_s >= o.barge_in_min_s:
+            self._interrupting = reply
+            self.playout.hold(_HOLD_CALLER)
+            self.events({"type": "hold", "turn": reply.turn})
+
+    async def _on_silence(self, frame: PCM, now: float) -> None:
+        o = self.opts
+        self._frames.append(frame)
+        await self.stt.push(frame, False)
+        self._run = 0
+        self._silence += len(frame)
+        silence_s = self._silence / SAMPLE_RATE
+        reply = self._reply
+        if self._interrupting is not None:
+            if not self._paused and silence_s >= o.pause_s:
+                self._paused = True
+                self._pause_id += 1
+                self._spawn(self._judge_interruption(self._interrupting, self._pause_id),
+                            "interruption")
+            return
+        if reply is not None and reply.confirmed.is_set():
+            return  # the agent's turn; the caller is listening
+        if self._voiced / SAMPLE_RATE < o.min_speech_s:
+            if silence_s >= o.end_silence_s and reply is None:
+                self._close_utterance()  # a click or a breath
+            return
+        if not self._paused and silence_s >= o.pause_s:
+            self._paused = True
+            self._pause_id += 1
+            if self.stack.turn is not None:
+                self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
+            if reply is None and o.speculate:
+                self._speculate(now)
+        await self._maybe_confirm(now)
+
+    # -- the end of the caller's turn --------------------------------------------------
+    def _speculate(self, now: float) -> None:
+        self.stats["speculative_starts"] += 1
+        self._spec_voiced = self._voiced
+        self.playout.hold(_HOLD_SPECULATIVE)
+        reply = self._start_reply(self._last_speech, speculative=True)
+        reply.trace.mark("vad_end", now)
+
+    async def _ask_turn_model(self, pause_id: int) -> None:
+        audio = np.concatenate(self._frames)[-_TURN_MODEL_WINDOW:]
+        try:
+            p = await self.stack.turn.probability(audio)  # type: ignore[union-attr]
+        except ProviderError as exc:
+            log.warning("end-of-turn model failed, using silence alone: %s", exc)
+            p = None
+        if pause_id != self._pause_id or not self._paused:
+            return  # the caller spoke again meanwhile
+        self._turn_p, self._turn_failed = p, p is None
+        await self._maybe_confirm(self.clock.now())
+
+    async def _maybe_confirm(self, now: float) -> None:
+        reply = self._reply
+        if not self._paused or (reply is not None and reply.confirmed.is_set()):
+            return
+        o, p = self.opts, self._turn_p
+        silence_s = self._silence / SAMPLE_RATE
+        if self.stack.turn is None or self._turn_failed:
+            done = silence_s >= o.end_silence_s
+        elif p is None:  # not answered yet: a pause must not end the turn on silence alone
+            done = silence_s >= o.max_silence_s
+        else:
+            done = (p >= o.confirm_p or (p >= o.hold_p and silence_s >= o.end_silence_s)
+                    or silence_s >= o.max_silence_s)
+        if done:
+            await self._confirm(now)
+
+    async def _confirm(self, now: float) -> None:
+        reply = self._reply
+        if reply is None:  # no speculation: the reply starts now
+            reply = self._start_reply(self._last_speech)
+            reply.trace.mark("vad_end", now)
+        self._turns = reply.turn
+        if not reply.speculative:
+            reply.confirm(now)
+            return
+        self.stats["commits"] += 1
+        if reply.empty:  # the caller's sound had no words
+            reply.confirm(now)
+            return
+        if self._voiced != self._spec_voiced:
+            # Sounds since the speculation started: is the transcript still the same?
+            reply.confirm(now)
+            self._spawn(self._recheck(reply), "recheck")
+            return
+        reply.confirm(now)
+        self.playout.release(_HOLD_SPECULATIVE)
+
+    async def _recheck(self, reply: Reply) -> None:
+        text = await self.stt.finish()
+        await reply.transcript_ready.wait()
+        if self._reply is not reply:
+            return
+        if _words(text) == _words(reply.user_text):
+            self.playout.release(_HOLD_SPECULATIVE)
+            return
+        self.stats["restarts"] += 1
+        log.debug("turn %d: transcript changed after speculation; restarting", reply.turn)
+        await reply.cancel()
+        self.playout.flush()
+        self.playout.forget(reply.turn)
+        self.playout.release(_HOLD_SPECULATIVE)
+        trace = TurnTrace(self.call_id, reply.turn, self._wall_offset)
+        trace.stamps = dict(reply.trace.stamps)
+        trace.mark("stt_final", self.clock.now())
+        trace.speculation = "restarted"
+        fresh = Reply(self, reply.turn, trace, user_text=text)
+        self._reply = fresh
+        fresh.confirm(self.clock.now())
+        fresh.start()
+
+    def _start_reply(self, speech_end: float, *, speculative: bool = False,
+                     canned: str | None = None) -> Reply:
+        turn = self._turns + 1
+        trace = TurnTrace(self.call_id, turn, self._wall_offset)
         trace.mark("speech_end", speech_end)
-        reply = Reply(self._turns, audio, trace)
-        reply.task = asyncio.create_task(self._run_reply(reply, text), name=f"reply-{reply.turn}")
+        if speculative:
+            trace.speculation = "committed"
+        reply = Reply(self, turn, trace, speculative=speculative, canned=canned)
+        if canned is not None:
+            self._turns = turn
         self._reply = reply
+        reply.start()
         return reply
 
-    async def _barge_in(self) -> None:
-        reply = self._reply
-        assert reply is not None
+    async def _drop(self, reply: Reply, outcome: str) -> None:
+        """Cancel a reply the caller has heard nothing of; their utterance goes on."""
         self._reply = None
-        heard_anything = self.playout.started(reply.turn)
+        await reply.cancel()
         self.playout.flush()
-        await cancel_and_wait(reply.task, what=f"reply {reply.turn}")
-        if heard_anything:
+        self.playout.release(_HOLD_SPECULATIVE)
+        if outcome == "wasted":
+            self.playout.forget(reply.turn)  # not a turn: no trace, the id is reused
+        else:
+            self._finish(reply, outcome)
+
+    # -- the caller over the agent -------------------------------------------------------
+    async def _judge_interruption(self, reply: Reply, pause_id: int) -> None:
+        """The caller paused after speaking over ``reply``: was it an interruption?"""
+        o = self.opts
+        text = ""
+        if self._voiced / SAMPLE_RATE >= o.min_speech_s:
+            text = await self.stt.finish()
+        if self._interrupting is not reply or pause_id != self._pause_id or not self._paused:
+            return  # decided meanwhile, or the caller went on (judged at their next pause)
+        if o.is_backchannel(text):
+            self.stats["backchannels" if text else "false_interruptions"] += 1
+            self._interrupting = None
+            self._close_utterance()
+            self.playout.release(_HOLD_CALLER)
+            self.events({"type": "resume", "turn": reply.turn})
+        else:
+            await self._interrupt(reply)
+
+    async def _interrupt(self, reply: Reply) -> None:
+        """Barge-in: the reply ends here, with what the caller heard of it."""
+        self._interrupting = None
+        self.stats["interruptions"] += 1
+        if self._reply is reply:
+            self._reply = None
             heard = self.playout.heard(reply.turn)
+            self.playout.flush()
+            await reply.cancel()
             self._commit(reply, heard, interrupted=True)
             self.events({"type": "interrupted", "turn": reply.turn, "heard": heard})
             self._finish(reply, "interrupted")
-        else:
-            # Nothing was heard: the caller had only paused. Answer the whole thing later.
-            self._carry = reply.audio
-            self._finish(reply, "abandoned")
+        self.playout.release(_HOLD_CALLER)
+        # The caller's words are the start of their turn; if they already paused, the
+        # pause starts over so that speculation and the end-of-turn model see it.
+        self._paused = False
+        self._turn_p = None
 
-    # -- one reply -----------------------------------------------------------------------
-    async def _run_reply(self, reply: Reply, canned: str | None) -> None:
-        trace, clock = reply.trace, self.clock
-        try:
-            if canned is None:
-                reply.user_text = await self.stack.stt.transcribe(reply.audio)
-                trace.mark("stt_final", clock.now())
-                if not reply.user_text:
-                    self._release(reply)
-                    self._finish(reply, "empty")
-                    return
-                self.events({"type": "user", "turn": reply.turn, "text": reply.user_text})
-            clauses: asyncio.Queue[str | None] = asyncio.Queue()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._speak(reply, clauses))
-                await self._think(reply, clauses, canned)
-            await self._wait_played(reply)
-            if self._release(reply):
-                self._commit(reply, reply.text.strip(), interrupted=False)
-                self._finish(reply, "completed")
-        except* ProviderError as eg:
-            exc = eg.exceptions[0]
-            log.warning("turn %d failed: %s", reply.turn, exc)
-            reply.trace.error = str(exc)
-            if self._release(reply):
-                self.playout.flush()
-                self._finish(reply, "failed")
-            self.events({"type": "error", "turn": reply.turn, "message": str(exc)})
-
-    async def _think(self, reply: Reply, clauses: asyncio.Queue[str | None],
-                     canned: str | None) -> None:
-        """Producer: LLM deltas -> clauses."""
-        splitter = ClauseSplitter(self.opts.clause_min_words)
-        try:
-            if canned is not None:
-                for clause in splitter.push(canned + " ") + splitter.flush():
-                    self._clause_ready(reply, clause, clauses)
-                return
-            messages = [self.system, *self.history, ChatMessage("user", reply.user_text)]
-            sentences = 0
-            stream = self.stack.llm.stream(messages)
-            try:
-                async for delta in stream:
-                    reply.trace.mark("llm_first_token", self.clock.now())
-                    for clause in splitter.push(delta):
-                        self._clause_ready(reply, clause, clauses)
-                        sentences += clause[-1] in _SENTENCE_MARKS
-                    if sentences >= self.opts.max_reply_sentences:
-                        return  # long enough for speech; closing the stream stops the LLM
-            finally:
-                await stream.aclose()
-            for clause in splitter.flush():
-                self._clause_ready(reply, clause, clauses)
-        finally:
-            clauses.put_nowait(None)
-
-    def _clause_ready(self, reply: Reply, clause: str, clauses: asyncio.Queue[str | None]) -> None:
-        reply.trace.mark("first_clause", self.clock.now())
-        reply.text += clause + " "
-        clauses.put_nowait(clause)
-
-    async def _speak(self, reply: Reply, clauses: asyncio.Queue[str | None]) -> None:
-        """Consumer: clauses -> TTS audio -> playout, in order."""
-        tts = self.stack.tts
-        while (clause := await clauses.get()) is not None:
-            index = self.playout.begin_clause(reply.turn, clause)
-            resample = Resampler(tts.sample_rate, OUT_RATE)
-            async for chunk in tts.synthesize(clause):
-                reply.trace.mark("tts_first_audio", self.clock.now())
-                self.playout.push(reply.turn, index, resample(chunk))
-            self.playout.push(reply.turn, index, resample(np.zeros(0, dtype=np.int16), last=True))
-            self.playout.end_clause(reply.turn, index)
-
-    async def _wait_played(self, reply: Reply) -> None:
-        # Poll at frame rate: playout is pulled by the transport every 20 ms.
-        frame_s = FRAME_SAMPLES / SAMPLE_RATE
-        while self.playout.is_playing(reply.turn):
-            await self.clock.sleep(frame_s)
-
+    # -- the agent side ------------------------------------------------------------------
     def _on_clause_start(self, turn: int, index: int, text: str) -> None:
         """The transport just took the first frame of a clause: it is being spoken now."""
-        if self._reply is not None and self._reply.turn == turn and index == 0:
-            self._reply.trace.mark("first_audio_sent", self.clock.now())
+        reply = self._reply
+        if reply is not None and reply.turn == turn and index == 0:
+            reply.trace.mark("first_audio_sent", self.clock.now())
+            if self._interrupting is None:
+                self._close_utterance()  # the caller hears the answer: their turn is over
         self.events({"type": "agent", "turn": turn, "text": text})
 
-    # -- bookkeeping -----------------------------------------------------------------------
-    def _release(self, reply: Reply) -> bool:
-        """Stop treating ``reply`` as the current one; False if it already was not."""
+    def reply_done(self, reply: Reply, outcome: str) -> None:
         if self._reply is not reply:
-            return False
+            return
         self._reply = None
-        return True
+        self.playout.release(_HOLD_SPECULATIVE)
+        if not self.playout.started(reply.turn) and self._interrupting is None:
+            self._close_utterance()  # nothing was said (no words, or an empty reply)
+        if outcome != "empty":
+            self._commit(reply, reply.text.strip(), interrupted=False)
+        self._finish(reply, outcome)
+
+    def reply_failed(self, reply: Reply, exc: BaseException) -> None:
+        if isinstance(exc, ProviderError):
+            log.warning("turn %d failed: %s", reply.turn, exc)
+        else:
+            log.error("turn %d failed", reply.turn, exc_info=exc)
+        reply.trace.error = str(exc)
+        self.events({"type": "error", "turn": reply.turn, "message": str(exc)})
+        if self._reply is not reply:
+            return
+        self._reply = None
+        self.playout.flush()
+        self.playout.release(_HOLD_SPECULATIVE)
+        self._turns = max(self._turns, reply.turn)
+        self._close_utterance()
+        self._finish(reply, "failed")
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def _close_utterance(self) -> None:
+        self._open = False
+        self._frames = []
+        self._voiced = self._run = self._silence = 0
+        self._paused, self._turn_p, self._turn_failed = False, None, False
+        self.stt.reset()
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=exc)
 
     def _commit(self, reply: Reply, agent_text: str, interrupted: bool) -> None:
         if reply.user_text:
@@ -325,3 +433,7 @@ class Conversation:
         rec = reply.trace.emit()
         self.traces.append(rec)
         self.events({"type": "trace", **rec})
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(".,!?;:\"'…").lower() for w in text.split()]

@@ -22,6 +22,7 @@ class _Clause:
     queued: int = 0     # samples pushed so far
     played: int = 0     # samples pulled by the transport
     complete: bool = False  # all of its audio has been pushed
+    filler: bool = False    # a filler ("One moment."): spoken, but not part of the reply
 
 
 @dataclass
@@ -44,11 +45,12 @@ class Playout:
         self._offset = 0  # samples of the head chunk already pulled
         self._queued = 0
         self._replies: dict[int, _Reply] = {}
+        self._holds: set[str] = set()  # while any is set, nothing plays (audio stays queued)
 
     # -- producer side -------------------------------------------------------------
-    def begin_clause(self, turn: int, text: str) -> int:
+    def begin_clause(self, turn: int, text: str, *, filler: bool = False) -> int:
         reply = self._replies.setdefault(turn, _Reply())
-        reply.clauses.append(_Clause(text))
+        reply.clauses.append(_Clause(text, filler=filler))
         return len(reply.clauses) - 1
 
     def push(self, turn: int, clause: int, pcm: PCM) -> None:
@@ -67,7 +69,7 @@ class Playout:
     # -- transport side ------------------------------------------------------------
     def pull(self) -> PCM | None:
         """The next frame of agent audio, or None when there is nothing to play."""
-        if not self._chunks:
+        if not self._chunks or self._holds:
             return None
         n = self.frame_samples
         head, turn, clause = self._chunks[0]
@@ -107,7 +109,22 @@ class Playout:
     # -- questions and barge-in ----------------------------------------------------
     @property
     def queued_samples(self) -> int:
-        return self._queued
+        """Samples ready to play now (0 while held)."""
+        return 0 if self._holds else self._queued
+
+    def hold(self, reason: str) -> None:
+        """Stop playing at the next frame, keeping the queue (a speculative reply not yet
+        confirmed, or the caller making a sound that may be an interruption)."""
+        self._holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        """Undo :meth:`hold` for ``reason``; playing resumes where it stopped."""
+        self._holds.discard(reason)
+        if not self._holds and self._queued and self.on_push is not None:
+            self.on_push()
+
+    def held(self, reason: str) -> bool:
+        return reason in self._holds
 
     def is_playing(self, turn: int) -> bool:
         return any(t == turn for _, t, _ in self._chunks)
@@ -126,7 +143,7 @@ class Playout:
         """The words of ``turn`` the caller has heard so far.
 
         Fully played clauses count whole; a clause cut midway counts the share of
-        its words matching the share of its audio that was played.
+        its words matching the share of its audio that was played. Fillers do not count.
         """
         reply = self._replies.get(turn)
         if reply is None:
@@ -135,7 +152,7 @@ class Playout:
         for c in reply.clauses:
             if c.played == 0:
                 break
-            clause_words = c.text.split()
+            clause_words = [] if c.filler else c.text.split()
             if c.complete and c.played >= c.queued:
                 words += clause_words
                 continue

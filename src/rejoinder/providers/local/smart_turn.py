@@ -32,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.errors import ConfigError, MissingExtraError, RejoinderError
+from rejoinder.providers.base import TurnModel
 from rejoinder.providers.local import package_file
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def find_model() -> Path:
         raise SmartTurnModelMissing(f"not in this pipecat-ai version: {exc}") from exc
 
 
-class SmartTurn:
+class SmartTurn(TurnModel):
     """P(turn complete) for the audio so far; inference in one worker thread."""
 
     name = "smart-turn"
@@ -105,7 +106,7 @@ class SmartTurn:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
         log.debug("loaded %s", path.name)
 
-    async def probability(self, audio: PCM) -> float:
+    async def _probability(self, audio: PCM) -> float:
         """P(complete) for the turn's audio so far (16 kHz int16, silence after speech included)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.predict, audio)

@@ -1,0 +1,70 @@
+"""Turn-taking knobs, validated on construction (``[turn]`` in the configuration)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rejoinder.core.errors import ConfigError
+
+# Words that, alone, are the caller listening rather than taking the turn. "yes" and "no"
+# are left out on purpose: said while the agent talks they usually answer it.
+BACKCHANNELS = ("mm", "mmm", "hmm", "hm", "mhm", "mm-hm", "mm-hmm", "uh-huh", "uh", "um",
+                "ah", "oh", "yeah", "yep", "right", "okay", "ok", "i see", "got it", "sure")
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """Seconds unless named otherwise.
+
+    The end of a turn takes two signals (see ``turn/engine.py``): silence, counted in
+    caller audio, and the end-of-turn model's P(complete), asked once per pause.
+    """
+
+    vad_threshold: float = 0.5
+    pause_s: float = 0.1           # silence after speech that is a pause: speculation starts
+    end_silence_s: float = 0.3     # silence that ends the turn, unless the model says "not yet"
+    max_silence_s: float = 1.0     # silence that ends the turn whatever the model says
+    confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
+    hold_p: float = 0.5            # model below this: wait for max_silence_s
+    speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
+    min_speech_s: float = 0.12     # shorter voiced stretches are noise, not a turn
+    barge_in_min_s: float = 0.06   # caller speech this long while the agent talks pauses it
+    backchannel_max_s: float = 1.0  # speech longer than this over the agent always interrupts
+    backchannels: tuple[str, ...] = BACKCHANNELS
+    preroll_s: float = 0.2         # audio kept from before speech onset, for STT
+    max_history_messages: int = 16
+    clause_min_words: int = 3
+    max_reply_sentences: int = 2   # a spoken reply stops after this many sentences
+    filler_after_s: float = 0.0    # say ``filler`` if nothing is ready this long after the
+    filler: str = "One moment."    # turn is confirmed (0: never)
+
+    def __post_init__(self) -> None:
+        for name in ("vad_threshold", "confirm_p", "hold_p"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"turn.{name}", "must be between 0 and 1")
+        for name in ("pause_s", "end_silence_s", "max_silence_s", "min_speech_s",
+                     "barge_in_min_s", "backchannel_max_s", "preroll_s", "filler_after_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"turn.{name}", "must not be negative")
+        if not self.pause_s <= self.end_silence_s <= self.max_silence_s:
+            raise ConfigError("turn.end_silence_s",
+                              "must be between turn.pause_s and turn.max_silence_s")
+        if self.hold_p > self.confirm_p:
+            raise ConfigError("turn.hold_p", "must not be above turn.confirm_p")
+        if self.max_reply_sentences < 1:
+            raise ConfigError("turn.max_reply_sentences", "must be at least 1")
+        if self.max_history_messages < 2:
+            raise ConfigError("turn.max_history_messages", "must be at least 2")
+        if self.filler_after_s and not self.filler.strip():
+            raise ConfigError("turn.filler", "must not be empty when turn.filler_after_s is set")
+
+    def is_backchannel(self, text: str) -> bool:
+        """Whether ``text`` (a transcript) says nothing but listening words, or nothing."""
+        words = _words(text)
+        allowed = {w for phrase in self.backchannels for w in _words(phrase)}
+        return all(w in allowed for w in words)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())

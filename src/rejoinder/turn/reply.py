@@ -1,0 +1,164 @@
+"""One agent turn: a handle with its turn id, its task, its trace, and the pipeline it runs.
+
+    caller's utterance ─► STT final ─► LLM deltas ─► clause splitter ─► TTS ─► playout
+                                        (producer)                      (speaker task)
+
+A reply may start *speculatively*, at the caller's first pause: it transcribes, asks the
+LLM and synthesises its first clause while the playout holds the audio back. The
+conversation then either confirms it (the audio plays) or cancels it as one unit. Nothing
+it does reaches the history or the caller's screen before it is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rejoinder.core.audio import FRAME_SAMPLES, OUT_RATE, SAMPLE_RATE, Resampler
+from rejoinder.core.tasks import cancel_and_wait
+from rejoinder.observability.trace import TurnTrace
+from rejoinder.providers.base import ChatMessage
+from rejoinder.turn.clauses import ClauseSplitter
+
+if TYPE_CHECKING:
+    from rejoinder.turn.engine import Conversation
+
+_SENTENCE_MARKS = frozenset(".!?…")
+_Clause = tuple[str, bool]  # (text, is a filler)
+
+
+class Reply:
+    """The handle: cancelling it stops its LLM, its TTS and its queued audio together."""
+
+    def __init__(self, conv: Conversation, turn: int, trace: TurnTrace, *,
+                 speculative: bool = False, canned: str | None = None,
+                 user_text: str | None = None) -> None:
+        self.conv = conv
+        self.turn = turn
+        self.trace = trace
+        self.speculative = speculative  # started before the turn was confirmed
+        self.canned = canned            # fixed text to say (the greeting): no STT, no LLM
+        self.user_text = user_text or ""
+        self.transcript_ready = asyncio.Event()
+        if user_text is not None or canned is not None:
+            self.transcript_ready.set()
+        self.text = ""                  # everything generated so far
+        self.empty = False              # the transcript was empty: nothing to answer
+        self.clauses_queued = 0
+        self.confirmed = asyncio.Event()
+        if not speculative:
+            self.confirmed.set()
+        self.task: asyncio.Task[None] | None = None
+        self._announced = False
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"reply-{self.turn}")
+
+    async def cancel(self) -> None:
+        await cancel_and_wait(self.task, what=f"reply {self.turn}")
+
+    def confirm(self, now: float) -> None:
+        self.trace.mark("turn_confirmed", now)
+        self.confirmed.set()
+        self._announce()
+
+    def _announce(self) -> None:
+        """Show the caller's words once they are both known and confirmed."""
+        if (not self._announced and self.confirmed.is_set() and self.canned is None
+                and self.user_text):
+            self._announced = True
+            self.conv.events({"type": "user", "turn": self.turn, "text": self.user_text})
+
+    # -- the pipeline ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        conv = self.conv
+        clauses: asyncio.Queue[_Clause | None] = asyncio.Queue()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._speak(clauses))
+                filler = (tg.create_task(self._filler(clauses))
+                          if conv.opts.filler_after_s > 0 and self.canned is None else None)
+                try:
+                    if await self._transcribe():
+                        await self._think(clauses)
+                finally:
+                    if filler is not None:
+                        filler.cancel()
+                    clauses.put_nowait(None)
+            await self._wait_played()
+            await self.confirmed.wait()  # a speculative reply never commits on its own
+            conv.reply_done(self, "empty" if self.empty else "completed")
+        except* Exception as eg:
+            conv.reply_failed(self, eg.exceptions[0])
+
+    async def _transcribe(self) -> bool:
+        if not self.transcript_ready.is_set():
+            self.user_text = await self.conv.stt.finish()
+            self.transcript_ready.set()
+            self.trace.mark("stt_final", self.conv.clock.now())
+            self.empty = not self.user_text
+            self._announce()
+        return not self.empty
+
+    async def _think(self, clauses: asyncio.Queue[_Clause | None]) -> None:
+        """Producer: LLM deltas -> clauses."""
+        conv = self.conv
+        splitter = ClauseSplitter(conv.opts.clause_min_words)
+        if self.canned is not None:
+            for clause in splitter.push(self.canned + " ") + splitter.flush():
+                self._clause_ready(clause, clauses)
+            return
+        messages = [conv.system, *conv.history, ChatMessage("user", self.user_text)]
+        sentences = 0
+        stream = conv.stack.llm.stream(messages)
+        try:
+            async for delta in stream:
+                self.trace.mark("llm_first_token", conv.clock.now())
+                for clause in splitter.push(delta):
+                    self._clause_ready(clause, clauses)
+                    sentences += clause[-1] in _SENTENCE_MARKS
+                if sentences >= conv.opts.max_reply_sentences:
+                    return  # long enough for speech; closing the stream stops the LLM
+        finally:
+            await stream.aclose()
+        for clause in splitter.flush():
+            self._clause_ready(clause, clauses)
+
+    def _clause_ready(self, clause: str, clauses: asyncio.Queue[_Clause | None]) -> None:
+        self.trace.mark("first_clause", self.conv.clock.now())
+        self.text += clause + " "
+        self.clauses_queued += 1
+        clauses.put_nowait((clause, False))
+
+    async def _filler(self, clauses: asyncio.Queue[_Clause | None]) -> None:
+        """Say a short filler if nothing is ready ``filler_after_s`` after confirmation."""
+        conv = self.conv
+        await self.confirmed.wait()
+        due = self.trace.stamps["turn_confirmed"] + conv.opts.filler_after_s
+        if (wait := due - conv.clock.now()) > 0:
+            await conv.clock.sleep(wait)
+        if self.clauses_queued == 0:
+            conv.stats["fillers"] += 1
+            clauses.put_nowait((conv.opts.filler, True))
+
+    async def _speak(self, clauses: asyncio.Queue[_Clause | None]) -> None:
+        """Consumer: clauses -> TTS audio -> playout, in order."""
+        conv = self.conv
+        tts, playout = conv.stack.tts, conv.playout
+        while (item := await clauses.get()) is not None:
+            text, filler = item
+            index = playout.begin_clause(self.turn, text, filler=filler)
+            resample = Resampler(tts.sample_rate, OUT_RATE)
+            async for chunk in tts.synthesize(text):
+                self.trace.mark("tts_first_audio", conv.clock.now())
+                playout.push(self.turn, index, resample(chunk))
+            playout.push(self.turn, index, resample(np.zeros(0, dtype=np.int16), last=True))
+            playout.end_clause(self.turn, index)
+
+    async def _wait_played(self) -> None:
+        # Poll at frame rate: playout is pulled by the transport every 20 ms.
+        frame_s = FRAME_SAMPLES / SAMPLE_RATE
+        while self.conv.playout.is_playing(self.turn):
+            await self.conv.clock.sleep(frame_s)
