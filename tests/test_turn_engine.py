@@ -9,23 +9,14 @@ import pytest
 from rejoinder.core.clock import Clock
 from rejoinder.providers.base import ChatMessage
 from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack, run_virtual
-from rejoinder.testing.loopback import Ear, script_audio, speak
+from rejoinder.testing.loopback import Ear, converse, script_audio, speak
 from rejoinder.turn.engine import Conversation, TurnOptions
 
 approx = lambda x: pytest.approx(x, abs=1e-6)  # noqa: E731  float sums of 20 ms steps
 
 
 async def _call(script, stack, options=None, extra_s=5.0):
-    clock = Clock()
-    events: list[dict] = []
-    conv = Conversation(stack, "Be brief.", options=options, events=events.append,
-                        clock=clock, call_id="t")
-    ear = Ear(conv.playout, clock)
-    ear_task = asyncio.create_task(ear.run())
-    audio = script_audio([*script, ("silence", extra_s)])
-    await conv.run(speak(audio, clock))
-    ear_task.cancel()
-    return conv, ear, events
+    return await converse(stack, script, options=options, extra_s=extra_s)
 
 
 def _one_turn(options=None):

@@ -7,14 +7,21 @@ remembers when each loud frame arrived. Used by the virtual-time tests.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.turn.playout import Playout
+
+if TYPE_CHECKING:
+    from rejoinder.providers.base import Stack
+    from rejoinder.turn.engine import Conversation
+    from rejoinder.turn.options import TurnOptions
 
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 
@@ -70,3 +77,22 @@ class Ear:
 
     def last_loud_before(self, t: float) -> float | None:
         return next((x for x in reversed(self.loud_times) if x < t), None)
+
+
+async def converse(
+    stack: Stack, script: Sequence[tuple[str, float]], *, options: TurnOptions | None = None,
+    extra_s: float = 5.0, **kwargs: object,
+) -> tuple[Conversation, Ear, list[dict[str, object]]]:
+    """Play ``script`` (then ``extra_s`` of silence) to a new Conversation on ``stack``,
+    with an :class:`Ear` listening; returns the conversation, the ear and its events."""
+    from rejoinder.turn.engine import Conversation
+
+    clock = Clock()
+    events: list[dict[str, object]] = []
+    conv = Conversation(stack, "Be brief.", options=options, events=events.append,
+                        clock=clock, call_id="t", **kwargs)  # type: ignore[arg-type]
+    ear = Ear(conv.playout, clock)
+    ear_task = asyncio.create_task(ear.run())
+    await conv.run(speak(script_audio([*script, ("silence", extra_s)]), clock))
+    ear_task.cancel()
+    return conv, ear, events

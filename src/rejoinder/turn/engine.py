@@ -287,7 +287,8 @@ class Conversation:
         self.playout.forget(reply.turn)
         self.playout.release(_HOLD_SPECULATIVE)
         trace = TurnTrace(self.call_id, reply.turn, self._wall_offset)
-        trace.stamps = dict(reply.trace.stamps)
+        trace.stamps = {k: v for k, v in reply.trace.stamps.items()
+                        if k in ("speech_end", "vad_end", "turn_confirmed")}
         trace.mark("stt_final", self.clock.now())
         trace.speculation = "restarted"
         fresh = Reply(self, reply.turn, trace, user_text=text)

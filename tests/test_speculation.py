@@ -1,0 +1,149 @@
+"""Speculation, the end-of-turn model and fillers, on virtual time with fake providers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rejoinder.core.audio import SAMPLE_RATE
+from rejoinder.providers.base import ChatMessage
+from rejoinder.testing import (
+    FakeLLM,
+    FakeSTT,
+    FakeTTS,
+    FakeTurnModel,
+    Latency,
+    fake_stack,
+    run_virtual,
+)
+from rejoinder.testing.loopback import converse
+from rejoinder.turn.options import TurnOptions
+
+approx = lambda x: pytest.approx(x, abs=1e-6)  # noqa: E731  float sums of 20 ms steps
+
+
+def _longer_than(seconds, long, short):
+    return lambda audio: long if len(audio) > seconds * SAMPLE_RATE else short
+
+
+def test_caller_going_on_wastes_the_speculation_and_the_model_keeps_the_turn_open():
+    # "I'd like..." (1 s), a 500 ms mid-sentence pause, "...a table" (1 s), then silence.
+    stt = FakeSTT(_longer_than(2.0, "I'd like a table", "I'd like"), Latency(first_s=0.1))
+    model = FakeTurnModel(_longer_than(2.0, 0.95, 0.2), Latency(first_s=0.05))
+    llm = FakeLLM(["Got it."], Latency(first_s=0.2))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        return await converse(
+            fake_stack(stt=stt, llm=llm, tts=tts, turn=model),
+            [("silence", 0.5), ("speech", 1.0), ("silence", 0.5), ("speech", 1.0)])
+
+    conv, ear, events = run_virtual(main())
+    # At the first pause (1.6 s) the model said 0.2: the turn stays open (up to 1 s of
+    # silence), and the speculative reply's audio, ready at 1.95 s, stays held. The caller
+    # goes on at 2.0 s; 120 ms later the speculation is dropped.
+    assert conv.stats == {"speculative_starts": 2, "wasted": 1, "commits": 1}
+    assert len(model.asked) == 2
+    # Second pause at 3.1 s; the model answers 0.95 at 3.15 s and that confirms the turn.
+    (trace,) = conv.traces
+    assert trace["speculation"] == "committed"
+    ms = trace["ms_after_speech_end"]
+    assert ms["vad_end"] == approx(100.0)
+    assert ms["turn_confirmed"] == approx(150.0)
+    assert ms["stt_final"] == approx(200.0)
+    # STT 3.2 s, LLM 3.4 s, TTS 3.45 s: the first pull after that. Nothing was heard before.
+    assert ear.first_loud_after(0) == approx(3.465)
+    assert tts.spoken == ["Got it.", "Got it."]  # the wasted one was synthesised, never played
+    assert conv.history == [ChatMessage("user", "I'd like a table"),
+                            ChatMessage("assistant", "Got it.")]
+    assert [e["text"] for e in events if e["type"] == "user"] == ["I'd like a table"]
+
+
+@pytest.mark.parametrize(("p", "confirmed_ms"), [
+    (0.95, 150.0),   # sure: confirmed when it answers (100 ms pause + 50 ms model)
+    (0.7, 300.0),    # unsure: the silence timer decides
+    (0.2, 1000.0),   # "mid-sentence": only max_silence_s ends the turn
+])
+def test_end_of_turn_model_moves_the_confirmation(p, confirmed_ms):
+    model = FakeTurnModel(p, Latency(first_s=0.05))
+
+    async def main():
+        return await converse(fake_stack(turn=model), [("silence", 0.5), ("speech", 1.0)])
+
+    conv, ear, events = run_virtual(main())
+    (trace,) = conv.traces
+    assert trace["ms_after_speech_end"]["turn_confirmed"] == approx(confirmed_ms)
+    assert model.asked == [round((0.2 + 1.0 + 0.1) * SAMPLE_RATE)]  # pre-roll, speech, pause
+
+
+def test_end_of_turn_model_failure_falls_back_to_silence():
+    model = FakeTurnModel(0.99, Latency(fail="drop"))
+
+    async def main():
+        return await converse(fake_stack(turn=model), [("silence", 0.5), ("speech", 1.0)])
+
+    conv, ear, events = run_virtual(main())
+    assert conv.traces[0]["ms_after_speech_end"]["turn_confirmed"] == approx(300.0)
+    assert conv.traces[0]["outcome"] == "completed"
+
+
+def test_transcript_changed_after_speculation_cancels_and_restarts_the_reply():
+    # 1 s of speech, a 200 ms pause (speculation starts at 100 ms on "book a table"), then
+    # an 80 ms sound too short to cancel the speculation, then silence. The final
+    # transcript includes the sound's word: the speculative reply is cancelled and rebuilt.
+    stt = FakeSTT(_longer_than(1.4, "book a table for two", "book a table"),
+                  Latency(first_s=0.1))
+    llm = FakeLLM(lambda messages: f"Sure, {messages[-1].content}.", Latency(first_s=0.2))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        return await converse(
+            fake_stack(stt=stt, llm=llm, tts=tts),
+            [("silence", 0.5), ("speech", 1.0), ("silence", 0.2), ("speech", 0.08)])
+
+    conv, ear, events = run_virtual(main())
+    assert conv.stats == {"speculative_starts": 1, "commits": 1, "restarts": 1}
+    (trace,) = conv.traces
+    assert trace["speculation"] == "restarted"
+    assert [m[-1].content for m in llm.requests] == ["book a table", "book a table for two"]
+    ms = trace["ms_after_speech_end"]  # after the first speech's end (1.5 s)
+    # The sound ended at 1.78 s; 300 ms later (2.08 s) the turn is confirmed; the new
+    # transcript is ready at 2.18 s; LLM 2.38 s; TTS 2.43 s.
+    assert ms["turn_confirmed"] == approx(580.0)
+    assert ms["stt_final"] == approx(680.0)
+    assert ear.first_loud_after(0) == approx(2.445)  # the speculative audio never played
+    assert conv.history == [ChatMessage("user", "book a table for two"),
+                            ChatMessage("assistant", "Sure, book a table for two.")]
+
+
+def test_filler_covers_a_slow_reply_and_stays_out_of_the_history():
+    stt = FakeSTT(["look it up"], Latency(first_s=0.1))
+    llm = FakeLLM(["Here you go."], Latency(first_s=2.0))
+    tts = FakeTTS(Latency(first_s=0.05))
+    options = TurnOptions(filler_after_s=0.5)
+
+    async def main():
+        return await converse(fake_stack(stt=stt, llm=llm, tts=tts),
+                              [("silence", 0.5), ("speech", 1.0)], options=options)
+
+    conv, ear, events = run_virtual(main())
+    # Confirmed at 1.8 s; nothing ready at 2.3 s: the filler (TTS 50 ms) plays at 2.365 s
+    # for 0.5 s. The LLM's first token comes at 3.7 s, its audio at 3.765 s.
+    assert ear.first_loud_after(0) == approx(2.365)
+    assert ear.last_loud_before(3.0) == approx(2.845)
+    assert ear.first_loud_after(2.846) == approx(3.765)
+    assert tts.spoken == ["One moment.", "Here you go."]
+    assert conv.stats["fillers"] == 1
+    assert conv.history[-1] == ChatMessage("assistant", "Here you go.")
+    assert [e["text"] for e in events if e["type"] == "agent"] == ["One moment.", "Here you go."]
+
+
+def test_no_filler_when_the_reply_is_on_time():
+    stt = FakeSTT(["hi"], Latency(first_s=0.1))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        return await converse(fake_stack(stt=stt, tts=tts), [("silence", 0.5), ("speech", 1.0)],
+                              options=TurnOptions(filler_after_s=0.5))
+
+    conv, ear, events = run_virtual(main())
+    assert tts.spoken == ["Hi."] and "fillers" not in conv.stats
