@@ -17,6 +17,11 @@ def test_ideal_path_counts_tokens_up_to_the_end_of_the_first_clause():
         1000 * (0.3 + 0.15 + 0.25 + 5 / 50 + 0.1))
     # A long opening phrase is cut at its comma once it has 3 words.
     assert ideal_ms(0.0, 0.0, 0.0, 10.0, "Well I think, maybe not.", 0.0) == pytest.approx(200)
+    # Speculating from the pause: the work starts 100 ms into the silence, and the audio
+    # waits for the turn to end if it is ready sooner.
+    assert ideal_ms(0.3, 0.15, 0.25, 50.0, reply, 0.1, pause_s=0.1) == pytest.approx(
+        1000 * (0.1 + 0.15 + 0.25 + 5 / 50 + 0.1))
+    assert ideal_ms(0.3, 0.0, 0.05, 50.0, "Hi.", 0.0, pause_s=0.1) == pytest.approx(300)
 
 
 def _bursts(*spans, rate=1000.0):
@@ -86,7 +91,7 @@ def test_smoke_bench_against_the_simulated_cloud(tmp_path):
     turns = level["turns"]
     assert len(turns) == 3 and all(t["replied"] for t in turns)
     ideal = results["meta"]["ideal_ms"]
-    assert ideal == pytest.approx(300 + 150 + 250 + 5 * 20 + 100)
+    assert ideal == pytest.approx(100 + 150 + 250 + 5 * 20 + 100)  # speculating at the pause
     for t in turns:
         # Nobody beats the critical path; the rest is what the server and network add.
         assert ideal < t["v2v_ms"] < ideal + 400

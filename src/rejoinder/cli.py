@@ -93,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     from rejoinder.providers.base import ChatMessage
     from rejoinder.providers.factory import build_stack
     from rejoinder.server.app import run_server
+    from rejoinder.turn.clauses import split_clauses
 
     config = load_config(args.config)
     server = config.server
@@ -108,6 +109,11 @@ def _serve(args: argparse.Namespace) -> int:
         stack = await asyncio.to_thread(build_stack, config, args.stack)
         _stop_on_sigterm()
         await stack.warm([ChatMessage("system", config.agent.system_prompt)])
+        prime = getattr(stack.tts, "prime", None)
+        if prime is not None:  # the greeting and the filler cost nothing when first said
+            t = config.turn
+            await prime([*split_clauses(config.agent.greeting, t.clause_min_words),
+                         *split_clauses(t.filler, t.clause_min_words)])
         log.info("providers warm")
         try:
             await run_server(config, stack)

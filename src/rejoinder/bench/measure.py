@@ -26,8 +26,12 @@ JOIN_TOLERANCE_S = 1.0         # caller EoS vs the server's speech end, to join 
 
 
 def ideal_ms(end_silence_s: float, stt_s: float, llm_ttft_s: float, tokens_per_s: float,
-             reply: str, tts_ttfb_s: float) -> float:
+             reply: str, tts_ttfb_s: float, pause_s: float | None = None) -> float:
     """The critical path with zero orchestration cost, in ms.
+
+    Without speculation (``pause_s`` None) the providers start when the turn ends, after
+    ``end_silence_s``. With it they start at the pause, ``pause_s`` into the silence, and
+    the audio plays when it is ready or when the turn ends, whichever is later.
 
     The first clause is ready when its last word has been generated; the LLM streams
     one word per token here (as the simulated providers do). Waiting for the next
@@ -43,7 +47,10 @@ def ideal_ms(end_silence_s: float, stt_s: float, llm_ttft_s: float, tokens_per_s
             break
     per_token = 0.0 if tokens_per_s <= 0 else 1.0 / tokens_per_s
     first_clause_s = llm_ttft_s + (clause_words - 1) * per_token
-    return 1000.0 * (end_silence_s + stt_s + first_clause_s + tts_ttfb_s)
+    work = stt_s + first_clause_s + tts_ttfb_s
+    if pause_s is None:
+        return 1000.0 * (end_silence_s + work)
+    return 1000.0 * max(end_silence_s, pause_s + work)
 
 
 def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[str, Any]]:

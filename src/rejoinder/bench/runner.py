@@ -72,7 +72,10 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
                 env = {"REJOINDER_STT__PROVIDER": "remote", "REJOINDER_STT__URL": cloud_url,
                        "REJOINDER_LLM__PROVIDER": "openai", "REJOINDER_LLM__MODEL": "cloudsim",
                        "REJOINDER_LLM__BASE_URL": cloud_url + "/v1",
-                       "REJOINDER_TTS__PROVIDER": "remote", "REJOINDER_TTS__URL": cloud_url}
+                       "REJOINDER_TTS__PROVIDER": "remote", "REJOINDER_TTS__URL": cloud_url,
+                       # Silence alone ends the turn: a fixed end of turn keeps the ideal
+                       # path exact, so the overhead is the orchestration's alone.
+                       "REJOINDER_TURN__MODEL": "none"}
             progress(f"starting the server ({opts.stack} stack)")
             env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
             url, procs.server = stack.enter_context(server_process(
@@ -85,9 +88,11 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
         health = asyncio.run(_health(url))
         ideal = None
         if profile is not None:
+            pause = health.get("pause_s") if health.get("speculate") else None
             ideal = round(ideal_ms(float(health.get("end_silence_s", 0.3)), profile.stt.final_s,
                                    profile.llm.ttft_s, profile.llm.tokens_per_s,
-                                   profile.llm.reply, profile.tts.ttfb_s), 1)
+                                   profile.llm.reply, profile.tts.ttfb_s,
+                                   None if pause is None else float(pause)), 1)
             progress(f"ideal critical path with this profile: {ideal:.0f} ms")
         runs = []
         for n in opts.concurrency:

@@ -2,16 +2,23 @@
 
 Each kind is chosen on its own: local (the embedded models) or a remote service
 (``stt.provider = "remote"``, ``llm.provider = "openai"``, ``tts.provider = "remote"``).
-Voice activity detection always runs locally. ``kind="fake"`` replaces every local
-provider with a fixed-latency fake (no models; for trying the page and for tests).
+Voice activity detection and the end-of-turn model (``turn.model``) always run locally.
+``kind="fake"`` replaces every local provider with a fixed-latency fake (no models; for
+trying the page and for tests) and ends turns on silence alone. Every TTS is wrapped in a
+:class:`PhraseCache`.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 
 from rejoinder.config import Config
-from rejoinder.providers.base import LLM, STT, TTS, VAD, Stack
+from rejoinder.core.errors import MissingExtraError
+from rejoinder.providers.base import LLM, STT, TTS, VAD, Stack, TurnModel
+from rejoinder.providers.phrase_cache import PhraseCache
+
+log = logging.getLogger(__name__)
 
 
 def build_stack(config: Config, kind: str = "local") -> Stack:
@@ -25,9 +32,11 @@ def build_stack(config: Config, kind: str = "local") -> Stack:
         loaded.callback(_close, stt)
         llm = _llm(config, kind)
         loaded.callback(_close, llm)
-        tts = _tts(config, kind)
+        tts = PhraseCache(_tts(config, kind))
+        loaded.callback(_close, tts)
+        turn = _turn_model(config, kind)
         loaded.pop_all()
-    return Stack(vad=vad, stt=stt, llm=llm, tts=tts)
+    return Stack(vad=vad, stt=stt, llm=llm, tts=tts, turn=turn)
 
 
 def _close(provider: object) -> None:
@@ -93,3 +102,17 @@ def _tts(config: Config, kind: str) -> TTS:
     from rejoinder.providers.local.piper import PiperOptions, PiperTTS
 
     return PiperTTS(PiperOptions())
+
+
+def _turn_model(config: Config, kind: str) -> TurnModel | None:
+    if config.turn.model == "none" or kind == "fake":
+        return None
+    from rejoinder.providers.local.smart_turn import SmartTurn
+
+    try:
+        return SmartTurn()
+    except MissingExtraError as exc:
+        # The server still works; turns end on silence alone (mid-sentence pauses longer
+        # than turn.end_silence_s then cut the caller off). Said loudly, once.
+        log.warning("no end-of-turn model, ending turns on silence alone: %s", exc)
+        return None

@@ -7,7 +7,8 @@ LLM provider streams with, so one dependency does both jobs.
     GET  /                  the call page
     POST /api/offer         {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "call_id"}
     GET  /api/calls/{id}    the turn records of a live or recently ended call
-    GET  /api/health        {status, calls, max_calls, end_silence_s}
+    GET  /api/health        {status, calls, max_calls, end_silence_s, pause_s, speculate,
+                             turn_model, phrase_cache: {hits, misses, hit_rate, entries}}
 
 Errors are JSON ``{"error": message}``: 400 for a bad offer, 503 when the server
 already carries ``server.max_calls`` calls.
@@ -73,7 +74,15 @@ class Server:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "calls": len(self.calls),
                                   "max_calls": self.config.server.max_calls,
-                                  "end_silence_s": self.config.turn.end_silence_s})
+                                  "end_silence_s": self.config.turn.end_silence_s,
+                                  "pause_s": self.config.turn.pause_s,
+                                  "speculate": self.config.turn.speculate,
+                                  "turn_model": self.config.turn.model,
+                                  **self._stack_stats()})
+
+    def _stack_stats(self) -> dict[str, object]:
+        stats = getattr(self.stack.tts, "stats", None)
+        return {"phrase_cache": stats()} if stats is not None else {}
 
     async def call_record(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]

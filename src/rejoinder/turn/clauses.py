@@ -93,11 +93,7 @@ def _ends_sentence(word: str, marks: str, last: bool) -> bool:
         and "." not in bare
 
 
-async def clauses(deltas: AsyncIterator[str], min_words: int = 3) -> AsyncIterator[str]:
-    """Async form: yield each clause as soon as it is complete."""
+def split_clauses(text: str, min_words: int = 3) -> list[str]:
+    """The clauses a whole text is spoken in (as the same text streamed would be)."""
     splitter = ClauseSplitter(min_words)
-    async for delta in deltas:
-        for clause in splitter.push(delta):
-            yield clause
-    for clause in splitter.flush():
-        yield clause
+    return splitter.push(text + " ") + splitter.flush()

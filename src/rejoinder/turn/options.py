@@ -28,6 +28,7 @@ class TurnOptions:
     confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
     hold_p: float = 0.5            # model below this: wait for max_silence_s
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
+    model: str = "smart-turn"      # the end-of-turn model: "smart-turn" or "none" (silence)
     min_speech_s: float = 0.12     # shorter voiced stretches are noise, not a turn
     barge_in_min_s: float = 0.06   # caller speech this long while the agent talks pauses it
     backchannel_max_s: float = 1.0  # speech longer than this over the agent always interrupts
@@ -52,6 +53,8 @@ class TurnOptions:
                               "must be between turn.pause_s and turn.max_silence_s")
         if self.hold_p > self.confirm_p:
             raise ConfigError("turn.hold_p", "must not be above turn.confirm_p")
+        if self.model not in ("smart-turn", "none"):
+            raise ConfigError("turn.model", f"{self.model!r} is not smart-turn or none")
         if self.max_reply_sentences < 1:
             raise ConfigError("turn.max_reply_sentences", "must be at least 1")
         if self.max_history_messages < 2:

@@ -20,7 +20,7 @@ from rejoinder.core.audio import FRAME_SAMPLES, OUT_RATE, SAMPLE_RATE, Resampler
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage
-from rejoinder.turn.clauses import ClauseSplitter
+from rejoinder.turn.clauses import ClauseSplitter, split_clauses
 
 if TYPE_CHECKING:
     from rejoinder.turn.engine import Conversation
@@ -105,11 +105,11 @@ class Reply:
     async def _think(self, clauses: asyncio.Queue[_Clause | None]) -> None:
         """Producer: LLM deltas -> clauses."""
         conv = self.conv
-        splitter = ClauseSplitter(conv.opts.clause_min_words)
         if self.canned is not None:
-            for clause in splitter.push(self.canned + " ") + splitter.flush():
+            for clause in split_clauses(self.canned, conv.opts.clause_min_words):
                 self._clause_ready(clause, clauses)
             return
+        splitter = ClauseSplitter(conv.opts.clause_min_words)
         messages = [conv.system, *conv.history, ChatMessage("user", self.user_text)]
         sentences = 0
         stream = conv.stack.llm.stream(messages)
