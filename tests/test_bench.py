@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rejoinder.bench.caller import CallRecord, SpokenTurn
+from rejoinder.bench.caller import BURST_GAP_S, CallRecord, SpokenTurn
 from rejoinder.bench.measure import barge_in_ms, ideal_ms, turns_of
 from rejoinder.bench.scripts import load_script, splice_pause
 
@@ -60,6 +60,24 @@ def test_barge_in_needs_agent_audio_to_interrupt():
     assert barge_in_ms(loud, 1.5, 2.5) == pytest.approx(499.0, abs=0.5)
 
 
+def test_backchannel_turns_report_whether_the_agent_kept_its_turn():
+    # The agent talks 2.0-4.0 s, holds 4.3-4.6 s around an "mm-hm" said 4.2-4.5 s, goes on.
+    loud = _bursts((2.0, 4.3), (4.6, 6.0), (9.0, 9.5))
+    record = CallRecord(
+        call_id="c", wall_offset=0.0, events=[], loud=loud, traces=[],
+        turns=[SpokenTurn(1, 0.5, 1.5, False),
+               SpokenTurn(2, 4.2, 4.5, True, backchannel=True),
+               SpokenTurn(3, 7.0, 8.5, False)])
+    first, mm, last = turns_of(record, call=1, ideal=None)
+    assert mm["kept_turn"] is True and mm["v2v_ms"] is None and mm["replied"] is None
+    assert mm["gap_ms"] == pytest.approx(300.0 - 1000 * BURST_GAP_S, abs=1.5)
+    assert [first["v2v_ms"], last["v2v_ms"]] == [500.0, 500.0]
+    # A server turn that starts at the noise means the agent took it as a turn.
+    record.traces = [{"turn": 2, "outcome": "completed", "speech_end_wall": 4.55,
+                      "ms_after_speech_end": {}}]
+    assert turns_of(record, call=1, ideal=None)[1]["kept_turn"] is False
+
+
 def test_barge_in_ends_at_the_last_agent_audio_before_the_caller_stops():
     # The agent pauses between clauses (2.0-2.3 s) just after the caller starts at 1.9 s,
     # then talks on over them until 3.0 s: it stopped at 3.0 s, not at 2.0 s.
@@ -68,7 +86,7 @@ def test_barge_in_ends_at_the_last_agent_audio_before_the_caller_stops():
 
 
 def test_scripts_load_and_pauses_are_spliced_in_silence():
-    names = ["calls12", "interrupts", "librivox", "pauses", "smoke"]
+    names = ["backchannels", "calls12", "interrupts", "librivox", "pauses", "smoke"]
     scripts = {n: load_script(n) for n in names}
     assert [t.interrupt_after_s for t in scripts["interrupts"].turns][:2] == [None, 0.8]
     audio = np.ones(16000, dtype=np.int16) * 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from rejoinder.core.clock import Clock
@@ -290,3 +291,26 @@ def test_greeting_is_spoken_first_and_recorded():
     assert ear.first_loud_after(0) == approx(0.065)  # TTS 50 ms, then the next 20 ms pull
     assert conv.history == [ChatMessage("assistant", "Hello, how can I help?")]
     assert [t["outcome"] for t in conv.traces] == ["completed"]
+
+
+def test_leading_silence_of_the_synthesised_reply_is_not_played():
+    class SlowStart(FakeTTS):
+        async def _synthesize(self, text):
+            first = True
+            async for chunk in super()._synthesize(text):
+                if first:  # 200 ms of silence before the voice, as some synthesisers do
+                    chunk = np.concatenate([np.zeros(3200, np.int16), chunk])
+                    first = False
+                yield chunk
+
+    stt = FakeSTT(["hi"], Latency(first_s=0.1))
+    tts = SlowStart(Latency(first_s=0.05))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0)], fake_stack(stt=stt, tts=tts))
+
+    conv, ear, events = run_virtual(main())
+    # Pause 1.6 s, STT 1.7 s, "Hi." at once, TTS 1.75 s; confirmed 1.8 s: the first pull
+    # after that is loud (the 200 ms of silence were dropped), and the whole tone plays.
+    assert ear.first_loud_after(0) == approx(1.805)
+    assert len(ear.loud_times) == 13  # the 0.25 s tone: 12.5 frames, the last one padded

@@ -34,6 +34,7 @@ class SpokenTurn:
     eos: float          # caller clock: last speech sample (end of speech)
     interrupt: bool     # scripted to talk over the agent
     pause_at: float | None = None  # caller clock: start of a spliced mid-sentence pause
+    backchannel: bool = False      # a listening noise over the agent: no reply expected
 
 
 @dataclass
@@ -81,7 +82,7 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
     mic = Mic(clock)
     conn = Connection(mic)
     ear = _Ear(conn)
-    spoken: list[tuple[int, int, int, bool, int | None]] = []  # (turn, start, eos, intr, pause)
+    spoken: list[tuple[int, int, int, int | None]] = []  # (turn, start, eos, pause)
     await conn.open(url)
     try:
         await clock.sleep(script.lead_s)
@@ -96,8 +97,7 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
             start_off = round(found[0].start_s * OUT_RATE) if found else 0
             end_off = round(found[-1].end_s * OUT_RATE) if found else len(pcm48)
             pause = None if turn.pause_at_s is None else first + round(turn.pause_at_s * OUT_RATE)
-            spoken.append((i + 1, first + start_off, first + end_off,
-                           turn.interrupt_after_s is not None, pause))
+            spoken.append((i + 1, first + start_off, first + end_off, pause))
             # The mic plays in real time; if the connection stalls it never finishes.
             async with asyncio.timeout(len(turn.audio) / SAMPLE_RATE + 10.0):
                 await mic.idle.wait()
@@ -107,17 +107,19 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
         await _wait_for_cue(ear, clock, prev_eos, 1.0, None, reply_timeout_s)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3.0):
-                while len(conn.traces()) < len(spoken):
+                while len(conn.traces()) < sum(not t.backchannel for t in script.turns):
                     conn.event_arrived.clear()
                     await conn.event_arrived.wait()
     finally:
         await conn.close()
     turns = []
-    for index, s, e, intr, pause in spoken:
+    for (index, s, e, pause), turn in zip(spoken, script.turns, strict=False):
         start_t, eos_t = mic.time_of(s), mic.time_of(e - 1)
         assert start_t is not None and eos_t is not None
-        turns.append(SpokenTurn(index, start_t, eos_t + 1.0 / OUT_RATE, intr,
-                                None if pause is None else mic.time_of(pause)))
+        turns.append(SpokenTurn(index, start_t, eos_t + 1.0 / OUT_RATE,
+                                turn.interrupt_after_s is not None,
+                                None if pause is None else mic.time_of(pause),
+                                turn.backchannel))
     return CallRecord(conn.call_id, turns, conn.received.loud_times(LOUD), conn.traces(),
                       conn.wall_offset, conn.events)
 

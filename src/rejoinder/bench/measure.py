@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from rejoinder.bench.caller import BURST_GAP_S, CallRecord
+from rejoinder.bench.caller import BURST_GAP_S, CallRecord, SpokenTurn
 from rejoinder.client.measure import onset_after
 from rejoinder.turn.clauses import ClauseSplitter
 
 JOIN_TOLERANCE_S = 1.0         # caller EoS vs the server's speech end, to join records
+RESUME_WITHIN_S = 2.0          # after a backchannel, the agent's voice must be back by then
 
 
 def ideal_ms(end_silence_s: float, stt_s: float, llm_ttft_s: float, tokens_per_s: float,
@@ -58,25 +59,51 @@ def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[st
     out: list[dict[str, Any]] = []
     for i, t in enumerate(record.turns):
         nxt = record.turns[i + 1].start if i + 1 < len(record.turns) else math.inf
-        onset = onset_after(loud, t.eos, until=nxt, quiet_s=BURST_GAP_S)
-        v2v = None if onset is None else round((onset - t.eos) * 1000.0, 1)
-        cut = onset_after(loud, t.start, until=t.eos, quiet_s=BURST_GAP_S) is not None
         server = _join(record.traces, t.eos + record.wall_offset)
         if server is not None and server.get("speech_end_wall") is not None:
             # How long after the caller's EoS the server saw the end of speech (uplink,
             # decoding, VAD lag); the rest of v2v - first_audio_sent is the downlink.
             lag = (server.pop("speech_end_wall") - t.eos - record.wall_offset) * 1000.0
             server["eos_lag_ms"] = round(lag, 1)
-        out.append({
-            "call": call, "turn": t.index, "call_id": record.call_id,
-            "v2v_ms": v2v, "replied": v2v is not None, "cut_off": cut,
-            "interrupt": t.interrupt,
-            "barge_in_ms": barge_in_ms(loud, t.start, t.eos) if t.interrupt else None,
-            "ideal_ms": ideal,
-            "overhead_ms": None if v2v is None or ideal is None else round(v2v - ideal, 1),
-            "server": server,
-        })
+        row: dict[str, Any] = {
+            "call": call, "turn": t.index, "call_id": record.call_id, "interrupt": t.interrupt,
+            "backchannel": t.backchannel, "ideal_ms": ideal, "server": server,
+            "barge_in_ms": None,
+        }
+        if t.backchannel:
+            row.update(_backchannel(loud, t, nxt, server))
+        else:
+            onset = onset_after(loud, t.eos, until=nxt, quiet_s=BURST_GAP_S)
+            v2v = None if onset is None else round((onset - t.eos) * 1000.0, 1)
+            row.update({
+                "v2v_ms": v2v, "replied": v2v is not None,
+                "cut_off": onset_after(loud, t.start, until=t.eos,
+                                       quiet_s=BURST_GAP_S) is not None,
+                "barge_in_ms": barge_in_ms(loud, t.start, t.eos) if t.interrupt else None,
+                "overhead_ms": None if v2v is None or ideal is None else round(v2v - ideal, 1),
+            })
+        out.append(row)
     return out
+
+
+def _backchannel(loud: np.ndarray, t: SpokenTurn, until: float,
+                 server: dict[str, Any] | None) -> dict[str, Any]:
+    """A listening noise said over the agent: did the agent keep its turn, and how long
+    did its voice stop around the noise (0 if it talked straight through)?"""
+    i = int(np.searchsorted(loud, t.start, side="left"))
+    before = float(loud[i - 1]) if i > 0 else None
+    j = int(np.searchsorted(loud, t.eos, side="left"))
+    if j < loud.size and before is not None and loud[j] - t.eos <= RESUME_WITHIN_S:
+        # The widest gap in the agent's audio from the noise's start to its first sample
+        # after the noise.
+        span = loud[i - 1:j + 1]
+        gap = float(np.max(np.diff(span))) if span.size > 1 else 0.0
+        gap_ms: float | None = round(max(0.0, gap - BURST_GAP_S) * 1000.0, 1)
+    else:
+        gap_ms = None
+    kept = gap_ms is not None and server is None and loud[j] < until
+    return {"v2v_ms": None, "replied": None, "cut_off": None, "overhead_ms": None,
+            "kept_turn": bool(kept), "gap_ms": gap_ms}
 
 
 def barge_in_ms(loud: np.ndarray, start: float, until: float) -> float | None:

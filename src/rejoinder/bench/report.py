@@ -88,7 +88,8 @@ def _pct(k: int, n: int) -> float | None:
 
 def summarize_run(run: Mapping[str, Any]) -> dict[str, Any]:
     """The summary of one run (one concurrency level)."""
-    turns = _turns(run)
+    turns = [t for t in _turns(run) if not t.get("backchannel")]
+    backchannels = [t for t in _turns(run) if t.get("backchannel")]
     samples = [_mapping(s) for s in _mapping(run.get("resources")).get("samples") or []]
     cpu = _finite(s.get("cpu_pct") for s in samples)
     rss = _finite(s.get("rss_mb") for s in samples)
@@ -101,6 +102,10 @@ def summarize_run(run: Mapping[str, Any]) -> dict[str, Any]:
                    for s in _stage_names(turns)},
         "replied_pct": _pct(sum(_replied(t) for t in turns), len(turns)),
         "cut_off_pct": _pct(sum(t.get("cut_off") is True for t in turns), len(turns)),
+        "backchannels": len(backchannels),
+        "backchannel_kept_pct": _pct(sum(t.get("kept_turn") is True for t in backchannels),
+                                     len(backchannels)),
+        "backchannel_gap_ms": distribution(_finite(t.get("gap_ms") for t in backchannels)),
         "cpu_pct_mean": round(sum(cpu) / len(cpu), 3) if cpu else None,
         "cpu_pct_max": max(cpu) if cpu else None,
         "rss_mb_max": max(rss) if rss else None,
@@ -145,6 +150,15 @@ def _rows(summary: Mapping[str, Any]) -> list[tuple[str, Dist]]:
     return rows + list(summary["stages"].items())
 
 
+def _backchannel_text(s: Mapping[str, Any]) -> str:
+    if not s.get("backchannels"):
+        return ""
+    gap = s["backchannel_gap_ms"]
+    return (f"; {s['backchannels']} backchannels, agent kept its turn "
+            f"{_pct_text(s['backchannel_kept_pct'])}, voice gap p50 {_ms(gap['p50'])} ms "
+            f"max {_ms(gap['max'])} ms")
+
+
 def _run_lines(run: Mapping[str, Any]) -> list[str]:
     """Concurrency, calls, turns and resources of one run, as four short lines."""
     s = run["summary"]
@@ -153,7 +167,7 @@ def _run_lines(run: Mapping[str, Any]) -> list[str]:
                        for k in ("started", "refused", "failed", "completed"))
     return [f"concurrency {run.get('concurrency', '-')}", f"calls {counts}",
             f"{s['turns']} turns, replied {_pct_text(s['replied_pct'])}, "
-            f"cut off {_pct_text(s['cut_off_pct'])}",
+            f"cut off {_pct_text(s['cut_off_pct'])}" + _backchannel_text(s),
             f"CPU mean {_pct_text(s['cpu_pct_mean'])}, max {_pct_text(s['cpu_pct_max'])}; "
             f"RSS max {_ms(s['rss_mb_max'])} MB"]
 

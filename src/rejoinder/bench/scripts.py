@@ -18,6 +18,11 @@ A script is a TOML file (shipped ones live in ``bench/scripts/``)::
     interrupt_after_s = 0.8         # speak 0.8 s after the agent started replying
                                     # to the previous turn (a barge-in)
 
+    [[turn]]
+    say = "espeak:mm hmm"
+    interrupt_after_s = 0.6
+    backchannel = true              # a listening noise: the agent should keep its turn
+
 Sources: ``librivox:<id>`` (Debian pocketsphinx-testdata LibriVox sentences, e.g.
 0880), ``pocketsphinx:<name>`` (its raw recordings: goforward, numbers, something),
 ``espeak:<text>`` (synthesised with espeak-ng), ``tone:<seconds>`` (a 220 Hz tone,
@@ -50,6 +55,7 @@ class Turn:
     interrupt_after_s: float | None = None
     pause_at_s: float | None = None  # where a spliced pause starts, if any
     pause_s: float = 0.0
+    backchannel: bool = False        # said over the agent; no reply expected
 
 
 @dataclass(frozen=True)
@@ -110,10 +116,13 @@ def _parse(raw: dict[str, object], default_name: str) -> Script:
         if interrupt is not None and i == 0:
             raise ConfigError(f"{where}.interrupt_after_s",
                               "the first turn has nothing to interrupt")
+        backchannel = bool(t.get("backchannel", False))
+        if backchannel and interrupt is None:
+            raise ConfigError(f"{where}.backchannel", "needs interrupt_after_s (when to say it)")
         turns.append(Turn(
             say=t["say"], audio=audio, gap_s=float(t.get("gap_s", 1.0)),
             interrupt_after_s=None if interrupt is None else float(interrupt),
-            pause_at_s=pause_at, pause_s=pause_s or 0.0))
+            pause_at_s=pause_at, pause_s=pause_s or 0.0, backchannel=backchannel))
     return Script(name=str(raw.get("name", default_name)), turns=tuple(turns),
                   lead_s=float(raw.get("lead_s", 1.0)))  # type: ignore[arg-type]
 

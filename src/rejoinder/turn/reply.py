@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 _SENTENCE_MARKS = frozenset(".!?…")
 _Clause = tuple[str, bool]  # (text, is a filler)
+_LEAD_LEVEL = 100  # |sample| at or below this (-50 dBFS) before a reply's first sound is cut
 
 
 class Reply:
@@ -147,12 +148,18 @@ class Reply:
         """Consumer: clauses -> TTS audio -> playout, in order."""
         conv = self.conv
         tts, playout = conv.stack.tts, conv.playout
+        lead = True  # until the reply's first sound: the synthesiser's leading silence
         while (item := await clauses.get()) is not None:
             text, filler = item
             index = playout.begin_clause(self.turn, text, filler=filler)
             resample = Resampler(tts.sample_rate, OUT_RATE)
             async for chunk in tts.synthesize(text):
                 self.trace.mark("tts_first_audio", conv.clock.now())
+                if lead:
+                    # Silence before the first sound is pure latency to the caller.
+                    loud = np.flatnonzero(np.abs(chunk) > _LEAD_LEVEL)
+                    chunk = chunk[loud[0]:] if loud.size else chunk[:0]
+                    lead = not loud.size
                 playout.push(self.turn, index, resample(chunk))
             playout.push(self.turn, index, resample(np.zeros(0, dtype=np.int16), last=True))
             playout.end_clause(self.turn, index)

@@ -1,0 +1,261 @@
+"""The turn engine's end-of-turn policy, replayed offline on the spliced test set (turnset.py).
+
+Per 20 ms frame, as ``turn/engine.py`` does: Silero VAD decides speech; ``pause_s`` of silence
+after at least ``min_speech_s`` of speech is a pause, where the end-of-turn model is asked
+about the utterance so far (from onset minus the pre-roll, the last 8 s). It answers after
+``model_latency_s`` (fixed, so runs are deterministic; the real mean is reported), and the
+turn is confirmed at once if P >= ``confirm_p``, at ``end_silence_s`` if P >= ``hold_p``,
+else at ``max_silence_s``. Without a model, ``end_silence_s`` of silence confirms it. A
+voiced frame before the confirmation cancels it.
+
+Scoring per item: a confirmation inside a manifest *pause* is a **cut-off**; one before the
+end elsewhere is a cut-off *in speech* when the VAD hears the caller again before the end,
+else an *early end*. The first confirmation in (or early before) the *end* silence gives the
+**end-of-turn delay**, from the true end of speech (``start_s``); ``vad_lag`` is how far the
+VAD's last voiced frame lags that end (part of the delay). Run it with
+``python -m rejoinder.bench.turneval MANIFEST|build [--json OUT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rejoinder.bench import turnset
+from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
+from rejoinder.turn.options import TurnOptions
+
+WINDOW = 8 * SAMPLE_RATE  # the end-of-turn model hears the last 8 s, as in the engine
+Prob = Callable[[int, int], float]  # P(turn complete) for the samples [start, end)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    at: int                     # sample at which the turn was confirmed
+    last_voiced: int            # end of the last voiced frame: the silence counts from here
+    p: float | None             # the model's answer; None: silence alone decided
+    resumed: int | None = None  # start of the next voiced frame, if the caller went on
+
+
+def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, *,
+                  latency_s: float, frame: int = FRAME_SAMPLES) -> list[Confirmation]:
+    """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only."""
+    latency = round(latency_s * SAMPLE_RATE)
+    preroll = math.ceil(opts.preroll_s * SAMPLE_RATE / frame) * frame  # whole ring frames
+    out: list[Confirmation] = []
+    is_open = paused = pending = waiting = False
+    origin = onset = start = last = answer_at = 0
+    p: float | None = None
+    for i, voiced in enumerate(speech):
+        a, e = i * frame, (i + 1) * frame
+        if voiced:
+            if not is_open:  # onset: the ring holds the pre-roll since the last close
+                is_open, onset, start = True, a, max(origin, a - preroll)
+            if waiting:
+                out[-1] = replace(out[-1], resumed=a)
+            last, paused, pending, waiting, p = e, False, False, False, None
+            continue
+        if not is_open or waiting:
+            continue
+        silence = e - last
+        if (last - onset) / SAMPLE_RATE < opts.min_speech_s:
+            if silence / SAMPLE_RATE >= opts.end_silence_s:
+                is_open, origin = False, e  # a click or a breath
+            continue
+        if not paused:
+            if silence / SAMPLE_RATE < opts.pause_s:
+                continue
+            paused = True
+            if prob is not None:
+                p, pending, answer_at = prob(max(start, e - WINDOW), e), True, e + latency
+        at = None
+        if pending and answer_at <= e:  # the answer arrives within this frame
+            pending = False
+            heard = silence if answer_at == e else silence - frame
+            if _done(opts, True, p, heard):
+                at = answer_at
+        if at is None and _done(opts, prob is not None, None if pending else p, silence):
+            at = e
+        if at is not None:
+            out.append(Confirmation(at, last, None if pending else p))
+            waiting = True
+    return out
+
+
+def _done(opts: TurnOptions, model: bool, p: float | None, silence: int) -> bool:
+    """``Conversation._maybe_confirm``: ``p`` None while the model has not answered."""
+    s = silence / SAMPLE_RATE
+    if not model:
+        return s >= opts.end_silence_s
+    if p is None:
+        return s >= opts.max_silence_s
+    return (p >= opts.confirm_p or (p >= opts.hold_p and s >= opts.end_silence_s)
+            or s >= opts.max_silence_s)
+
+
+def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool,
+             model_latency_s: float) -> dict[str, Any]:
+    """Replay every item of the manifest through one policy; the report as a dict."""
+    from rejoinder.providers.local.silero import SileroVAD
+    from rejoinder.providers.local.smart_turn import SmartTurn
+
+    manifest = Path(manifest_path)
+    vad = SileroVAD()
+    model = SmartTurn() if use_model else None
+    times: list[float] = []
+
+    def ask(pcm: PCM, start: int, end: int) -> float:
+        assert model is not None
+        t0 = time.perf_counter()
+        p = model.predict(pcm[start:end])
+        times.append(time.perf_counter() - t0)
+        return p
+
+    results = []
+    try:
+        for item in turnset.load(manifest):
+            pcm = read_wav(manifest.parent / item.file)
+            stream = vad.stream()
+            try:
+                flags = [stream.push(pcm[a:a + FRAME_SAMPLES]) >= options.vad_threshold
+                         for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+            finally:
+                stream.close()
+            prob = None if model is None else functools.partial(ask, pcm)
+            found = confirmations(flags, options, prob, latency_s=model_latency_s)
+            results.append(_score(item, found))
+    finally:
+        vad.close()
+        if model is not None:
+            model.close()
+    groups = sorted({r["group"] for r in results})
+    return {
+        "manifest": str(manifest), "policy": "smart-turn" if use_model else "silence-only",
+        "options": dataclasses.asdict(options), "model_latency_s": model_latency_s,
+        "predict_calls": len(times),
+        "predict_ms_mean": 1000 * float(np.mean(times)) if times else None,
+        "overall": _summary(results),
+        "by_source": {g: _summary([r for r in results if r["group"] == g]) for g in groups},
+        "items": results,
+    }
+
+
+def _group(source: str) -> str:
+    """``espeak-ng en-us 165 wpm clause`` -> ``espeak-clause``; others as they are."""
+    words = source.split()
+    return words[0] if len(words) == 1 else f"{words[0].removesuffix('-ng')}-{words[-1]}"
+
+
+def _score(item: turnset.TurnItem, found: list[Confirmation]) -> dict[str, Any]:
+    pauses = [s for s in item.silences if s.kind == "pause"]
+    end = next(s for s in item.silences if s.kind == "end")
+    cut: list[int] = []  # index of the pause each cut-off fell in
+    early: list[float] = []  # when each cut-off happened (s)
+    in_speech, hit = 0, None
+    for c in found:
+        t = c.at / SAMPLE_RATE
+        inside = [k for k, s in enumerate(pauses) if s.start_s <= t < s.end_s]
+        if t >= end.start_s or (not inside and (c.resumed is None
+                                                or c.resumed / SAMPLE_RATE >= end.start_s)):
+            hit = c  # the end of the turn (early when t is before it)
+            break
+        early.append(round(t, 3))
+        if inside:
+            cut.append(inside[0])
+        else:
+            in_speech += 1
+    return {
+        "file": item.file, "source": item.source, "group": _group(item.source),
+        "pauses": len(pauses), "cutoffs": len(cut), "pauses_cut": len(set(cut)),
+        "cutoffs_in_speech": in_speech,
+        "cutoff_s": early,
+        "end": None if hit is None else {
+            "delay_ms": 1000 * (hit.at / SAMPLE_RATE - end.start_s),
+            "vad_lag_ms": 1000 * (hit.last_voiced / SAMPLE_RATE - end.start_s), "p": hit.p},
+    }
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    paused = [r for r in results if r["pauses"]]
+    cut_items = sum(1 for r in paused if r["cutoffs"])
+    pauses = sum(r["pauses"] for r in results)
+    ends = [r["end"] for r in results if r["end"] is not None]
+    delays = np.array([e["delay_ms"] for e in ends])
+    return {
+        "items": len(results), "items_with_pause": len(paused), "pauses": pauses,
+        "items_cut_off": cut_items, "cut_off_rate": cut_items / len(paused) if paused else None,
+        "cutoffs": sum(r["cutoffs"] for r in results),
+        "pauses_cut": sum(r["pauses_cut"] for r in results),
+        "cutoffs_per_pause": sum(r["cutoffs"] for r in results) / pauses if pauses else None,
+        "cutoffs_in_speech": sum(r["cutoffs_in_speech"] for r in results),
+        "ends": len(ends), "missed_ends": len(results) - len(ends),
+        "early_ends": int((delays < 0).sum()),
+        "delay_ms": None if not ends else {
+            "mean": float(delays.mean()), "p50": float(np.percentile(delays, 50)),
+            "p95": float(np.percentile(delays, 95))},
+        "vad_lag_ms_mean": float(np.mean([e["vad_lag_ms"] for e in ends])) if ends else None,
+    }
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    head = (f"{'policy':<13}{'source':<20}{'items':>6}{'w/pause':>8}{'cut-off rate':>17}"
+            f"{'cuts/pause':>11}{'in-speech':>10}{'delay mean/p50/p95 ms':>24}{'vad lag':>9}"
+            f"{'missed':>7}{'early':>6}")
+    lines = [head]
+    for rep in reports:
+        for name, s in [("overall", rep["overall"]), *rep["by_source"].items()]:
+            rate = ("-" if s["cut_off_rate"] is None else
+                    f"{s['items_cut_off']}/{s['items_with_pause']} {100 * s['cut_off_rate']:.1f}%")
+            cpp = "-" if s["cutoffs_per_pause"] is None else f"{s['cutoffs_per_pause']:.3f}"
+            d = s["delay_ms"]
+            delay = "-" if d is None else f"{d['mean']:.0f}/{d['p50']:.0f}/{d['p95']:.0f}"
+            lag = "-" if s["vad_lag_ms_mean"] is None else f"{s['vad_lag_ms_mean']:.0f}"
+            lines.append(f"{rep['policy']:<13}{name:<20}{s['items']:>6}{s['items_with_pause']:>8}"
+                         f"{rate:>17}{cpp:>11}{s['cutoffs_in_speech']:>10}{delay:>24}{lag:>9}"
+                         f"{s['missed_ends']:>7}{s['early_ends']:>6}")
+        if rep["predict_ms_mean"] is not None:
+            lines.append(f"  {rep['policy']}: predict() mean {rep['predict_ms_mean']:.1f} ms over "
+                         f"{rep['predict_calls']} calls (scored with a fixed "
+                         f"{1000 * rep['model_latency_s']:.0f} ms)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rejoinder.bench.turneval", description=__doc__
+                                 .splitlines()[0])
+    ap.add_argument("manifest", help="manifest.json of turnset.py, or 'build' for a fresh set")
+    ap.add_argument("--silence-only", action="store_true", help="only the silence policy")
+    ap.add_argument("--json", type=Path, help="write the reports here")
+    ap.add_argument("--model-latency-s", type=float, default=0.11)
+    for knob in ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s"):
+        ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
+    args = ap.parse_args(argv)
+    knobs = {k: getattr(args, k) for k in ("confirm_p", "hold_p", "end_silence_s",
+                                           "max_silence_s", "pause_s")}
+    opts = replace(TurnOptions(), **{k: v for k, v in knobs.items() if v is not None})
+    policies = [False] if args.silence_only else [True, False]
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = turnset.build(tmp) if args.manifest == "build" else Path(args.manifest)
+        reports = [evaluate(manifest, replace(opts, model="smart-turn" if m else "none"),
+                            use_model=m, model_latency_s=args.model_latency_s)
+                   for m in policies]
+    sys.stdout.write(table(reports) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({r["policy"]: r for r in reports}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""The offline end-of-turn evaluator (bench/turneval.py): its replay of the engine's policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rejoinder.bench.turneval import Confirmation, _score, confirmations, evaluate
+from rejoinder.bench.turnset import Silence, TurnItem, build
+from rejoinder.turn.options import TurnOptions
+
+OPTS = TurnOptions()
+SILENCE = TurnOptions(model="none")
+LATENCY = 0.11  # 1760 samples
+S = 16_000  # samples per second; frames are 320 samples (20 ms)
+
+
+def flags(*runs: tuple[bool, float]) -> list[bool]:
+    """Per-frame speech flags from (speech, seconds) runs."""
+    return [speech for speech, seconds in runs for _ in range(round(seconds * 50))]
+
+
+class FakeModel:
+    def __init__(self, p: float) -> None:
+        self.p = p
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, start: int, end: int) -> float:
+        self.asked.append((start, end))
+        return self.p
+
+
+# 1 s of speech, a 500 ms pause, 1 s of speech, the 1.5 s end.
+PAUSED = flags((True, 1.0), (False, 0.5), (True, 1.0), (False, 1.5))
+
+
+def test_model_holds_a_pause_that_silence_alone_cuts_off() -> None:
+    model = FakeModel(0.2)
+    found = confirmations(PAUSED, OPTS, model, latency_s=LATENCY)
+    # P < hold_p: nothing in the pause; the end at max_silence_s after the last voiced frame.
+    assert found == [Confirmation(at=40_000 + S, last_voiced=40_000, p=0.2)]
+    assert model.asked == [(0, 17_600), (0, 41_600)]  # asked at each pause, pause_s in
+
+    silence = confirmations(PAUSED, SILENCE, None, latency_s=LATENCY)
+    assert silence == [Confirmation(at=16_000 + 4_800, last_voiced=16_000, p=None, resumed=24_000),
+                       Confirmation(at=40_000 + 4_800, last_voiced=40_000, p=None)]
+
+    item = TurnItem("x.wav", "espeak-ng en-us 165 wpm hesitation", "",
+                    [Silence("pause", 1.0, 1.5), Silence("end", 2.5, 4.0)])
+    scored = _score(item, silence)
+    assert (scored["group"], scored["cutoffs"], scored["pauses_cut"]) == ("espeak-hesitation", 1, 1)
+    assert scored["cutoff_s"] == [1.3]
+    assert scored["end"] == {"delay_ms": pytest.approx(300.0), "vad_lag_ms": 0.0, "p": None}
+    assert _score(item, found)["cutoffs"] == 0
+
+
+def test_a_sure_model_confirms_when_it_answers() -> None:
+    end = flags((True, 1.0), (False, 1.5))
+    # P >= confirm_p: pause_s + latency after the last voiced frame.
+    assert confirmations(end, OPTS, FakeModel(0.95), latency_s=LATENCY) == [
+        Confirmation(at=16_000 + 1_600 + 1_760, last_voiced=16_000, p=0.95)]
+    # hold_p <= P < confirm_p: end_silence_s, or the answer if that comes later.
+    assert confirmations(end, OPTS, FakeModel(0.6), latency_s=LATENCY) == [
+        Confirmation(at=16_000 + 4_800, last_voiced=16_000, p=0.6)]
+    assert confirmations(end, OPTS, FakeModel(0.6), latency_s=0.25) == [
+        Confirmation(at=16_000 + 1_600 + 4_000, last_voiced=16_000, p=0.6)]
+    assert confirmations(end, OPTS, FakeModel(0.2), latency_s=LATENCY) == [
+        Confirmation(at=16_000 + S, last_voiced=16_000, p=0.2)]
+
+
+def test_speech_before_the_confirmation_cancels_it() -> None:
+    model = FakeModel(0.95)
+    # A 200 ms pause: the model would answer 210 ms in, but the caller goes on at 200 ms.
+    speech = flags((True, 1.0), (False, 0.2), (True, 0.5), (False, 1.5))
+    assert confirmations(speech, OPTS, model, latency_s=LATENCY) == [
+        Confirmation(at=27_200 + 3_360, last_voiced=27_200, p=0.95)]
+    assert model.asked == [(0, 17_600), (0, 28_800)]  # asked again at the next pause
+    assert confirmations(speech, SILENCE, None, latency_s=LATENCY) == [
+        Confirmation(at=27_200 + 4_800, last_voiced=27_200, p=None)]
+
+
+def test_a_click_is_not_a_turn_and_the_preroll_starts_after_it() -> None:
+    model = FakeModel(0.95)
+    speech = flags((False, 1.0), (True, 0.06), (False, 0.44), (True, 1.0), (False, 1.5))
+    found = confirmations(speech, OPTS, model, latency_s=LATENCY)
+    assert found == [Confirmation(at=40_000 + 3_360, last_voiced=40_000, p=0.95)]
+    # The click closed at 21_760 (end_silence_s after it); 200 ms of pre-roll would be 20_800.
+    assert model.asked == [(21_760, 41_600)]
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_recorded_turns(tmp_path: Path) -> None:
+    manifest = build(tmp_path, espeak=False)
+    model = evaluate(manifest, OPTS, use_model=True, model_latency_s=LATENCY)
+    silence = evaluate(manifest, SILENCE, use_model=False, model_latency_s=LATENCY)
+    assert model["policy"] == "smart-turn" and silence["policy"] == "silence-only"
+    assert set(model["by_source"]) == {"librivox", "pocketsphinx"}
+    assert model["predict_calls"] > 0 and model["predict_ms_mean"] > 0
+    assert silence["predict_calls"] == 0 and silence["predict_ms_mean"] is None
+    for report in (model, silence):
+        overall = report["overall"]
+        assert overall["items"] == len(report["items"]) == 17
+        assert overall["items_with_pause"] == 8 and overall["pauses"] >= 8
+        assert set(overall["delay_ms"]) == {"mean", "p50", "p95"}
+        assert overall["ends"] + overall["missed_ends"] == 17
+    # 400-700 ms pauses are longer than end_silence_s: silence alone cuts every one off.
+    assert silence["overall"]["pauses_cut"] == silence["overall"]["pauses"]
+    assert silence["overall"]["cut_off_rate"] == 1.0
