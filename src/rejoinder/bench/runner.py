@@ -147,7 +147,8 @@ async def _run_level(url: str, n: int, opts: BenchOptions, ideal: float | None,
         turns.extend(mine)
         v2v = [t["v2v_ms"] for t in turns if t["v2v_ms"] is not None]
         progress(f"  call {counts['completed'] + counts['failed'] + counts['refused']}/{n} done"
-                 f" ({sum(t['replied'] for t in mine)}/{len(mine)} replies);"
+                 f" ({sum(t['replied'] is True for t in mine)}"
+                 f"/{sum(not t['backchannel'] for t in mine)} replies);"
                  f" so far v2v p50 {percentile(v2v, 50):.0f} ms, p95 {percentile(v2v, 95):.0f} ms")
 
     await asyncio.gather(*(one(i) for i in range(n)))
