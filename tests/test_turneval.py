@@ -50,8 +50,9 @@ def test_model_holds_a_pause_that_silence_alone_cuts_off() -> None:
                     [Silence("pause", 1.0, 1.5), Silence("end", 2.5, 4.0)])
     scored = _score(item, silence)
     assert (scored["group"], scored["cutoffs"], scored["pauses_cut"]) == ("espeak-hesitation", 1, 1)
-    assert scored["cutoff_s"] == [1.3]
-    assert scored["end"] == {"delay_ms": pytest.approx(300.0), "vad_lag_ms": 0.0, "p": None}
+    assert scored["cuts"] == [{"at_s": 1.3, "pause": 0, "p": None}]
+    assert scored["end"] == {"at_s": 2.8, "delay_ms": pytest.approx(300.0), "vad_lag_ms": 0.0,
+                             "p": None}
     assert _score(item, found)["cutoffs"] == 0
 
 
@@ -104,6 +105,10 @@ def test_evaluate_on_the_recorded_turns(tmp_path: Path) -> None:
         assert overall["items_with_pause"] == 8 and overall["pauses"] >= 8
         assert set(overall["delay_ms"]) == {"mean", "p50", "p95"}
         assert overall["ends"] + overall["missed_ends"] == 17
-    # 400-700 ms pauses are longer than end_silence_s: silence alone cuts every one off.
-    assert silence["overall"]["pauses_cut"] == silence["overall"]["pauses"]
+    # 400-700 ms pauses are longer than end_silence_s: silence alone cuts off every item with
+    # one. Not quite every pause inside it: the VAD's lag (~60-130 ms) can push the
+    # confirmation just past a ~400 ms pause (a cut-off in speech), and it hears a blip of
+    # the room noise in one LibriVox pause (15 of the 17 were cut inside the pause).
     assert silence["overall"]["cut_off_rate"] == 1.0
+    assert silence["overall"]["pauses_cut"] >= 0.8 * silence["overall"]["pauses"]
+    assert silence["overall"]["missed_ends"] == 0

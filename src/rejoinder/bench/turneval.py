@@ -9,10 +9,11 @@ else at ``max_silence_s``. Without a model, ``end_silence_s`` of silence confirm
 voiced frame before the confirmation cancels it.
 
 Scoring per item: a confirmation inside a manifest *pause* is a **cut-off**; one before the
-end elsewhere is a cut-off *in speech* when the VAD hears the caller again before the end,
-else an *early end*. The first confirmation in (or early before) the *end* silence gives the
-**end-of-turn delay**, from the true end of speech (``start_s``); ``vad_lag`` is how far the
-VAD's last voiced frame lags that end (part of the delay). Run it with
+end elsewhere is a cut-off *in speech* (such as just after a pause, before the VAD hears the
+caller again) when the VAD hears the caller before the end, else an *early end*. An item is
+cut off if it has either kind. The first confirmation in (or early before) the *end* silence
+gives the **end-of-turn delay**, from the true end of speech (``start_s``); ``vad_lag`` is
+how far the VAD's last voiced frame lags that end (part of the delay). Run it with
 ``python -m rejoinder.bench.turneval MANIFEST|build [--json OUT]``.
 """
 
@@ -116,11 +117,12 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
     model = SmartTurn() if use_model else None
     times: list[float] = []
 
-    def ask(pcm: PCM, start: int, end: int) -> float:
+    def ask(pcm: PCM, asked: list[tuple[float, float]], start: int, end: int) -> float:
         assert model is not None
         t0 = time.perf_counter()
         p = model.predict(pcm[start:end])
         times.append(time.perf_counter() - t0)
+        asked.append((end / SAMPLE_RATE, p))
         return p
 
     results = []
@@ -133,9 +135,10 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
                          for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
             finally:
                 stream.close()
-            prob = None if model is None else functools.partial(ask, pcm)
+            asked: list[tuple[float, float]] = []  # (when, P) for each question
+            prob = None if model is None else functools.partial(ask, pcm, asked)
             found = confirmations(flags, options, prob, latency_s=model_latency_s)
-            results.append(_score(item, found))
+            results.append({**_score(item, found), "asked": asked})
     finally:
         vad.close()
         if model is not None:
@@ -161,9 +164,8 @@ def _group(source: str) -> str:
 def _score(item: turnset.TurnItem, found: list[Confirmation]) -> dict[str, Any]:
     pauses = [s for s in item.silences if s.kind == "pause"]
     end = next(s for s in item.silences if s.kind == "end")
-    cut: list[int] = []  # index of the pause each cut-off fell in
-    early: list[float] = []  # when each cut-off happened (s)
-    in_speech, hit = 0, None
+    cuts: list[dict[str, Any]] = []  # "pause": the index of the pause it fell in, or None
+    hit = None
     for c in found:
         t = c.at / SAMPLE_RATE
         inside = [k for k, s in enumerate(pauses) if s.start_s <= t < s.end_s]
@@ -171,25 +173,21 @@ def _score(item: turnset.TurnItem, found: list[Confirmation]) -> dict[str, Any]:
                                                 or c.resumed / SAMPLE_RATE >= end.start_s)):
             hit = c  # the end of the turn (early when t is before it)
             break
-        early.append(round(t, 3))
-        if inside:
-            cut.append(inside[0])
-        else:
-            in_speech += 1
+        cuts.append({"at_s": round(t, 3), "pause": inside[0] if inside else None, "p": c.p})
+    in_pause = [c["pause"] for c in cuts if c["pause"] is not None]
     return {
         "file": item.file, "source": item.source, "group": _group(item.source),
-        "pauses": len(pauses), "cutoffs": len(cut), "pauses_cut": len(set(cut)),
-        "cutoffs_in_speech": in_speech,
-        "cutoff_s": early,
+        "pauses": len(pauses), "cuts": cuts, "cutoffs": len(in_pause),
+        "pauses_cut": len(set(in_pause)), "cutoffs_in_speech": len(cuts) - len(in_pause),
         "end": None if hit is None else {
-            "delay_ms": 1000 * (hit.at / SAMPLE_RATE - end.start_s),
+            "at_s": hit.at / SAMPLE_RATE, "delay_ms": 1000 * (hit.at / SAMPLE_RATE - end.start_s),
             "vad_lag_ms": 1000 * (hit.last_voiced / SAMPLE_RATE - end.start_s), "p": hit.p},
     }
 
 
 def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     paused = [r for r in results if r["pauses"]]
-    cut_items = sum(1 for r in paused if r["cutoffs"])
+    cut_items = sum(1 for r in paused if r["cuts"])
     pauses = sum(r["pauses"] for r in results)
     ends = [r["end"] for r in results if r["end"] is not None]
     delays = np.array([e["delay_ms"] for e in ends])
