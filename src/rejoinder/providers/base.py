@@ -89,7 +89,9 @@ class BufferedSTTStream:
 
     def __init__(self, stt: STT) -> None:
         self._stt = stt
-        self.reset()
+        self._frames: list[PCM] = []
+        self._speech = 0  # speech frames pushed
+        self._final: str | None = None  # the transcript, while no speech came after it
 
     async def push(self, frame: PCM, speech: bool | None = None) -> None:
         self._frames.append(frame)
@@ -108,9 +110,9 @@ class BufferedSTTStream:
         return text
 
     def reset(self) -> None:
-        self._frames: list[PCM] = []
-        self._speech = 0  # speech frames pushed
-        self._final: str | None = None  # the transcript, while no speech came after it
+        self._frames = []
+        self._speech = 0
+        self._final = None
 
 
 class STT(ABC):

@@ -2,9 +2,10 @@
 agent says again and again ("Sure.", "Okay, one moment.").
 
 It wraps any TTS provider and is shared by every call. A phrase of at most ``max_words``
-words (or one primed at start, whatever its length) is looked up by its exact text (punctuation changes the prosody); a fresh entry
-(younger than ``ttl_s``) is played at once as one chunk, anything else is synthesised
-and, if short, kept. The oldest-used entries go first beyond ``max_entries``.
+words (or one primed at start, whatever its length) is looked up by its exact text
+(punctuation changes the prosody); a fresh entry (younger than ``ttl_s``) is played at
+once as one chunk, anything else is synthesised and, if short, kept. The oldest-used
+entries go first beyond ``max_entries``.
 
 The hit rate counts lookups of short phrases only (long ones are never cached) and not
 the phrases primed at start.

@@ -16,6 +16,6 @@ from rejoinder.testing.fakes import (
 from rejoinder.testing.virtual_time import VirtualTimeLoop, run_virtual
 
 __all__ = [
-    "FakeLLM", "FakeSTT", "FakeTTS", "FakeTurnModel", "FakeVAD", "Latency", "VirtualTimeLoop", "fake_stack",
-    "run_virtual",
+    "FakeLLM", "FakeSTT", "FakeTTS", "FakeTurnModel", "FakeVAD", "Latency", "VirtualTimeLoop",
+    "fake_stack", "run_virtual",
 ]

@@ -9,7 +9,6 @@ and links are removed before text reaches TTS.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 _SENTENCE_END = re.compile(r"(\S*?)([.!?…]+)[\"')\]*_`]*(?=\s)")
 _SOFT_END = re.compile(r"[,;:]|\s[-–—]\s")
