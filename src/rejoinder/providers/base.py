@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,21 @@ from rejoinder.core.errors import ProviderError, ProviderTimeout
 log = logging.getLogger(__name__)
 
 Role = Literal["system", "user", "assistant"]
+T = TypeVar("T")
+
+
+async def guarded(name: str, timeout_s: float, call: Awaitable[T], what: str) -> T:
+    """Await one provider answer within ``timeout_s``; anything unexpected becomes a
+    :class:`ProviderError` of provider ``name`` (``what``: the answer, for messages)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except TimeoutError as exc:
+        raise ProviderTimeout(name, f"no {what} within {timeout_s} s") from exc
+    except (ProviderError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise ProviderError(name, f"{what} failed: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -122,15 +137,8 @@ class STT(ABC):
     timeout_s = 10.0
 
     async def transcribe(self, audio: PCM) -> str:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return (await self._transcribe(audio)).strip()
-        except TimeoutError as exc:
-            raise ProviderTimeout(self.name, f"no transcript within {self.timeout_s} s") from exc
-        except (ProviderError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise ProviderError(self.name, f"transcription failed: {exc!r}") from exc
+        text = await guarded(self.name, self.timeout_s, self._transcribe(audio), "transcript")
+        return text.strip()
 
     @abstractmethod
     async def _transcribe(self, audio: PCM) -> str: ...
@@ -150,15 +158,8 @@ class TurnModel(ABC):
     timeout_s = 1.0
 
     async def probability(self, audio: PCM) -> float:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return float(await self._probability(audio))
-        except TimeoutError as exc:
-            raise ProviderTimeout(self.name, f"no answer within {self.timeout_s} s") from exc
-        except (ProviderError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise ProviderError(self.name, f"end-of-turn model failed: {exc!r}") from exc
+        return float(await guarded(self.name, self.timeout_s, self._probability(audio),
+                                   "end-of-turn answer"))
 
     @abstractmethod
     async def _probability(self, audio: PCM) -> float: ...

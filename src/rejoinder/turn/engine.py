@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -42,7 +42,7 @@ from rejoinder.core.errors import ProviderError
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage, Stack
-from rejoinder.turn.options import TurnOptions
+from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
 from rejoinder.turn.reply import Reply
 
@@ -213,7 +213,7 @@ class Conversation:
                 self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
             if reply is None and o.speculate:
                 self._speculate(now)
-        await self._maybe_confirm(now)
+        self._maybe_confirm(now)
 
     # -- the end of the caller's turn --------------------------------------------------
     def _speculate(self, now: float) -> None:
@@ -233,9 +233,9 @@ class Conversation:
         if pause_id != self._pause_id or not self._paused:
             return  # the caller spoke again meanwhile
         self._turn_p, self._turn_failed = p, p is None
-        await self._maybe_confirm(self.clock.now())
+        self._maybe_confirm(self.clock.now())
 
-    async def _maybe_confirm(self, now: float) -> None:
+    def _maybe_confirm(self, now: float) -> None:
         reply = self._reply
         if not self._paused or (reply is not None and reply.confirmed.is_set()):
             return
@@ -249,9 +249,9 @@ class Conversation:
             done = (p >= o.confirm_p or (p >= o.hold_p and silence_s >= o.end_silence_s)
                     or silence_s >= o.max_silence_s)
         if done:
-            await self._confirm(now)
+            self._confirm(now)
 
-    async def _confirm(self, now: float) -> None:
+    def _confirm(self, now: float) -> None:
         reply = self._reply
         if reply is None:  # no speculation: the reply starts now
             reply = self._start_reply(self._last_speech)
@@ -277,7 +277,7 @@ class Conversation:
         await reply.transcript_ready.wait()
         if self._reply is not reply:
             return
-        if _words(text) == _words(reply.user_text):
+        if words(text) == words(reply.user_text):
             self.playout.release(_HOLD_SPECULATIVE)
             return
         self.stats["restarts"] += 1
@@ -402,8 +402,8 @@ class Conversation:
         self._paused, self._turn_p, self._turn_failed = False, None, False
         self.stt.reset()
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -434,7 +434,3 @@ class Conversation:
         rec = reply.trace.emit()
         self.traces.append(rec)
         self.events({"type": "trace", **rec})
-
-
-def _words(text: str) -> list[str]:
-    return [w.strip(".,!?;:\"'…").lower() for w in text.split()]

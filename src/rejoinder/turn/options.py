@@ -64,10 +64,10 @@ class TurnOptions:
 
     def is_backchannel(self, text: str) -> bool:
         """Whether ``text`` (a transcript) says nothing but listening words, or nothing."""
-        words = _words(text)
-        allowed = {w for phrase in self.backchannels for w in _words(phrase)}
-        return all(w in allowed for w in words)
+        allowed = {w for phrase in self.backchannels for w in words(phrase)}
+        return all(w in allowed for w in words(text))
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """The words of a transcript, lower case, without punctuation."""
     return re.findall(r"[a-z0-9']+", text.lower())

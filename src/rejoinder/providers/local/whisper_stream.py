@@ -41,7 +41,8 @@ from typing import Literal, Protocol, TypeVar
 import numpy as np
 
 from rejoinder.core.audio import PCM, SAMPLE_RATE
-from rejoinder.core.errors import ConfigError, ProviderError, ProviderTimeout
+from rejoinder.core.errors import ConfigError
+from rejoinder.providers.base import guarded
 
 log = logging.getLogger(__name__)
 
@@ -179,16 +180,7 @@ class WhisperStream:
         pushing more audio continues the same utterance (a speculative ``finish`` at a pause
         may be followed by more speech).
         """
-        try:
-            async with asyncio.timeout(self._stt.timeout_s):
-                return await self._finish()
-        except TimeoutError as exc:
-            raise ProviderTimeout(
-                self._stt.name, f"no transcript within {self._stt.timeout_s} s") from exc
-        except (ProviderError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise ProviderError(self._stt.name, f"transcription failed: {exc!r}") from exc
+        return await guarded(self._stt.name, self._stt.timeout_s, self._finish(), "transcript")
 
     # -- internals -------------------------------------------------------------------------
     async def _finish(self) -> str:
