@@ -43,12 +43,13 @@ def test_caller_going_on_wastes_the_speculation_and_the_model_keeps_the_turn_ope
     # goes on at 2.0 s; 120 ms later the speculation is dropped.
     assert conv.stats == {"speculative_starts": 2, "wasted": 1, "commits": 1}
     assert len(model.asked) == 2
-    # Second pause at 3.1 s; the model answers 0.95 at 3.15 s and that confirms the turn.
+    # Second pause at 3.1 s; the model, asked at 3.16 s (model_after_s), answers 0.95 at
+    # 3.21 s and that confirms the turn.
     (trace,) = conv.traces
     assert trace["speculation"] == "committed"
     ms = trace["ms_after_speech_end"]
     assert ms["vad_end"] == approx(100.0)
-    assert ms["turn_confirmed"] == approx(150.0)
+    assert ms["turn_confirmed"] == approx(210.0)
     assert ms["stt_final"] == approx(200.0)
     # STT 3.2 s, LLM 3.4 s, TTS 3.45 s: the first pull after that. Nothing was heard before.
     assert ear.first_loud_after(0) == approx(3.465)
@@ -59,7 +60,7 @@ def test_caller_going_on_wastes_the_speculation_and_the_model_keeps_the_turn_ope
 
 
 @pytest.mark.parametrize(("p", "confirmed_ms"), [
-    (0.95, 150.0),   # sure: confirmed when it answers (100 ms pause + 50 ms model)
+    (0.95, 210.0),   # sure: confirmed when it answers (asked at 160 ms + 50 ms model)
     (0.7, 300.0),    # unsure: the silence timer decides
     (0.2, 1000.0),   # "mid-sentence": only max_silence_s ends the turn
 ])
@@ -72,7 +73,8 @@ def test_end_of_turn_model_moves_the_confirmation(p, confirmed_ms):
     conv, ear, events = run_virtual(main())
     (trace,) = conv.traces
     assert trace["ms_after_speech_end"]["turn_confirmed"] == approx(confirmed_ms)
-    assert model.asked == [round((0.2 + 1.0 + 0.1) * SAMPLE_RATE)]  # pre-roll, speech, pause
+    # pre-roll, speech, model_after_s of silence
+    assert model.asked == [round((0.2 + 1.0 + 0.16) * SAMPLE_RATE)]
 
 
 def test_end_of_turn_model_failure_falls_back_to_silence():

@@ -9,7 +9,7 @@ import pytest
 
 from rejoinder.core.clock import Clock
 from rejoinder.providers.base import ChatMessage
-from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack, run_virtual
+from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, FakeVAD, Latency, fake_stack, run_virtual
 from rejoinder.testing.loopback import Ear, converse, script_audio, speak
 from rejoinder.turn.engine import Conversation, TurnOptions
 
@@ -74,6 +74,46 @@ def test_speculation_starts_at_the_pause_and_plays_when_the_turn_is_confirmed():
     assert ms["tts_first_audio"] == approx(700.0)
     assert ms["first_audio_sent"] == approx(705.0)
     assert ear.first_loud_after(1.5) == approx(1.5 + 0.705)
+
+
+def _reply_heard(script, vad=None, quiet_tail_s=0.2):
+    """When the caller hears the reply (no speculation, instant providers), counted from
+    the end of the script's first speech segment: the silence timer shows through."""
+    stack = fake_stack(stt=FakeSTT(["what time is it"]), llm=FakeLLM(["Sure."]), vad=vad)
+    options = TurnOptions(speculate=False, quiet_tail_s=quiet_tail_s)
+    conv, ear, _ = run_virtual(_call(script, stack, options))
+    assert [t["outcome"] for t in conv.traces] == ["completed"]
+    loud_end = script[0][1] + script[1][1]
+    return ear.first_loud_after(loud_end) - loud_end
+
+
+def test_quiet_end_of_speech_counts_toward_the_silence_timer():
+    # 100 ms the VAD still calls speech (-43 dBFS, above the fake VAD's -45) but below
+    # quiet_dbfs (-40): the silence timer starts at the last audible frame.
+    plain = _reply_heard([("silence", 0.5), ("speech", 1.0)])
+    assert plain == approx(0.305)  # 300 ms of silence, then the next 20 ms pull
+    quiet_tail = [("silence", 0.5), ("speech", 1.0), ("speech", 0.1, -43)]
+    assert _reply_heard(quiet_tail) == approx(plain)
+    # Without the credit the same audio is answered 100 ms later.
+    assert _reply_heard(quiet_tail, quiet_tail_s=0.0) == approx(plain + 0.1)
+
+
+def test_quiet_credit_is_capped_and_needs_an_audible_frame():
+    plain = _reply_heard([("silence", 0.5), ("speech", 1.0)])
+    # 300 ms of quiet speech: only quiet_tail_s (200 ms) of it is credited.
+    capped = _reply_heard([("silence", 0.5), ("speech", 1.0), ("speech", 0.3, -43)])
+    assert capped == approx(plain + 0.1)
+    # A caller who is never audible gets no credit: the VAD alone decides.
+    never = _reply_heard([("silence", 0.5), ("speech", 0.9, -43), ("speech", 0.1, -43)])
+    assert never == approx(plain + 0.1)
+
+
+def test_a_noisy_line_raises_the_level_a_frame_needs_to_be_audible():
+    vad = FakeVAD(threshold_dbfs=-30.0)
+    tail = ("speech", 0.1, -28)  # above -40 dBFS, but within 6 dB of a -33 dBFS line
+    clean = _reply_heard([("silence", 0.5), ("speech", 1.0), tail], vad)
+    noisy = _reply_heard([("silence", 0.5, -33), ("speech", 1.0), tail], vad)
+    assert clean == approx(noisy + 0.1)  # on the clean line the tail is audible speech
 
 
 def test_speculative_audio_waits_for_the_turn_to_be_confirmed():

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from rejoinder.bench.turneval import Confirmation, _score, confirmations, evaluate
+from rejoinder.bench.turneval import (
+    Confirmation,
+    _score,
+    confirmations,
+    credit_quiet_tails,
+    evaluate,
+)
 from rejoinder.bench.turnset import Silence, TurnItem, build
 from rejoinder.turn.options import TurnOptions
 
-OPTS = TurnOptions()
+OPTS = TurnOptions(model_after_s=0.1)  # the model is asked at the pause
 SILENCE = TurnOptions(model="none")
 LATENCY = 0.11  # 1760 samples
 S = 16_000  # samples per second; frames are 320 samples (20 ms)
@@ -68,6 +74,25 @@ def test_a_sure_model_confirms_when_it_answers() -> None:
         Confirmation(at=16_000 + 1_600 + 4_000, last_voiced=16_000, p=0.6)]
     assert confirmations(end, OPTS, FakeModel(0.2), latency_s=LATENCY) == [
         Confirmation(at=16_000 + S, last_voiced=16_000, p=0.2)]
+
+
+def test_the_model_is_asked_after_model_after_s_of_silence() -> None:
+    end = flags((True, 1.0), (False, 1.5))
+    model = FakeModel(0.95)
+    later = TurnOptions(model_after_s=0.2)
+    assert confirmations(end, later, model, latency_s=LATENCY) == [
+        Confirmation(at=16_000 + 3_200 + 1_760, last_voiced=16_000, p=0.95)]
+    assert model.asked == [(0, 16_000 + 3_200)]
+
+
+def test_quiet_frames_before_the_vads_silence_are_credited_up_to_the_cap() -> None:
+    vad = [True, True, True, True, True, False, True, True, False]
+    loud = [False, True, False, False, False, False, False, True, False]
+    # Frame 0 is quiet but nothing audible came before it: still speech. Frames 2-4 are
+    # quiet after an audible one: two of them (the cap) become silence.
+    assert credit_quiet_tails(vad, loud, 2) == [True, True, True, False, False, False,
+                                                True, True, False]
+    assert credit_quiet_tails(vad, loud, 0) == vad
 
 
 def test_speech_before_the_confirmation_cancels_it() -> None:

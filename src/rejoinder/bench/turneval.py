@@ -1,6 +1,7 @@
 """The turn engine's end-of-turn policy, replayed offline on the spliced test set (turnset.py).
 
-Per 20 ms frame, as ``turn/engine.py`` does: Silero VAD decides speech; ``pause_s`` of silence
+Per 20 ms frame, as ``turn/engine.py`` does: Silero VAD decides speech, and the quiet frames
+at the end of a voiced stretch count as silence (``turn/level.py``); ``pause_s`` of silence
 after at least ``min_speech_s`` of speech is a pause, where the end-of-turn model is asked
 about the utterance so far (from onset minus the pre-roll, the last 8 s). It answers after
 ``model_latency_s`` (fixed, so runs are deterministic; the real mean is reported), and the
@@ -36,6 +37,7 @@ import numpy as np
 
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
+from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
 
 WINDOW = 8 * SAMPLE_RATE  # the end-of-turn model hears the last 8 s, as in the engine
@@ -56,7 +58,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     latency = round(latency_s * SAMPLE_RATE)
     preroll = math.ceil(opts.preroll_s * SAMPLE_RATE / frame) * frame  # whole ring frames
     out: list[Confirmation] = []
-    is_open = paused = pending = waiting = False
+    is_open = paused = asked = pending = waiting = False
     origin = onset = start = last = answer_at = 0
     p: float | None = None
     for i, voiced in enumerate(speech):
@@ -66,7 +68,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                 is_open, onset, start = True, a, max(origin, a - preroll)
             if waiting:
                 out[-1] = replace(out[-1], resumed=a)
-            last, paused, pending, waiting, p = e, False, False, False, None
+            last, paused, asked, pending, waiting, p = e, False, False, False, False, None
             continue
         if not is_open or waiting:
             continue
@@ -79,8 +81,9 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
             if silence / SAMPLE_RATE < opts.pause_s:
                 continue
             paused = True
-            if prob is not None:
-                p, pending, answer_at = prob(max(start, e - WINDOW), e), True, e + latency
+        if prob is not None and not asked and silence / SAMPLE_RATE >= opts.model_after_s:
+            asked = True
+            p, pending, answer_at = prob(max(start, e - WINDOW), e), True, e + latency
         at = None
         if pending and answer_at <= e:  # the answer arrives within this frame
             pending = False
@@ -92,6 +95,24 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
         if at is not None:
             out.append(Confirmation(at, last, None if pending else p))
             waiting = True
+    return out
+
+
+def credit_quiet_tails(speech: Sequence[bool], audible: Sequence[bool],
+                       cap: int) -> list[bool]:
+    """The speech flags as the engine counts them: the last ``cap`` frames of quiet speech
+    before the VAD's silence are silence, once the utterance has had an audible frame."""
+    out = list(speech)
+    seen, tail = False, 0
+    for i, (voiced, loud) in enumerate(zip(speech, audible, strict=True)):
+        if voiced and loud:
+            seen, tail = True, 0
+        elif voiced:
+            tail += seen
+        else:
+            for j in range(i - min(tail, cap), i):
+                out[j] = False
+            tail = 0
     return out
 
 
@@ -129,12 +150,19 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
     try:
         for item in turnset.load(manifest):
             pcm = read_wav(manifest.parent / item.file)
-            stream = vad.stream()
+            stream, gate = vad.stream(), LevelGate(options.quiet_dbfs)
+            flags, audible = [], []
             try:
-                flags = [stream.push(pcm[a:a + FRAME_SAMPLES]) >= options.vad_threshold
-                         for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+                for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+                    frame = pcm[a:a + FRAME_SAMPLES]
+                    flags.append(stream.push(frame) >= options.vad_threshold)
+                    audible.append(gate.audible(frame))
+                    if not flags[-1]:
+                        gate.silence(frame)
             finally:
                 stream.close()
+            cap = round(options.quiet_tail_s * SAMPLE_RATE / FRAME_SAMPLES)
+            flags = credit_quiet_tails(flags, audible, cap)
             asked: list[tuple[float, float]] = []  # (when, P) for each question
             prob = None if model is None else functools.partial(ask, pcm, asked)
             found = confirmations(flags, options, prob, latency_s=model_latency_s)
@@ -237,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--silence-only", action="store_true", help="only the silence policy")
     ap.add_argument("--json", type=Path, help="write the reports here")
     ap.add_argument("--model-latency-s", type=float, default=0.11)
-    for knob in ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s"):
+    knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
+                  "quiet_tail_s", "model_after_s")
+    for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     args = ap.parse_args(argv)
-    knobs = {k: getattr(args, k) for k in ("confirm_p", "hold_p", "end_silence_s",
-                                           "max_silence_s", "pause_s")}
+    knobs = {k: getattr(args, k) for k in knob_names}
     opts = replace(TurnOptions(), **{k: v for k, v in knobs.items() if v is not None})
     policies = [False] if args.silence_only else [True, False]
     with tempfile.TemporaryDirectory() as tmp:

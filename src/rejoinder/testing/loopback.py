@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rejoinder.turn.options import TurnOptions
 
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+Segment = tuple[str, float] | tuple[str, float, float]  # (kind, seconds[, level dBFS])
 
 
 def tone(seconds: float, freq: float = 220.0, amplitude: float = 0.2) -> PCM:
@@ -31,10 +32,20 @@ def tone(seconds: float, freq: float = 220.0, amplitude: float = 0.2) -> PCM:
     return (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
 
 
-def script_audio(script: Sequence[tuple[str, float]]) -> PCM:
-    """``[("speech", 1.0), ("silence", 0.5), ...]`` as one buffer (speech is a tone)."""
-    parts = [tone(s) if kind == "speech" else np.zeros(round(s * SAMPLE_RATE), np.int16)
-             for kind, s in script]
+def script_audio(script: Sequence[Segment]) -> PCM:
+    """``[("speech", 1.0), ("silence", 0.5), ...]`` as one buffer.
+
+    Speech is a tone at -17 dBFS, silence is zeros; a third element sets either one's
+    level in dBFS instead (a tone): ``("speech", 0.1, -43)``, ``("silence", 1.0, -33)``.
+    """
+    parts = []
+    for kind, seconds, *level in script:
+        if level:
+            parts.append(tone(seconds, amplitude=np.sqrt(2) * 10 ** (level[0] / 20)))
+        elif kind == "speech":
+            parts.append(tone(seconds))
+        else:
+            parts.append(np.zeros(round(seconds * SAMPLE_RATE), np.int16))
     return np.concatenate(parts)
 
 
@@ -80,7 +91,7 @@ class Ear:
 
 
 async def converse(
-    stack: Stack, script: Sequence[tuple[str, float]], *, options: TurnOptions | None = None,
+    stack: Stack, script: Sequence[Segment], *, options: TurnOptions | None = None,
     extra_s: float = 5.0, **kwargs: object,
 ) -> tuple[Conversation, Ear, list[dict[str, object]]]:
     """Play ``script`` (then ``extra_s`` of silence) to a new Conversation on ``stack``,

@@ -4,9 +4,12 @@ Everything about turn-taking lives here; what one reply does is in ``turn/reply.
 Per caller frame the engine takes the VAD's verdict, feeds the caller's utterance to the
 STT session, and moves through these decisions:
 
-- **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): the
-  end-of-turn model is asked about the audio so far, and a *speculative* reply starts at
-  once (final transcript, LLM, first TTS clause) with its audio held back.
+- **Silence** is counted from the caller's last audible frame: the quiet frames the VAD
+  still calls speech at the end of an utterance are credited to it (``turn/level.py``).
+- **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): a
+  *speculative* reply starts at once (final transcript, LLM, first TTS clause) with its
+  audio held back. At ``model_after_s`` the end-of-turn model is asked about the audio
+  so far (a little later than the pause: it judges an end better with some silence).
 - **Turn confirmed**, by two signals: the model is sure (P >= ``confirm_p``) as soon as
   it answers; or ``end_silence_s`` of silence, unless the model says the caller is
   mid-sentence (P < ``hold_p``: then only ``max_silence_s`` ends the turn). The held audio
@@ -42,6 +45,7 @@ from rejoinder.core.errors import ProviderError
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage, Stack
+from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
 from rejoinder.turn.reply import Reply
@@ -101,9 +105,13 @@ class Conversation:
         self._voiced = 0                # samples from onset to the last voiced frame
         self._run = 0                   # samples in the current voiced run
         self._silence = 0               # samples since the last voiced frame
+        self._level = LevelGate(self.opts.quiet_dbfs)
+        self._audible = False           # the utterance has had an audible frame
+        self._quiet_tail = 0            # samples of speech frames since the last audible one
         self._last_speech = 0.0
         self._paused = False            # the current silence has reached pause_s
         self._pause_id = 0
+        self._asked = False             # the end-of-turn model was asked about this pause
         self._turn_p: float | None = None  # the model's answer for this pause
         self._turn_failed = False
         self._spec_voiced = 0           # self._voiced when the speculation started
@@ -126,7 +134,9 @@ class Conversation:
                     _vad_executor, vad.push, frame)
                 if p >= threshold:
                     await self._on_speech(frame, now)
-                elif self._open:
+                    continue
+                self._level.silence(frame)
+                if self._open:
                     await self._on_silence(frame, now)
                 else:
                     self._remember(frame)
@@ -164,8 +174,12 @@ class Conversation:
         self._voiced += self._silence + n
         self._silence = 0
         self._last_speech = now
+        if self._level.audible(frame):
+            self._audible, self._quiet_tail = True, 0
+        elif self._audible:
+            self._quiet_tail += n
         if self._paused:
-            self._paused, self._turn_p, self._turn_failed = False, None, False
+            self._paused, self._asked, self._turn_p, self._turn_failed = False, False, None, False
         reply = self._reply
         run_s = self._run / SAMPLE_RATE
         if self._interrupting is not None:
@@ -190,6 +204,12 @@ class Conversation:
         self._frames.append(frame)
         await self.stt.push(frame, False)
         self._run = 0
+        if self._silence == 0 and self._quiet_tail:
+            # The VAD has just called silence; the caller fell quiet some frames earlier.
+            credit = min(self._quiet_tail, round(o.quiet_tail_s * SAMPLE_RATE))
+            self._silence, self._quiet_tail = credit, 0
+            self._voiced -= credit
+            self._last_speech -= credit / SAMPLE_RATE
         self._silence += len(frame)
         silence_s = self._silence / SAMPLE_RATE
         reply = self._reply
@@ -209,10 +229,12 @@ class Conversation:
         if not self._paused and silence_s >= o.pause_s:
             self._paused = True
             self._pause_id += 1
-            if self.stack.turn is not None:
-                self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
             if reply is None and o.speculate:
                 self._speculate(now)
+        if self._paused and not self._asked and silence_s >= o.model_after_s:
+            self._asked = True
+            if self.stack.turn is not None:
+                self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
         self._maybe_confirm(now)
 
     # -- the end of the caller's turn --------------------------------------------------
@@ -354,7 +376,7 @@ class Conversation:
         self.playout.release(_HOLD_CALLER)
         # The caller's words are the start of their turn; if they already paused, the
         # pause starts over so that speculation and the end-of-turn model see it.
-        self._paused = False
+        self._paused = self._asked = False
         self._turn_p = None
 
     # -- the agent side ------------------------------------------------------------------
@@ -398,8 +420,9 @@ class Conversation:
     def _close_utterance(self) -> None:
         self._open = False
         self._frames = []
-        self._voiced = self._run = self._silence = 0
-        self._paused, self._turn_p, self._turn_failed = False, None, False
+        self._voiced = self._run = self._silence = self._quiet_tail = 0
+        self._audible = False
+        self._paused, self._asked, self._turn_p, self._turn_failed = False, False, None, False
         self.stt.reset()
 
     def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:

@@ -22,9 +22,12 @@ class TurnOptions:
     """
 
     vad_threshold: float = 0.5
+    quiet_dbfs: float = -40.0      # speech frames below this level at the end of an
+    quiet_tail_s: float = 0.2      # utterance count as silence, up to this long (see level.py)
     pause_s: float = 0.1           # silence after speech that is a pause: speculation starts
     end_silence_s: float = 0.3     # silence that ends the turn, unless the model says "not yet"
     max_silence_s: float = 1.0     # silence that ends the turn whatever the model says
+    model_after_s: float = 0.16    # silence before the end-of-turn model is asked
     confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
     hold_p: float = 0.5            # model below this: wait for max_silence_s
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
@@ -45,12 +48,18 @@ class TurnOptions:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"turn.{name}", "must be between 0 and 1")
         for name in ("pause_s", "end_silence_s", "max_silence_s", "min_speech_s",
-                     "barge_in_min_s", "backchannel_max_s", "preroll_s", "filler_after_s"):
+                     "barge_in_min_s", "backchannel_max_s", "preroll_s", "filler_after_s",
+                     "quiet_tail_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"turn.{name}", "must not be negative")
+        if not self.pause_s <= self.model_after_s <= self.end_silence_s:
+            raise ConfigError("turn.model_after_s",
+                              "must be between turn.pause_s and turn.end_silence_s")
         if not self.pause_s <= self.end_silence_s <= self.max_silence_s:
             raise ConfigError("turn.end_silence_s",
                               "must be between turn.pause_s and turn.max_silence_s")
+        if self.quiet_dbfs >= 0:
+            raise ConfigError("turn.quiet_dbfs", "must be below 0 (full scale)")
         if self.hold_p > self.confirm_p:
             raise ConfigError("turn.hold_p", "must not be above turn.confirm_p")
         if self.model not in ("smart-turn", "none"):
