@@ -98,12 +98,13 @@ def test_quiet_end_of_speech_counts_toward_the_silence_timer():
     assert _reply_heard(quiet_tail, quiet_tail_s=0.0) == approx(plain + 0.1)
 
 
-def test_quiet_credit_is_capped_and_needs_an_audible_frame():
+def test_a_long_quiet_stretch_is_speech_and_a_quiet_caller_gets_no_credit():
     plain = _reply_heard([("silence", 0.5), ("speech", 1.0)])
-    # 300 ms of quiet speech: only quiet_tail_s (200 ms) of it is credited.
+    # 300 ms of quiet frames the VAD calls speech is longer than quiet_tail_s (200 ms):
+    # quiet speech, not an end. The silence counts from its end, as the VAD says.
     capped = _reply_heard([("silence", 0.5), ("speech", 1.0), ("speech", 0.3, -43)])
-    assert capped == approx(plain + 0.1)
-    # A caller who is never audible gets no credit: the VAD alone decides.
+    assert capped == approx(plain + 0.3)
+    # A quiet caller (a steady -43 dBFS) is judged against their own peak: all speech.
     never = _reply_heard([("silence", 0.5), ("speech", 0.9, -43), ("speech", 0.1, -43)])
     assert never == approx(plain + 0.1)
 

@@ -85,13 +85,14 @@ def test_the_model_is_asked_after_model_after_s_of_silence() -> None:
     assert model.asked == [(0, 16_000 + 3_200)]
 
 
-def test_quiet_frames_before_the_vads_silence_are_credited_up_to_the_cap() -> None:
-    vad = [True, True, True, True, True, False, True, True, False]
-    loud = [False, True, False, False, False, False, False, True, False]
-    # Frame 0 is quiet but nothing audible came before it: still speech. Frames 2-4 are
-    # quiet after an audible one: two of them (the cap) become silence.
-    assert credit_quiet_tails(vad, loud, 2) == [True, True, True, False, False, False,
-                                                True, True, False]
+def test_quiet_frames_after_audible_speech_are_silence_up_to_the_cap() -> None:
+    vad = [True, True, False, True, True, True, False, True, True, False]
+    loud = [False, True, False, False, True, False, False, False, False, False]
+    # Frame 0 is quiet but nothing audible came before it: speech. Frame 3 is quiet after
+    # an audible one: silence. Frame 5 too; frames 7-8 are two quiet frames in a row:
+    # the first is silence, the second, over the cap (1), is quiet speech.
+    assert credit_quiet_tails(vad, loud, 1) == [True, True, False, False, True, False,
+                                                False, False, True, False]
     assert credit_quiet_tails(vad, loud, 0) == vad
 
 

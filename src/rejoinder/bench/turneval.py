@@ -1,7 +1,8 @@
 """The turn engine's end-of-turn policy, replayed offline on the spliced test set (turnset.py).
 
-Per 20 ms frame, as ``turn/engine.py`` does: Silero VAD decides speech, and the quiet frames
-at the end of a voiced stretch count as silence (``turn/level.py``); ``pause_s`` of silence
+Per 20 ms frame, as ``turn/engine.py`` does: Silero VAD decides speech, but quiet frames after
+audible speech count as silence (``turn/level.py``; the utterance's peak level is kept for
+the whole item here, where the engine starts it again after each reply); ``pause_s`` of silence
 after at least ``min_speech_s`` of speech is a pause, where the end-of-turn model is asked
 about the utterance so far (from onset minus the pre-roll, the last 8 s). It answers after
 ``model_latency_s`` (fixed, so runs are deterministic; the real mean is reported), and the
@@ -100,19 +101,17 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
 
 def credit_quiet_tails(speech: Sequence[bool], audible: Sequence[bool],
                        cap: int) -> list[bool]:
-    """The speech flags as the engine counts them: the last ``cap`` frames of quiet speech
-    before the VAD's silence are silence, once the utterance has had an audible frame."""
+    """The speech flags as the engine counts them (``Conversation._quiet_end``): once the
+    utterance has had an audible frame, up to ``cap`` quiet frames in a row that the VAD
+    calls speech are silence."""
     out = list(speech)
-    seen, tail = False, 0
+    seen, run = False, 0
     for i, (voiced, loud) in enumerate(zip(speech, audible, strict=True)):
-        if voiced and loud:
-            seen, tail = True, 0
-        elif voiced:
-            tail += seen
-        else:
-            for j in range(i - min(tail, cap), i):
-                out[j] = False
-            tail = 0
+        if not voiced or loud:
+            seen, run = seen or voiced, 0
+        elif seen:
+            run += 1
+            out[i] = run > cap
     return out
 
 
@@ -156,7 +155,7 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
                 for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
                     frame = pcm[a:a + FRAME_SAMPLES]
                     flags.append(stream.push(frame) >= options.vad_threshold)
-                    audible.append(gate.audible(frame))
+                    audible.append(flags[-1] and gate.audible(frame))
                     if not flags[-1]:
                         gate.silence(frame)
             finally:

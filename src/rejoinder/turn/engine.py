@@ -106,8 +106,9 @@ class Conversation:
         self._run = 0                   # samples in the current voiced run
         self._silence = 0               # samples since the last voiced frame
         self._level = LevelGate(self.opts.quiet_dbfs)
+        self._quiet_cap = round(self.opts.quiet_tail_s * SAMPLE_RATE)
         self._audible = False           # the utterance has had an audible frame
-        self._quiet_tail = 0            # samples of speech frames since the last audible one
+        self._quiet_run = 0             # samples of quiet frames the VAD calls speech
         self._last_speech = 0.0
         self._paused = False            # the current silence has reached pause_s
         self._pause_id = 0
@@ -132,10 +133,12 @@ class Conversation:
                 now = self.clock.now()
                 p = vad.push(frame) if inline else await loop.run_in_executor(
                     _vad_executor, vad.push, frame)
-                if p >= threshold:
+                if p >= threshold and not self._quiet_end(frame):
                     await self._on_speech(frame, now)
                     continue
-                self._level.silence(frame)
+                if p < threshold:
+                    self._quiet_run = 0
+                    self._level.silence(frame)
                 if self._open:
                     await self._on_silence(frame, now)
                 else:
@@ -159,6 +162,19 @@ class Conversation:
         while self._ring and self._ring_len - len(self._ring[0]) >= preroll:
             self._ring_len -= len(self._ring.pop(0))
 
+    def _quiet_end(self, frame: PCM) -> bool:
+        """Whether a frame the VAD calls speech is the caller having stopped: quiet, after
+        audible speech, and not yet ``quiet_tail_s`` of such frames in a row (longer, it is
+        quiet speech: the VAD is trusted again). The VAD lags the end of speech by 50-200
+        ms; the caller's silence starts at their last audible frame (see ``level.py``)."""
+        if self._level.audible(frame):
+            self._audible, self._quiet_run = True, 0
+            return False
+        if not self._audible:
+            return False
+        self._quiet_run += len(frame)
+        return self._quiet_run <= self._quiet_cap
+
     async def _on_speech(self, frame: PCM, now: float) -> None:
         o = self.opts
         if not self._open:
@@ -174,10 +190,6 @@ class Conversation:
         self._voiced += self._silence + n
         self._silence = 0
         self._last_speech = now
-        if self._level.audible(frame):
-            self._audible, self._quiet_tail = True, 0
-        elif self._audible:
-            self._quiet_tail += n
         if self._paused:
             self._paused, self._asked, self._turn_p, self._turn_failed = False, False, None, False
         reply = self._reply
@@ -204,12 +216,6 @@ class Conversation:
         self._frames.append(frame)
         await self.stt.push(frame, False)
         self._run = 0
-        if self._silence == 0 and self._quiet_tail:
-            # The VAD has just called silence; the caller fell quiet some frames earlier.
-            credit = min(self._quiet_tail, round(o.quiet_tail_s * SAMPLE_RATE))
-            self._silence, self._quiet_tail = credit, 0
-            self._voiced -= credit
-            self._last_speech -= credit / SAMPLE_RATE
         self._silence += len(frame)
         silence_s = self._silence / SAMPLE_RATE
         reply = self._reply
@@ -420,8 +426,9 @@ class Conversation:
     def _close_utterance(self) -> None:
         self._open = False
         self._frames = []
-        self._voiced = self._run = self._silence = self._quiet_tail = 0
+        self._voiced = self._run = self._silence = 0
         self._audible = False
+        self._level.new_utterance()
         self._paused, self._asked, self._turn_p, self._turn_failed = False, False, None, False
         self.stt.reset()
 

@@ -1,16 +1,22 @@
-"""How loud the caller's frames are: the end of speech, found faster than the VAD finds it.
+"""How loud the caller's frames are: the end of speech, found sooner than the VAD finds it.
 
-Silero's speech probability stays above its threshold for 50–150 ms after the last
-audible sound of an utterance (it looks at context, and its state decays slowly). Counted
-from Silero's verdict alone, every silence timer starts that late. The caller, though, is
-silent from the last audible frame. So the engine also asks this gate whether each frame
-Silero calls speech is audible, and when Silero flips to silence it credits the quiet
-frames at the end of the utterance to the silence timer (at most ``quiet_tail_s``).
+Silero's speech probability stays above its threshold for 50-200 ms after the last
+audible sound of an utterance (it looks at context, and its state decays slowly), so a
+silence timer that trusts it alone starts that late. The engine also asks this gate
+whether each frame Silero calls speech is audible; quiet frames after audible speech are
+the caller having stopped, and count as silence (for at most ``quiet_tail_s`` in a row:
+longer, it is quiet speech, and the VAD is trusted again).
 
-A frame is audible when its level is above ``quiet_dbfs`` and 6 dB above the line's noise
-floor (the level of recent frames Silero called silence), so a noisy line credits less,
-and a caller who never rises above the threshold gets no credit at all: there the VAD
-alone decides, as before.
+A frame is audible when its level is above all of:
+- ``quiet_dbfs`` (-40 dBFS by default: the level the benchmark's caller also uses to
+  place the end of its own speech), or 20 dB under the loudest frame of the utterance
+  so far if that is lower: a quiet talker's soft syllables are not an end;
+- the line's noise floor plus 6 dB, so a noisy line is judged by the VAD alone.
+The floor starts at the first frame the VAD calls silence; after that it drops to any
+quieter one and otherwise rises by 2.5 dB a second of silence. It must not follow the
+loud frames the VAD calls silence at the onset of speech (its onset lag), which would
+make speech look quiet. A caller who never rises above the threshold is judged by the
+VAD alone, as without this gate.
 """
 
 from __future__ import annotations
@@ -20,23 +26,36 @@ import numpy as np
 from rejoinder.core.audio import PCM
 
 _FULL_SCALE = 32768.0 * 32768.0
-_FLOOR_MARGIN = 4.0        # 6 dB, in power
-_FLOOR_SMOOTHING = 0.1     # per frame: the floor follows the line within ~10 frames
+_FLOOR_MARGIN = 4.0                  # 6 dB, in power
+_PEAK_MARGIN = 0.01                  # 20 dB, in power
+_FLOOR_RISE = 10.0 ** (0.05 / 10.0)  # 0.05 dB per frame the VAD calls silence
+_FLOOR_MIN = 1.0                     # -93 dBFS: a floor of digital silence can still rise
 
 
 class LevelGate:
-    """Per call: is this frame audible, given the line's noise floor so far?"""
+    """Per call: is this frame audible, given the line and the utterance so far?"""
 
     def __init__(self, quiet_dbfs: float) -> None:
         self._quiet = _FULL_SCALE * 10.0 ** (quiet_dbfs / 10.0)  # mean square
-        self._floor = 0.0
+        self._floor: float | None = None  # mean square; None until the first silence
+        self._peak = 0.0                  # loudest frame of this utterance
 
     def audible(self, frame: PCM) -> bool:
-        return bool(_power(frame) > max(self._quiet, self._floor * _FLOOR_MARGIN))
+        """A frame the VAD calls speech: is it loud enough to be speech?"""
+        power = _power(frame)
+        self._peak = max(self._peak, power)
+        floor = (self._floor or 0.0) * _FLOOR_MARGIN
+        return power > max(floor, min(self._quiet, self._peak * _PEAK_MARGIN))
 
     def silence(self, frame: PCM) -> None:
         """A frame the VAD called silence: it tells what the line sounds like."""
-        self._floor += _FLOOR_SMOOTHING * (_power(frame) - self._floor)
+        power = _power(frame)
+        if self._floor is not None:
+            power = min(power, self._floor * _FLOOR_RISE)
+        self._floor = max(_FLOOR_MIN, power)
+
+    def new_utterance(self) -> None:
+        self._peak = 0.0
 
 
 def _power(frame: PCM) -> float:
