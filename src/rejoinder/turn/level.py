@@ -45,7 +45,7 @@ class LevelGate:
         power = _power(frame)
         self._peak = max(self._peak, power)
         floor = (self._floor or 0.0) * _FLOOR_MARGIN
-        return power > max(floor, min(self._quiet, self._peak * _PEAK_MARGIN))
+        return bool(power > max(floor, min(self._quiet, self._peak * _PEAK_MARGIN)))
 
     def silence(self, frame: PCM) -> None:
         """A frame the VAD called silence: it tells what the line sounds like."""
