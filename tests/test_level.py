@@ -13,25 +13,25 @@ def frame(dbfs: float) -> np.ndarray:
 
 
 def test_audible_above_the_threshold_on_a_quiet_line() -> None:
-    gate = LevelGate(-40.0)
+    gate = LevelGate(-45.0)
     assert gate.audible(frame(-15))  # the utterance so far peaks at -15 dBFS
-    assert gate.audible(frame(-38)) and not gate.audible(frame(-42))
+    assert gate.audible(frame(-43)) and not gate.audible(frame(-47))
     for _ in range(50):
         gate.silence(frame(-70))
-    assert gate.audible(frame(-38)) and not gate.audible(frame(-42))
+    assert gate.audible(frame(-43)) and not gate.audible(frame(-47))
 
 
 def test_a_quiet_talker_is_judged_20_db_under_their_peak() -> None:
-    gate = LevelGate(-40.0)
-    assert gate.audible(frame(-30))
-    assert gate.audible(frame(-42)) and not gate.audible(frame(-52))
+    gate = LevelGate(-45.0)
+    assert gate.audible(frame(-35))
+    assert gate.audible(frame(-53)) and not gate.audible(frame(-57))
     gate.new_utterance()
     assert gate.audible(frame(-15))
-    assert not gate.audible(frame(-42))
+    assert not gate.audible(frame(-47))
 
 
 def test_a_noisy_line_needs_6_db_over_its_floor() -> None:
-    gate = LevelGate(-40.0)
+    gate = LevelGate(-45.0)
     for _ in range(50):
         gate.silence(frame(-33))
     assert gate.audible(frame(-15))

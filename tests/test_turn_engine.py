@@ -79,7 +79,8 @@ def test_speculation_starts_at_the_pause_and_plays_when_the_turn_is_confirmed():
 def _reply_heard(script, vad=None, quiet_tail_s=0.2):
     """When the caller hears the reply (no speculation, instant providers), counted from
     the end of the script's first speech segment: the silence timer shows through."""
-    stack = fake_stack(stt=FakeSTT(["what time is it"]), llm=FakeLLM(["Sure."]), vad=vad)
+    stack = fake_stack(stt=FakeSTT(["what time is it"]), llm=FakeLLM(["Sure."]),
+                       vad=vad or FakeVAD(threshold_dbfs=-50.0))
     options = TurnOptions(speculate=False, quiet_tail_s=quiet_tail_s)
     conv, ear, _ = run_virtual(_call(script, stack, options))
     assert [t["outcome"] for t in conv.traces] == ["completed"]
@@ -88,11 +89,11 @@ def _reply_heard(script, vad=None, quiet_tail_s=0.2):
 
 
 def test_quiet_end_of_speech_counts_toward_the_silence_timer():
-    # 100 ms the VAD still calls speech (-43 dBFS, above the fake VAD's -45) but below
-    # quiet_dbfs (-40): the silence timer starts at the last audible frame.
+    # 100 ms the VAD still calls speech (-48 dBFS, above the fake VAD's -50) but below
+    # quiet_dbfs (-45): the silence timer starts at the last audible frame.
     plain = _reply_heard([("silence", 0.5), ("speech", 1.0)])
     assert plain == approx(0.305)  # 300 ms of silence, then the next 20 ms pull
-    quiet_tail = [("silence", 0.5), ("speech", 1.0), ("speech", 0.1, -43)]
+    quiet_tail = [("silence", 0.5), ("speech", 1.0), ("speech", 0.1, -48)]
     assert _reply_heard(quiet_tail) == approx(plain)
     # Without the credit the same audio is answered 100 ms later.
     assert _reply_heard(quiet_tail, quiet_tail_s=0.0) == approx(plain + 0.1)
@@ -102,16 +103,16 @@ def test_a_long_quiet_stretch_is_speech_and_a_quiet_caller_gets_no_credit():
     plain = _reply_heard([("silence", 0.5), ("speech", 1.0)])
     # 300 ms of quiet frames the VAD calls speech is longer than quiet_tail_s (200 ms):
     # quiet speech, not an end. The silence counts from its end, as the VAD says.
-    capped = _reply_heard([("silence", 0.5), ("speech", 1.0), ("speech", 0.3, -43)])
+    capped = _reply_heard([("silence", 0.5), ("speech", 1.0), ("speech", 0.3, -48)])
     assert capped == approx(plain + 0.3)
-    # A quiet caller (a steady -43 dBFS) is judged against their own peak: all speech.
-    never = _reply_heard([("silence", 0.5), ("speech", 0.9, -43), ("speech", 0.1, -43)])
+    # A quiet caller (a steady -48 dBFS) is judged against their own peak: all speech.
+    never = _reply_heard([("silence", 0.5), ("speech", 0.9, -48), ("speech", 0.1, -48)])
     assert never == approx(plain + 0.1)
 
 
 def test_a_noisy_line_raises_the_level_a_frame_needs_to_be_audible():
     vad = FakeVAD(threshold_dbfs=-30.0)
-    tail = ("speech", 0.1, -28)  # above -40 dBFS, but within 6 dB of a -33 dBFS line
+    tail = ("speech", 0.1, -28)  # above -45 dBFS, but within 6 dB of a -33 dBFS line
     clean = _reply_heard([("silence", 0.5), ("speech", 1.0), tail], vad)
     noisy = _reply_heard([("silence", 0.5, -33), ("speech", 1.0), tail], vad)
     assert clean == approx(noisy + 0.1)  # on the clean line the tail is audible speech

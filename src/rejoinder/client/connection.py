@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import logging
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import RejoinderError
 from rejoinder.transports.webrtc import (
+    OpusPackets,
     close_quietly,
     frame_to_pcm,
     pinned_host_addresses,
@@ -46,7 +46,8 @@ class CallFailed(RejoinderError):
 
 
 class Mic(MediaStreamTrack):
-    """The caller's microphone: plays queued 48 kHz audio in real time, silence otherwise.
+    """The caller's microphone: plays queued 48 kHz audio in real time, silence otherwise
+    (sent all the time, like a browser's microphone), as Opus packets encoded inline.
 
     Samples are numbered from the start of the call (frame k holds samples
     ``k*960 ... k*960+959``). Like a real microphone, frame k holds the 20 ms of audio
@@ -66,7 +67,7 @@ class Mic(MediaStreamTrack):
         self._pending = np.zeros(0, dtype=np.int16)
         self._pending_start = 0
         self._silence = np.zeros(OUT_FRAME_SAMPLES, dtype=np.int16)
-        self._time_base = fractions.Fraction(1, OUT_RATE)
+        self._encoder = OpusPackets()
 
     def play(self, pcm48: PCM) -> int:
         """Queue audio after whatever is queued; returns the number of its first sample."""
@@ -86,7 +87,7 @@ class Mic(MediaStreamTrack):
             return None
         return self.sent_at[k] - (OUT_FRAME_SAMPLES - within) * (1.0 / OUT_RATE)
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         k = len(self.sent_at)
@@ -105,11 +106,10 @@ class Mic(MediaStreamTrack):
         else:
             pcm = self._silence
         self.sent_at.append(self.clock.now())
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = OUT_RATE
-        frame.pts = k * OUT_FRAME_SAMPLES
-        frame.time_base = self._time_base
-        return frame
+        packet = self._encoder.encode(pcm, k * OUT_FRAME_SAMPLES)
+        if packet is None:
+            raise MediaStreamError("the Opus encoder returned nothing")
+        return packet
 
 
 class Connection:

@@ -1,7 +1,12 @@
 """WebRTC with aiortc: audio in and out of one peer connection, and its event channel.
 
 - :class:`AgentTrack` is the outgoing track: aiortc's sender pulls it, it paces
-  itself at 20 ms per frame and hands over whatever the playout has (or silence).
+  itself at 20 ms per frame and hands over whatever the playout has, Opus-encoded.
+  While the agent is silent it sends nothing (discontinuous transmission).
+- :class:`OpusPackets` encodes on the event loop; :class:`InlineDecoder` decodes each
+  incoming packet the moment it arrives, also on the loop. aiortc would hand every
+  20 ms frame to a thread and back, both ways; on a loaded server those hand-offs
+  cost more CPU than the codec (profiled: see docs/benchmarks.md).
 - :func:`caller_frames` turns the incoming track into 16 kHz mono PCM frames.
 - :func:`pinned_host_addresses` limits which local addresses ICE offers as host
   candidates (aioice has no option for it, and leaves 127.0.0.1 out).
@@ -16,6 +21,7 @@ import contextvars
 import fractions
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Literal
 
 import aioice.ice
 import av
@@ -31,6 +37,8 @@ from rejoinder.core.clock import Clock
 from rejoinder.turn.playout import Playout
 
 log = logging.getLogger(__name__)
+
+_TIME_BASE = fractions.Fraction(1, OUT_RATE)
 
 _pinned: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "pinned_host_addresses", default=None)
@@ -58,30 +66,83 @@ def pinned_host_addresses(addresses: Sequence[str] | None) -> Iterator[None]:
         _pinned.reset(token)
 
 
-class InOrderBuffer:
-    """A zero-delay "jitter buffer" for audio: each packet is decoded the moment it
-    arrives; a packet older than one already released is late and dropped (the decoder
-    conceals the gap). For Opus, one packet is one frame, so nothing needs assembling."""
+class InlineDecoder:
+    """A zero-delay "jitter buffer" that also decodes: each packet is decoded the moment
+    it arrives, on the event loop, and the frame goes straight to the receiver's track.
+    A packet older than one already decoded is late and dropped (Opus conceals the gap).
+    For Opus one packet is one frame, so nothing needs assembling. aiortc's receiver
+    gets nothing back, so its decoder thread stays idle (it still ends the track)."""
 
     capacity = 16
 
-    def __init__(self) -> None:
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self._receiver = receiver
         self._last: int | None = None
+        self._codec = _opus_context("r")
+        self._errors = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
         if self._last is not None and not uint16_gt(seq, self._last):
             return False, None
         self._last = seq
+        track = self._receiver._track
+        if track is None:
+            return False, None
         # The receiver stores the depayloaded bytes in ``_data`` before calling add().
-        data: bytes = packet._data  # type: ignore[attr-defined]
-        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+        encoded = av.Packet(packet._data)  # type: ignore[attr-defined]
+        encoded.pts = packet.timestamp
+        encoded.time_base = _TIME_BASE
+        try:
+            frames = self._codec.decode(encoded)
+        except av.FFmpegError as exc:
+            self._errors += 1
+            if self._errors in (1, 10, 100, 1000):
+                log.warning("undecodable audio packet (%d so far): %s", self._errors, exc)
+            return False, None
+        for frame in frames:
+            track._queue.put_nowait(frame)
+        return False, None
+
+
+class OpusPackets:
+    """Mono Opus (VoIP mode) encoded on the caller's thread: ~50 µs per 20 ms frame, less
+    than handing the frame to a thread. Mono suits a voice and any Opus decoder."""
+
+    def __init__(self, bit_rate: int = 32_000) -> None:
+        self._codec = _opus_context("w")
+        self._codec.bit_rate = bit_rate
+        self._codec.options = {"application": "voip"}
+
+    def encode(self, pcm48: PCM, pts: int) -> av.Packet[Any] | None:
+        """One 20 ms frame of 48 kHz mono int16 as an Opus packet stamped ``pts``."""
+        frame = av.AudioFrame.from_ndarray(pcm48.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE
+        frame.pts = pts
+        frame.time_base = _TIME_BASE
+        packets = self._codec.encode(frame)
+        if not packets:
+            return None
+        packet: av.Packet[Any] = packets[0]
+        packet.pts = pts
+        packet.time_base = _TIME_BASE
+        return packet
+
+
+def _opus_context(mode: Literal["r", "w"]) -> Any:
+    codec = av.CodecContext.create("libopus", mode)
+    codec.sample_rate = OUT_RATE
+    codec.format = "s16"
+    codec.layout = "mono"
+    if mode == "w":
+        codec.time_base = _TIME_BASE
+    return codec
 
 
 def set_jitter_buffer(receiver: RTCRtpReceiver, frames: int) -> None:
     """Hold ``frames`` audio frames before decoding instead of aiortc's fixed 4 (80 ms).
 
-    0 decodes every packet on arrival (:class:`InOrderBuffer`); n >= 1 uses aiortc's
+    0 decodes every packet on arrival (:class:`InlineDecoder`); n >= 1 uses aiortc's
     buffer, which releases a frame once n later ones have arrived (n x 20 ms). On a
     call this delay sits on the critical path twice (the server hears the end of
     speech late, the caller hears the reply late), so keep it as low as the network
@@ -92,7 +153,8 @@ def set_jitter_buffer(receiver: RTCRtpReceiver, frames: int) -> None:
     if not hasattr(receiver, attr):
         log.warning("aiortc changed: cannot set the jitter buffer; keeping its default")
         return
-    buffer = InOrderBuffer() if frames <= 0 else JitterBuffer(capacity=16, prefetch=frames)
+    buffer = (InlineDecoder(receiver) if frames <= 0
+              else JitterBuffer(capacity=16, prefetch=frames))
     setattr(receiver, attr, buffer)
 
 
@@ -104,53 +166,74 @@ def ice_configuration(urls: Sequence[str], username: str = "",
 
 
 class AgentTrack(MediaStreamTrack):
-    """The agent's voice: 20 ms frames at 48 kHz pulled from a :class:`Playout`.
+    """The agent's voice: Opus packets of 20 ms of 48 kHz audio from a :class:`Playout`.
 
-    Frames leave every 20 ms. While the agent is silent the track waits for the next
-    tick *or* for audio, whichever comes first: a reply's first frame goes out the
-    moment it exists instead of waiting up to 20 ms for its slot, and the pacing
-    continues from there (a talkspurt start, which receivers handle as jitter).
+    Frames leave every 20 ms while the agent speaks. When it falls silent the track
+    sends ``trailing_frames`` of silence (so the caller's decoder ends the sound cleanly
+    instead of concealing a loss) and then nothing until the playout has audio again
+    (discontinuous transmission: a silent agent costs no encoding, encryption or
+    sending). The next talkspurt starts the moment its first frame exists, and the pacing
+    continues from there; RTP timestamps follow the clock across the gap, as receivers
+    expect of a talkspurt.
     """
 
     kind = "audio"
+    trailing_frames = 5
 
     def __init__(self, playout: Playout, clock: Clock | None = None) -> None:
         super().__init__()
         self.playout = playout
         self.clock = clock or Clock()
-        self._next: float | None = None  # when the next frame is due
-        self._pts = 0
+        self._start: float | None = None
+        self._next = 0.0   # when the next frame is due
+        self._pts = 0      # samples since the start, on the clock
+        self._quiet = 0    # silent frames sent in a row
         self._silence = np.zeros(OUT_FRAME_SAMPLES, dtype=np.int16)
-        self._time_base = fractions.Fraction(1, OUT_RATE)
+        self._encoder = OpusPackets()
         self._audio = asyncio.Event()
         playout.on_push = self._audio.set
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
+    async def recv(self) -> av.Packet[Any]:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            pcm = await self._next_frame()
+            packet = self._encoder.encode(pcm, self._pts)
+            self._pts += OUT_FRAME_SAMPLES
+            if packet is not None:
+                return packet
+
+    async def _next_frame(self) -> PCM:
         now = self.clock.now()
-        if self._next is None:
-            self._next = now
-        wait = self._next - now
-        if wait > 0:
+        if self._start is None:
+            self._start = self._next = now
+        if self._quiet >= self.trailing_frames and self.playout.queued_samples == 0:
+            while self.playout.queued_samples == 0:  # silent: wait for audio
+                self._audio.clear()
+                await self._audio.wait()
+            self._start_talkspurt()
+        elif self._next > now:
             if self.playout.queued_samples == 0:
                 self._audio.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._audio.wait(), wait)
-                # Audio arrived early: start the talkspurt now and pace from here.
-                self._next = min(self._next, self.clock.now())
+                    await asyncio.wait_for(self._audio.wait(), self._next - now)
+                if self.clock.now() < self._next:  # audio arrived early: start it now
+                    self._start_talkspurt()
             else:
-                await self.clock.sleep(wait)
+                await self.clock.sleep(self._next - now)
         self._next += OUT_FRAME_SAMPLES / OUT_RATE
         pcm = self.playout.pull()
         if pcm is None:
-            pcm = self._silence
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = OUT_RATE
-        frame.pts = self._pts
-        frame.time_base = self._time_base
-        self._pts += OUT_FRAME_SAMPLES
-        return frame
+            self._quiet += 1
+            return self._silence
+        self._quiet = 0
+        return pcm
+
+    def _start_talkspurt(self) -> None:
+        now = self.clock.now()
+        self._next = now
+        assert self._start is not None
+        self._pts = max(self._pts, round((now - self._start) * OUT_RATE))
 
 
 def frame_to_pcm(frame: av.AudioFrame) -> PCM:

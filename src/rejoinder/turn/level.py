@@ -8,8 +8,9 @@ the caller having stopped, and count as silence (for at most ``quiet_tail_s`` in
 longer, it is quiet speech, and the VAD is trusted again).
 
 A frame is audible when its level is above all of:
-- ``quiet_dbfs`` (-40 dBFS by default: the level the benchmark's caller also uses to
-  place the end of its own speech), or 20 dB under the loudest frame of the utterance
+- ``quiet_dbfs`` (-45 dBFS by default: 5 dB under the level at which the benchmark's
+  caller places the end of its own speech, so that the server does not find an end the
+  caller would not, even after Opus), or 20 dB under the loudest frame of the utterance
   so far if that is lower: a quiet talker's soft syllables are not an end;
 - the line's noise floor plus 6 dB, so a noisy line is judged by the VAD alone.
 The floor starts at the first frame the VAD calls silence; after that it drops to any

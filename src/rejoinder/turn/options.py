@@ -22,7 +22,7 @@ class TurnOptions:
     """
 
     vad_threshold: float = 0.5
-    quiet_dbfs: float = -40.0      # speech frames below this level at the end of an
+    quiet_dbfs: float = -45.0      # speech frames below this level at the end of an
     quiet_tail_s: float = 0.2      # utterance count as silence, up to this long (see level.py)
     pause_s: float = 0.1           # silence after speech that is a pause: speculation starts
     end_silence_s: float = 0.3     # silence that ends the turn, unless the model says "not yet"
