@@ -1,9 +1,10 @@
-"""The level gate (turn/level.py): which frames of speech are audible on this line."""
+"""Levels: the level gate (turn/level.py) and the VAD skipping digital silence."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from rejoinder.providers.base import VADStream
 from rejoinder.testing.loopback import tone
 from rejoinder.turn.level import LevelGate
 
@@ -50,3 +51,33 @@ def test_loud_frames_the_vad_misses_at_an_onset_do_not_lift_the_floor() -> None:
     for _ in range(100):
         gate.silence(frame(-30))
     assert gate.audible(frame(-47)) and not gate.audible(frame(-50))
+
+
+class _Counting(VADStream):
+    window = 320
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = self.resets = 0
+
+    def _probability(self, window: np.ndarray) -> float:
+        self.asked += 1
+        return 1.0
+
+    def _reset(self) -> None:
+        self.resets += 1
+
+
+def test_the_vad_model_is_not_run_on_digital_silence() -> None:
+    vad = _Counting()
+    assert vad.push(frame(-30)) == 1.0
+    quiet = np.full(320, VADStream.SILENT_PEAK, dtype=np.int16)
+    for _ in range(VADStream.STALE_WINDOWS - 1):
+        assert vad.push(quiet) == 0.0
+    assert vad.push(frame(-30)) == 1.0 and vad.resets == 0  # a short gap: state kept
+    for _ in range(VADStream.STALE_WINDOWS):
+        vad.push(-quiet)
+    assert vad.push(frame(-30)) == 1.0 and vad.resets == 1  # a long one: state reset
+    assert (vad.asked, vad.skipped, vad.windows) == (3, 2 * VADStream.STALE_WINDOWS - 1,
+                                                     2 * VADStream.STALE_WINDOWS + 2)
+    assert vad.push(np.full(320, VADStream.SILENT_PEAK + 1, dtype=np.int16)) == 1.0

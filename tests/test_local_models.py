@@ -104,8 +104,21 @@ def test_vad_streams_are_independent_and_reused_instances_start_blank(stack: Sta
     # The next stream reuses a's native instance; its state must be reset.
     c = stack.vad.stream()
     assert isinstance(c, SileroVADStream)
-    first = c.push(np.zeros(c.window, dtype=np.int16))
-    assert first < 0.1
+    hiss = (np.random.default_rng(1).standard_normal(c.window) * 100).astype(np.int16)
+    assert c.push(hiss) < 0.3  # a's state would still say speech (> 0.9)
+    assert c.skipped == 0
+
+
+def test_vad_skips_digital_silence_and_still_hears_speech_after_it(stack: Stack) -> None:
+    speech = read_wav(ILL_DISPOSED)
+    vad = stack.vad.stream()
+    assert max_probability(vad, speech[:SAMPLE_RATE]) > 0.9
+    zeros = np.zeros(2 * SAMPLE_RATE, dtype=np.int16)
+    probs = [vad.push(f) for f in split_frames(zeros, FRAME_SAMPLES)]
+    assert max(probs[2:]) == 0.0  # the first window still holds the end of the speech
+    assert vad.skipped >= 2 * SAMPLE_RATE // vad.window - 1
+    # After a long silence the model starts from a blank state and hears speech again.
+    assert max_probability(vad, speech[:SAMPLE_RATE]) > 0.9
 
 
 # --- STT ---------------------------------------------------------------------------------------

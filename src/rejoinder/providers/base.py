@@ -50,25 +50,49 @@ class ChatMessage:
 
 
 class VADStream(ABC):
-    """Per-call voice activity state. ``push`` takes 16 kHz frames of any length."""
+    """Per-call voice activity state. ``push`` takes 16 kHz frames of any length.
+
+    A window whose every sample is within +-``SILENT_PEAK`` (-66 dBFS: digital silence, a
+    muted or noise-suppressed microphone) has no speech, and the model is not run on it:
+    most of a call is the caller listening. After ``STALE_WINDOWS`` such windows the
+    model's state is reset before the next sound, as if the stream had just begun.
+    """
 
     window: int  # samples the model looks at per decision
+    SILENT_PEAK = 16
+    STALE_WINDOWS = 16
 
     def __init__(self) -> None:
         self._buf = np.zeros(0, dtype=np.int16)
         self._last = 0.0
+        self._skipped = 0
+        self.windows = 0  # windows decided, by the model or as silence
+        self.skipped = 0  # of which silent, without the model
 
     def push(self, frame: PCM) -> float:
         """Speech probability of the latest complete window (blocking; cheap)."""
         buf = np.concatenate((self._buf, frame)) if self._buf.size else frame
         n = len(buf) // self.window
         for i in range(n):
-            self._last = self._probability(buf[i * self.window:(i + 1) * self.window])
+            window = buf[i * self.window:(i + 1) * self.window]
+            self.windows += 1
+            if int(np.abs(window).max()) <= self.SILENT_PEAK:
+                self._last = 0.0
+                self._skipped += 1
+                self.skipped += 1
+                continue
+            if self._skipped >= self.STALE_WINDOWS:
+                self._reset()
+            self._skipped = 0
+            self._last = self._probability(window)
         self._buf = buf[n * self.window:]
         return self._last
 
     @abstractmethod
     def _probability(self, window: PCM) -> float: ...
+
+    def _reset(self) -> None:  # noqa: B027  optional: only models with state override it
+        """Forget the audio so far (the model's recurrent state), if the model has any."""
 
 
 class VAD(ABC):

@@ -61,11 +61,17 @@ class SileroVADStream(VADStream):
         self._finalizer = weakref.finalize(self, release, native)
         self._finalizer.atexit = False
 
-    def _probability(self, window: PCM) -> float:
+    def push(self, frame: PCM) -> float:
         if not self._finalizer.alive:
             raise RuntimeError("this VAD stream is closed")
+        return super().push(frame)
+
+    def _probability(self, window: PCM) -> float:
         np.multiply(window, 1.0 / 32768.0, out=self._samples, casting="unsafe")
         return float(self._native.process(self._view))
+
+    def _reset(self) -> None:
+        self._native.reset()
 
     def close(self) -> None:
         """Give the native instance back to the pool now (also done on garbage collection).
