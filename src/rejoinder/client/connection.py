@@ -47,7 +47,8 @@ class CallFailed(RejoinderError):
 
 class Mic(MediaStreamTrack):
     """The caller's microphone: plays queued 48 kHz audio in real time, silence otherwise
-    (sent all the time, like a browser's microphone), as Opus packets encoded inline.
+    (sent all the time, like a browser's microphone), as Opus packets encoded inline;
+    silence is one packet encoded once, so an idle caller costs the benchmark nothing.
 
     Samples are numbered from the start of the call (frame k holds samples
     ``k*960 ... k*960+959``). Like a real microphone, frame k holds the 20 ms of audio
@@ -106,10 +107,11 @@ class Mic(MediaStreamTrack):
         else:
             pcm = self._silence
         self.sent_at.append(self.clock.now())
-        packet = self._encoder.encode(pcm, k * OUT_FRAME_SAMPLES)
-        if packet is None:
-            raise MediaStreamError("the Opus encoder returned nothing")
-        return packet
+        pts = k * OUT_FRAME_SAMPLES
+        if pcm is self._silence:
+            return OpusPackets.silence(pts)
+        packet = self._encoder.encode(pcm, pts)
+        return packet if packet is not None else OpusPackets.silence(pts)
 
 
 class Connection:

@@ -106,13 +106,16 @@ class InlineDecoder:
 
 
 class OpusPackets:
-    """Mono Opus (VoIP mode) encoded on the caller's thread: ~50 µs per 20 ms frame, less
-    than handing the frame to a thread. Mono suits a voice and any Opus decoder."""
+    """Mono Opus (VoIP mode) encoded on the caller's thread. At libopus' default
+    complexity (10) a 20 ms frame costs ~550 µs here; at 5, ~250 µs, with no audible
+    difference for a voice at 32 kbit/s. Mono suits a voice and any Opus decoder."""
 
-    def __init__(self, bit_rate: int = 32_000) -> None:
+    _silent: bytes | None = None  # one frame of digital silence, encoded once
+
+    def __init__(self, bit_rate: int = 32_000, complexity: int = 5) -> None:
         self._codec = _opus_context("w")
         self._codec.bit_rate = bit_rate
-        self._codec.options = {"application": "voip"}
+        self._codec.options = {"application": "voip", "compression_level": str(complexity)}
 
     def encode(self, pcm48: PCM, pts: int) -> av.Packet[Any] | None:
         """One 20 ms frame of 48 kHz mono int16 as an Opus packet stamped ``pts``."""
@@ -127,6 +130,19 @@ class OpusPackets:
         packet.pts = pts
         packet.time_base = _TIME_BASE
         return packet
+
+    @classmethod
+    def silence(cls, pts: int) -> av.Packet[Any]:
+        """A packet of 20 ms of digital silence, without encoding anything (after the
+        first): for a sender with nothing to say that still sends every frame."""
+        if cls._silent is None:
+            packet = cls().encode(np.zeros(OUT_FRAME_SAMPLES, dtype=np.int16), 0)
+            assert packet is not None
+            cls._silent = bytes(packet)
+        out = av.Packet(cls._silent)
+        out.pts = pts
+        out.time_base = _TIME_BASE
+        return out
 
 
 def _opus_context(mode: Literal["r", "w"]) -> Any:

@@ -64,5 +64,5 @@ def _power(frame: PCM) -> float:
     if frame.size == 0:
         return 0.0
     x = frame.astype(np.float32)
-    mean = float(x.mean())
+    mean = float(np.add.reduce(x)) / x.size
     return float(np.dot(x, x)) / x.size - mean * mean
