@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +203,15 @@ async def test_llm_reuses_the_prompt_prefix(stack: Stack) -> None:
     assert second["cache_n"] >= 100, second
     assert second["prompt_n"] < 30, second
     assert first["prompt_n"] + first["cache_n"] < second["prompt_n"] + second["cache_n"]
+
+
+def test_llm_threads_yield_the_cores(stack: Stack) -> None:
+    # llama.cpp's native threads run at nice 10 (SmolLMOptions.nice); ours stay at 0.
+    assert isinstance(stack.llm, SmolLM) and stack.llm.options.nice == 10
+    nice = {int(t): os.getpriority(os.PRIO_PROCESS, int(t))
+            for t in os.listdir("/proc/self/task")}
+    assert nice[threading.get_native_id()] == 0
+    assert sum(1 for n in nice.values() if n == 10) >= 2  # the server loop and its pool
 
 
 def test_llm_request_marks_interruptions_and_trims_history(stack: Stack) -> None:
