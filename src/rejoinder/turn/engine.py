@@ -4,8 +4,9 @@ Everything about turn-taking lives here; what one reply does is in ``turn/reply.
 Per caller frame the engine takes the VAD's verdict, feeds the caller's utterance to the
 STT session, and moves through these decisions:
 
-- **Silence** is counted from the caller's last audible frame: the quiet frames the VAD
-  still calls speech at the end of an utterance are credited to it (``turn/level.py``).
+- **Silence** is counted from the caller's last audible frame: quiet frames after audible
+  speech are silence even while the VAD, which lags, still calls them speech (up to
+  ``quiet_tail_s`` in a row; ``turn/level.py``).
 - **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): a
   *speculative* reply starts at once (final transcript, LLM, first TTS clause) with its
   audio held back. At ``model_after_s`` the end-of-turn model is asked about the audio
