@@ -81,3 +81,4 @@ def test_the_vad_model_is_not_run_on_digital_silence() -> None:
     assert (vad.asked, vad.skipped, vad.windows) == (3, 2 * VADStream.STALE_WINDOWS - 1,
                                                      2 * VADStream.STALE_WINDOWS + 2)
     assert vad.push(np.full(320, VADStream.SILENT_PEAK + 1, dtype=np.int16)) == 1.0
+    assert vad.push(np.full(320, -32768, dtype=np.int16)) == 1.0  # full scale is not silence

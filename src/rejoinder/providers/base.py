@@ -76,7 +76,8 @@ class VADStream(ABC):
         for i in range(n):
             window = buf[i * self.window:(i + 1) * self.window]
             self.windows += 1
-            if int(np.abs(window).max()) <= self.SILENT_PEAK:
+            # max/min, not abs(): no temporary, and -32768 has no int16 absolute value
+            if window.min() >= -self.SILENT_PEAK and window.max() <= self.SILENT_PEAK:
                 self._last = 0.0
                 self._skipped += 1
                 self.skipped += 1
