@@ -73,6 +73,20 @@ def test_summary_has_exact_percentiles_and_rates():
     assert (s["cpu_pct_mean"], s["cpu_pct_max"], s["rss_mb_max"]) == (70.0, 150.0, 612.5)
 
 
+def test_cold_start_tax_is_the_first_turn_minus_the_median_of_the_rest_per_call():
+    turns = [  # call 0: first 900, later 500/600/700 -> 300; call 1: 450 vs 500 -> -50
+        _turn(3, 700.0), _turn(0, 900.0), _turn(1, 500.0), _turn(2, 600.0),
+        _turn(10, 450.0), _turn(11, 500.0),
+        _turn(12, None),  # no reply: not a measured turn
+        _turn(20, 800.0),  # a call with one measured turn has no tax
+        _turn(4, 100.0, backchannel=True),  # backchannels are not turns
+    ]
+    s = summarize(_results({"concurrency": 1, "turns": turns}))["runs"][0]["summary"]
+    assert s["cold_start_ms"] == {"n": 2, "p50": 125.0, "p95": 282.5, "p99": 296.5,
+                                  "max": 300.0}
+    assert "cold-start tax" in render_table(_results({"concurrency": 1, "turns": turns}))
+
+
 def test_v2v_100_to_199_has_the_textbook_percentiles():
     run = {"concurrency": 1, "turns": [_turn(i, 100.0 + i) for i in range(100)]}
     s = summarize(_results(run))["runs"][0]["summary"]

@@ -31,6 +31,7 @@ Dist = dict[str, float | int | None]
 TARGET_P95_MS = 500.0  # design.md: under 500 ms at p95, voice to voice
 _QS = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
 _WIDTH = 100  # columns of the terminal table
+_CALLER_ROWS = 4  # rows measured by the caller, before the server's stages
 _ORIGIN = "speech_end"  # the stages' zero: drawn as the axis origin, not as a row
 _STAGE_FILL, _STAGE_STROKE = "#b9cfe8", "#33577f"
 _V2V_FILL, _V2V_STROKE = "#f6c48f", "#a65a16"
@@ -86,6 +87,22 @@ def _pct(k: int, n: int) -> float | None:
     return round(100.0 * k / n, 3) if n else None
 
 
+def cold_start(turns: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Per call, the cold-start tax (design.md): the first turn's voice-to-voice minus the
+    median of the same call's later turns. Calls with fewer than two measured turns have none."""
+    by_call: dict[object, list[tuple[int, float]]] = {}
+    for t in turns:
+        v2v, n = _finite([t.get("v2v_ms")]), _finite([t.get("turn")])
+        if v2v and n:
+            by_call.setdefault(t.get("call"), []).append((int(n[0]), v2v[0]))
+    out = []
+    for measured in by_call.values():
+        (_, first), *later = sorted(measured)
+        if later:
+            out.append(round(first - float(np.median([v for _, v in later])), 3))
+    return out
+
+
 def summarize_run(run: Mapping[str, Any]) -> dict[str, Any]:
     """The summary of one run (one concurrency level)."""
     turns = [t for t in _turns(run) if not t.get("backchannel")]
@@ -98,6 +115,7 @@ def summarize_run(run: Mapping[str, Any]) -> dict[str, Any]:
         "v2v_ms": distribution(_finite(t.get("v2v_ms") for t in turns)),
         "overhead_ms": distribution(_finite(t.get("overhead_ms") for t in turns)),
         "barge_in_ms": distribution(_finite(t.get("barge_in_ms") for t in turns)),
+        "cold_start_ms": distribution(cold_start(turns)),
         "stages": {s: distribution(_finite(stages_of(t).get(s) for t in turns))
                    for s in _stage_names(turns)},
         "replied_pct": _pct(sum(_replied(t) for t in turns), len(turns)),
@@ -146,7 +164,8 @@ def _pct_text(v: object) -> str:
 
 def _rows(summary: Mapping[str, Any]) -> list[tuple[str, Dist]]:
     rows = [("voice-to-voice", summary["v2v_ms"]), ("overhead", summary["overhead_ms"]),
-            ("barge-in", summary["barge_in_ms"])]
+            ("barge-in", summary["barge_in_ms"]), ("cold-start tax", summary["cold_start_ms"])]
+    assert len(rows) == _CALLER_ROWS
     return rows + list(summary["stages"].items())
 
 
@@ -233,7 +252,7 @@ def _html_table(run: Mapping[str, Any]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("ms", "n", "p50", "p95", "p99", "max"))
     rows = []
     for i, (name, d) in enumerate(_rows(s)):
-        if i == 3 and s["stages"]:
+        if i == _CALLER_ROWS and s["stages"]:
             rows.append('<tr class="group"><td colspan="6">server stages, ms after server '
                         "end of speech</td></tr>")
         cells = []
