@@ -77,6 +77,24 @@ def test_end_of_turn_model_moves_the_confirmation(p, confirmed_ms):
     assert model.asked == [round((0.2 + 1.0 + 0.16) * SAMPLE_RATE)]
 
 
+def test_a_held_turn_is_asked_again_every_reask_s_and_confirmed_when_the_model_is_sure():
+    # Speech ends at 1.5 s. The model says 0.2 with 160 ms of silence, 0.6 with 360 ms, and
+    # 0.95 with 560 ms or more (audio from pre-roll at 0.3 s; answers take 50 ms).
+    heard = [0.2, 0.6, 0.95]
+    model = FakeTurnModel(lambda audio: heard[min(2, round((len(audio) / SAMPLE_RATE - 1.36)
+                                                             / 0.2))], Latency(first_s=0.05))
+
+    async def main():
+        return await converse(fake_stack(turn=model), [("silence", 0.5), ("speech", 1.0)],
+                              options=TurnOptions(reask_s=0.2))
+
+    conv, ear, events = run_virtual(main())
+    # 0.6 at 410 ms is above hold_p after end_silence_s: that confirms the turn; no third
+    # question.
+    assert conv.traces[0]["ms_after_speech_end"]["turn_confirmed"] == approx(410.0)
+    assert model.asked == [round((0.2 + 1.0 + s) * SAMPLE_RATE) for s in (0.16, 0.36)]
+
+
 def test_end_of_turn_model_failure_falls_back_to_silence():
     model = FakeTurnModel(0.99, Latency(fail="drop"))
 

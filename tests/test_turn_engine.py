@@ -356,3 +356,25 @@ def test_leading_silence_of_the_synthesised_reply_is_not_played():
     # after that is loud (the 200 ms of silence were dropped), and the whole tone plays.
     assert ear.first_loud_after(0) == approx(1.805)
     assert len(ear.loud_times) == 13  # the 0.25 s tone: 12.5 frames, the last one padded
+
+
+@pytest.mark.parametrize("onset_s", [0.0, 0.04, 0.1])
+def test_barge_in_hold_counts_from_the_first_loud_frame_not_from_the_vads_verdict(onset_s):
+    # A VAD that calls speech only after ``onset_s`` (Silero: 30-100 ms). The agent is
+    # held once the VAD says speech and the sound has been loud for 60 ms, counted from
+    # its first loud frame: at 2.56 s (+ the VAD's lag when that is longer than 60 ms).
+    stt = FakeSTT(["tell me a story", "Mm-hmm."], Latency(first_s=0.1))
+    llm = FakeLLM(["Once upon a time there was a fox."], Latency(first_s=0.2, per_item_s=0.02))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 1.0),
+                            ("speech", 0.4)],
+                           fake_stack(vad=FakeVAD(onset_s=onset_s), stt=stt, llm=llm,
+                                      tts=FakeTTS(Latency(first_s=0.05))))
+
+    conv, ear, events = run_virtual(main())
+    held = 2.5 + max(0.06, onset_s + 0.02)  # the VAD's verdict comes with the next frame
+    assert [e["type"] for e in events if e["type"] in ("hold", "resume")] == ["hold", "resume"]
+    # The last frame pulled before the hold (pulls at 5, 25, 45 ... ms past each frame).
+    assert ear.last_loud_before(held) == approx(held - 0.015)
+    assert ear.first_loud_after(held - 0.014) > 2.9

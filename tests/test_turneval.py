@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,23 @@ def test_a_sure_model_confirms_when_it_answers() -> None:
         Confirmation(at=16_000 + 1_600 + 4_000, last_voiced=16_000, p=0.6)]
     assert confirmations(end, OPTS, FakeModel(0.2), latency_s=LATENCY) == [
         Confirmation(at=16_000 + S, last_voiced=16_000, p=0.2)]
+
+
+def test_a_held_turn_is_asked_again_every_reask_s() -> None:
+    end = flags((True, 1.0), (False, 1.5))
+    answers = iter([0.2, 0.3, 0.95])
+    asked: list[int] = []
+
+    def model(start: int, stop: int) -> float:
+        asked.append(stop)
+        return next(answers)
+
+    found = confirmations(end, replace(OPTS, reask_s=0.2), model, latency_s=LATENCY)
+    # Asked at 100, 300 and 500 ms of silence; the third answer (0.95) confirms at once.
+    assert asked == [16_000 + 1_600, 16_000 + 4_800, 16_000 + 8_000]
+    assert found == [Confirmation(at=16_000 + 8_000 + 1_760, last_voiced=16_000, p=0.95)]
+    # Without reask_s: one question, and P 0.2 holds the turn to max_silence_s.
+    assert confirmations(end, OPTS, FakeModel(0.2), latency_s=LATENCY)[0].at == 16_000 + S
 
 
 def test_the_model_is_asked_after_model_after_s_of_silence() -> None:

@@ -59,9 +59,11 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     latency = round(latency_s * SAMPLE_RATE)
     preroll = math.ceil(opts.preroll_s * SAMPLE_RATE / frame) * frame  # whole ring frames
     out: list[Confirmation] = []
-    is_open = paused = asked = pending = waiting = False
+    is_open = paused = pending = waiting = False
+    next_ask = opts.model_after_s  # seconds of silence at which the model is asked (again)
     origin = onset = start = last = answer_at = 0
-    p: float | None = None
+    p: float | None = None  # the latest answer
+    answer = 0.0
     for i, voiced in enumerate(speech):
         a, e = i * frame, (i + 1) * frame
         if voiced:
@@ -69,7 +71,8 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                 is_open, onset, start = True, a, max(origin, a - preroll)
             if waiting:
                 out[-1] = replace(out[-1], resumed=a)
-            last, paused, asked, pending, waiting, p = e, False, False, False, False, None
+            last, paused, pending, waiting, p = e, False, False, False, None
+            next_ask = opts.model_after_s
             continue
         if not is_open or waiting:
             continue
@@ -82,19 +85,20 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
             if silence / SAMPLE_RATE < opts.pause_s:
                 continue
             paused = True
-        if prob is not None and not asked and silence / SAMPLE_RATE >= opts.model_after_s:
-            asked = True
-            p, pending, answer_at = prob(max(start, e - WINDOW), e), True, e + latency
+        if (prob is not None and not pending and silence / SAMPLE_RATE >= next_ask - 1e-9
+                and (p is None or p < opts.confirm_p)):
+            next_ask = next_ask + opts.reask_s if opts.reask_s > 0 else math.inf
+            answer, pending, answer_at = prob(max(start, e - WINDOW), e), True, e + latency
         at = None
         if pending and answer_at <= e:  # the answer arrives within this frame
-            pending = False
+            pending, p = False, answer
             heard = silence if answer_at == e else silence - frame
             if _done(opts, True, p, heard):
                 at = answer_at
-        if at is None and _done(opts, prob is not None, None if pending else p, silence):
+        if at is None and _done(opts, prob is not None, p, silence):
             at = e
         if at is not None:
-            out.append(Confirmation(at, last, None if pending else p))
+            out.append(Confirmation(at, last, p))
             waiting = True
     return out
 
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the reports here")
     ap.add_argument("--model-latency-s", type=float, default=0.11)
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
-                  "quiet_tail_s", "model_after_s")
+                  "quiet_tail_s", "model_after_s", "reask_s")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     args = ap.parse_args(argv)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rejoinder.core.audio import PCM, rms_dbfs
+from rejoinder.core.audio import PCM, SAMPLE_RATE, rms_dbfs
 from rejoinder.core.clock import Clock
 from rejoinder.providers.base import (
     LLM,
@@ -63,25 +63,33 @@ class _Waits:
 class _EnergyStream(VADStream):
     window = 320  # 20 ms at 16 kHz
 
-    def __init__(self, threshold_dbfs: float) -> None:
+    def __init__(self, threshold_dbfs: float, onset_windows: int) -> None:
         super().__init__()
         self.threshold_dbfs = threshold_dbfs
+        self.onset_windows = onset_windows
+        self._loud = 0  # loud windows in a row
+        self._decided = 0  # self.windows at the last call (silent windows skip the call)
 
     def _probability(self, window: PCM) -> float:
-        return 1.0 if rms_dbfs(window) > self.threshold_dbfs else 0.0
+        run = self._loud if self.windows == self._decided + 1 else 0
+        self._decided = self.windows
+        self._loud = run + 1 if rms_dbfs(window) > self.threshold_dbfs else 0
+        return 1.0 if self._loud > self.onset_windows else 0.0
 
 
 class FakeVAD(VAD):
-    """Energy detector: any 20 ms window louder than the threshold is speech."""
+    """Energy detector: a 20 ms window louder than the threshold is speech, once
+    ``onset_s`` of loud windows in a row have passed (a neural VAD's onset lag)."""
 
     name = "fake-vad"
     inline = True  # cheap enough to run on the loop; keeps virtual time exact
 
-    def __init__(self, threshold_dbfs: float = -45.0) -> None:
+    def __init__(self, threshold_dbfs: float = -45.0, onset_s: float = 0.0) -> None:
         self.threshold_dbfs = threshold_dbfs
+        self.onset_windows = round(onset_s * SAMPLE_RATE / _EnergyStream.window)
 
     def stream(self) -> VADStream:
-        return _EnergyStream(self.threshold_dbfs)
+        return _EnergyStream(self.threshold_dbfs, self.onset_windows)
 
 
 class FakeSTT(STT):

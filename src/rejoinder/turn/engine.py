@@ -19,12 +19,13 @@ STT session, and moves through these decisions:
 - **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
   cancelled as one unit and the utterance continues. The same happens to a confirmed
   reply the caller has not heard yet: they were only pausing.
-- **Caller speaks over the agent**: after ``barge_in_min_s`` the agent's audio is held
-  within one frame. When the caller pauses, their words decide: nothing, a cough or a
-  backchannel ("mm-hm") lets the agent resume where it stopped (a false interruption);
-  anything else interrupts: the reply is cancelled, and the history keeps only the words
-  the caller heard, marked as interrupted. Speech longer than ``backchannel_max_s``
-  interrupts without waiting for words.
+- **Caller speaks over the agent**: once the VAD calls it speech and it has been loud for
+  ``barge_in_min_s`` (counted from its first loud frame, before the VAD's verdict), the
+  agent's audio is held within one frame. When the caller pauses, their words decide:
+  nothing, a cough or a backchannel ("mm-hm") lets the agent resume where it stopped (a
+  false interruption); anything else interrupts: the reply is cancelled, and the history
+  keeps only the words the caller heard, marked as interrupted. Speech longer than
+  ``backchannel_max_s`` interrupts without waiting for words.
 
 Durations are counted in samples of caller audio, not read off the clock, so network
 jitter cannot stretch or shrink them; the clock only stamps when things happened.
@@ -110,12 +111,15 @@ class Conversation:
         self._quiet_cap = round(self.opts.quiet_tail_s * SAMPLE_RATE)
         self._audible = False           # the utterance has had an audible frame
         self._quiet_run = 0             # samples of quiet frames the VAD calls speech
+        self._loud_run = 0              # samples of loud frames in a row, whatever the VAD says
         self._last_speech = 0.0
         self._paused = False            # the current silence has reached pause_s
         self._pause_id = 0
-        self._asked = False             # the end-of-turn model was asked about this pause
-        self._turn_p: float | None = None  # the model's answer for this pause
+        self._next_ask_s = 0.0          # silence at which the end-of-turn model is asked next
+        self._asking = False            # a question to the model is on its way
+        self._turn_p: float | None = None  # the model's latest answer in this pause
         self._turn_failed = False
+        self._end_pause()
         self._spec_voiced = 0           # self._voiced when the speculation started
         self._interrupting: Reply | None = None  # the reply held by caller speech
         self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
@@ -132,6 +136,7 @@ class Conversation:
         try:
             async for frame in frames:
                 now = self.clock.now()
+                self._loud_run = self._loud_run + len(frame) if self._level.loud(frame) else 0
                 p = vad.push(frame) if inline else await loop.run_in_executor(
                     _vad_executor, vad.push, frame)
                 if p >= threshold and not self._quiet_end(frame):
@@ -192,7 +197,7 @@ class Conversation:
         self._silence = 0
         self._last_speech = now
         if self._paused:
-            self._paused, self._asked, self._turn_p, self._turn_failed = False, False, None, False
+            self._end_pause()
         reply = self._reply
         run_s = self._run / SAMPLE_RATE
         if self._interrupting is not None:
@@ -207,7 +212,8 @@ class Conversation:
         elif not self.playout.started(reply.turn):
             if run_s >= o.min_speech_s:  # nothing heard yet: the caller was only pausing
                 await self._drop(reply, "abandoned")
-        elif run_s >= o.barge_in_min_s:
+        elif max(self._run, self._loud_run) / SAMPLE_RATE >= o.barge_in_min_s:
+            # Counted from the first loud frame: the VAD said speech only 30-100 ms later.
             self._interrupting = reply
             self.playout.hold(_HOLD_CALLER)
             self.events({"type": "hold", "turn": reply.turn})
@@ -238,10 +244,13 @@ class Conversation:
             self._pause_id += 1
             if reply is None and o.speculate:
                 self._speculate(now)
-        if self._paused and not self._asked and silence_s >= o.model_after_s:
-            self._asked = True
-            if self.stack.turn is not None:
-                self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
+        if (self._paused and self.stack.turn is not None and not self._asking
+                and silence_s >= self._next_ask_s
+                and (self._turn_p is None or self._turn_p < o.confirm_p)):
+            # Asked at model_after_s; while it says "not yet", again every reask_s.
+            self._asking = True
+            self._next_ask_s += o.reask_s if o.reask_s > 0 else float("inf")
+            self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
         self._maybe_confirm(now)
 
     # -- the end of the caller's turn --------------------------------------------------
@@ -261,6 +270,7 @@ class Conversation:
             p = None
         if pause_id != self._pause_id or not self._paused:
             return  # the caller spoke again meanwhile
+        self._asking = False
         self._turn_p, self._turn_failed = p, p is None
         self._maybe_confirm(self.clock.now())
 
@@ -383,8 +393,7 @@ class Conversation:
         self.playout.release(_HOLD_CALLER)
         # The caller's words are the start of their turn; if they already paused, the
         # pause starts over so that speculation and the end-of-turn model see it.
-        self._paused = self._asked = False
-        self._turn_p = None
+        self._end_pause()
 
     # -- the agent side ------------------------------------------------------------------
     def _on_clause_start(self, turn: int, index: int, text: str) -> None:
@@ -430,8 +439,14 @@ class Conversation:
         self._voiced = self._run = self._silence = 0
         self._audible = False
         self._level.new_utterance()
-        self._paused, self._asked, self._turn_p, self._turn_failed = False, False, None, False
+        self._end_pause()
         self.stt.reset()
+
+    def _end_pause(self) -> None:
+        """The caller's silence is over (or the utterance): the next one is a new pause."""
+        self._paused = self._asking = self._turn_failed = False
+        self._turn_p = None
+        self._next_ask_s = self.opts.model_after_s
 
     def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

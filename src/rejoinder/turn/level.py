@@ -18,6 +18,10 @@ quieter one and otherwise rises by 2.5 dB a second of silence. It must not follo
 loud frames the VAD calls silence at the onset of speech (its onset lag), which would
 make speech look quiet. A caller who never rises above the threshold is judged by the
 VAD alone, as without this gate.
+
+The same gate tells when the caller starts to talk over the agent: the frames before the
+VAD's verdict that are loud (``loud``) count towards the ``barge_in_min_s`` it takes to
+hold the agent's audio, so the hold does not add its own wait to the VAD's onset lag.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class LevelGate:
         self._peak = max(self._peak, power)
         floor = (self._floor or 0.0) * _FLOOR_MARGIN
         return bool(power > max(floor, min(self._quiet, self._peak * _PEAK_MARGIN)))
+
+    def loud(self, frame: PCM) -> bool:
+        """Any frame, whatever the VAD says: above ``quiet_dbfs`` and the noise floor. The
+        VAD calls speech 30-100 ms after it starts; this knows at the first loud frame."""
+        return bool(_power(frame) > max((self._floor or 0.0) * _FLOOR_MARGIN, self._quiet))
 
     def silence(self, frame: PCM) -> None:
         """A frame the VAD called silence: it tells what the line sounds like."""

@@ -28,6 +28,10 @@ class TurnOptions:
     end_silence_s: float = 0.3     # silence that ends the turn, unless the model says "not yet"
     max_silence_s: float = 1.0     # silence that ends the turn whatever the model says
     model_after_s: float = 0.16    # silence before the end-of-turn model is asked
+    # While the model says "not yet", ask it again this much later (0: once per pause).
+    # On the turneval set 0.1-0.3 s cut the mean end delay by ~120-150 ms but confirmed
+    # 10-16 % more mid-sentence pauses (docs/benchmarks.md), so it is off by default.
+    reask_s: float = 0.0
     confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
     hold_p: float = 0.5            # model below this: wait for max_silence_s
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
@@ -49,7 +53,7 @@ class TurnOptions:
                 raise ConfigError(f"turn.{name}", "must be between 0 and 1")
         for name in ("pause_s", "end_silence_s", "max_silence_s", "min_speech_s",
                      "barge_in_min_s", "backchannel_max_s", "preroll_s", "filler_after_s",
-                     "quiet_tail_s"):
+                     "quiet_tail_s", "reask_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"turn.{name}", "must not be negative")
         if not self.pause_s <= self.model_after_s <= self.end_silence_s:
