@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rejoinder.core.audio import SAMPLE_RATE
-from rejoinder.providers.base import ChatMessage
+from rejoinder.providers.base import BufferedSTTStream, ChatMessage
 from rejoinder.testing import (
     FakeLLM,
     FakeSTT,
@@ -167,3 +167,39 @@ def test_no_filler_when_the_reply_is_on_time():
 
     conv, ear, events = run_virtual(main())
     assert tts.spoken == ["Hi."] and "fillers" not in conv.stats
+
+
+class _WordsSoFar(FakeSTT):
+    """Its sessions' partial transcript: one word "w<k>" per 0.5 s of speech pushed."""
+
+    def stream(self):
+        session = BufferedSTTStream(self)
+        session.partial = lambda: " ".join(f"w{k}" for k in range(session._speech // 25))
+        return session
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+def test_the_llm_reads_the_callers_words_while_they_speak(prefill):
+    stt = _WordsSoFar(["w0 w1 w2"], Latency(first_s=0.1))
+    llm = FakeLLM(["Yes."], Latency(first_s=0.2))
+
+    async def main():
+        return await converse(fake_stack(stt=stt, llm=llm),
+                              [("silence", 0.5), ("speech", 1.0), ("silence", 1.5),
+                               ("speech", 1.6)], options=TurnOptions(prefill=prefill))
+
+    conv, ear, events = run_virtual(main())
+    assert [t["outcome"] for t in conv.traces] == ["completed", "completed"]
+    if not prefill:
+        assert llm.prefills == []
+        return
+    system = ChatMessage("system", "Be brief.")
+    first_turn = [ChatMessage("user", "w0 w1 w2"), ChatMessage("assistant", "Yes.")]
+    # Each time the words change while the caller speaks (the second utterance: with the
+    # history the real request will have), never during the agent's turn.
+    assert llm.prefills == [
+        [system, ChatMessage("user", "w0")], [system, ChatMessage("user", "w0 w1")],
+        [system, *first_turn, ChatMessage("user", "w0")],
+        [system, *first_turn, ChatMessage("user", "w0 w1")],
+        [system, *first_turn, ChatMessage("user", "w0 w1 w2")]]
+    assert llm.requests[1] == [system, *first_turn, ChatMessage("user", "w0 w1 w2")]

@@ -117,6 +117,11 @@ class STTStream(Protocol):
 
     async def finish(self) -> str: ...
 
+    def partial(self) -> str:
+        """The words heard so far, while the caller still speaks ("" if the engine only
+        transcribes at ``finish()``)."""
+        ...
+
     def reset(self) -> None: ...
 
 
@@ -148,6 +153,9 @@ class BufferedSTTStream:
         if speech == self._speech:
             self._final = text
         return text
+
+    def partial(self) -> str:
+        return ""
 
     def reset(self) -> None:
         self._frames = []
@@ -239,6 +247,12 @@ class LLM(_Streaming):
         """Evaluate ``messages`` (the system prompt) so later calls reuse the prefix."""
         async for _ in self.stream(messages):
             break
+
+    async def prefill(self, messages: list[ChatMessage]) -> None:
+        """Read ``messages`` ahead of the real request (whose prompt will start the same:
+        the caller's words so far), for models that keep a prompt cache; the rest ignore
+        it. Called while the caller still speaks."""
+        return None
 
 
 class TTS(_Streaming):

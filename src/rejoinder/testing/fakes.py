@@ -126,6 +126,7 @@ class FakeLLM(LLM):
                  latency: Latency = Latency(), clock: Clock | None = None) -> None:
         self.replies = replies
         self.requests: list[list[ChatMessage]] = []
+        self.prefills: list[list[ChatMessage]] = []
         self.cancelled = 0
         self.tokens_sent = 0
         self._waits = _Waits(latency, clock)
@@ -154,6 +155,9 @@ class FakeLLM(LLM):
 
     async def warm(self, messages: list[ChatMessage]) -> None:
         return None
+
+    async def prefill(self, messages: list[ChatMessage]) -> None:
+        self.prefills.append(list(messages))
 
 
 class FakeTTS(TTS):

@@ -122,6 +122,8 @@ class Conversation:
         self._end_pause()
         self._spec_voiced = 0           # self._voiced when the speculation started
         self._interrupting: Reply | None = None  # the reply held by caller speech
+        self._prefilled = ""            # the caller's words last read ahead into the LLM
+        self._prefill: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
 
     # -- the caller side ---------------------------------------------------------------
@@ -204,7 +206,7 @@ class Conversation:
             if self._voiced / SAMPLE_RATE >= o.backchannel_max_s:
                 await self._interrupt(self._interrupting)
         elif reply is None:
-            return
+            self._read_ahead()
         elif not reply.confirmed.is_set():
             if run_s >= o.min_speech_s:  # the caller goes on: the speculation was wasted
                 self.stats["wasted"] += 1
@@ -335,8 +337,29 @@ class Conversation:
         fresh.confirm(self.clock.now())
         fresh.start()
 
+    def _read_ahead(self) -> None:
+        """While the caller speaks, give the LLM their words so far (``prefill``): the
+        reply's prompt will start the same, so a model with a prompt cache has read most of
+        it by the time the turn ends. One at a time, each time the words change."""
+        if not self.opts.prefill or (self._prefill is not None and not self._prefill.done()):
+            return
+        text = self.stt.partial()
+        if not text or text == self._prefilled:
+            return
+        self._prefilled = text
+        messages = [self.system, *self.history, ChatMessage("user", text)]
+        self._prefill = self._spawn(self._prefill_llm(messages), "prefill")
+
+    async def _prefill_llm(self, messages: list[ChatMessage]) -> None:
+        try:
+            await self.stack.llm.prefill(messages)
+        except ProviderError as exc:  # only a lost head start
+            log.debug("prefill failed: %s", exc)
+
     def _start_reply(self, speech_end: float, *, speculative: bool = False,
                      canned: str | None = None) -> Reply:
+        if self._prefill is not None:
+            self._prefill.cancel()  # not started yet: the reply's own request comes first
         turn = self._turns + 1
         trace = TurnTrace(self.call_id, turn, self._wall_offset)
         trace.mark("speech_end", speech_end)
@@ -435,6 +458,7 @@ class Conversation:
     # -- bookkeeping -----------------------------------------------------------------------
     def _close_utterance(self) -> None:
         self._open = False
+        self._prefilled = ""
         self._frames = []
         self._voiced = self._run = self._silence = 0
         self._audible = False
@@ -448,10 +472,11 @@ class Conversation:
         self._turn_p = None
         self._next_ask_s = self.opts.model_after_s
 
-    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

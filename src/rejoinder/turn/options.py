@@ -35,6 +35,7 @@ class TurnOptions:
     confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
     hold_p: float = 0.5            # model below this: wait for max_silence_s
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
+    prefill: bool = True           # read the caller's words into the LLM while they speak
     model: str = "smart-turn"      # the end-of-turn model: "smart-turn" or "none" (silence)
     min_speech_s: float = 0.12     # shorter voiced stretches are noise, not a turn
     barge_in_min_s: float = 0.06   # caller speech this long while the agent talks pauses it

@@ -235,6 +235,11 @@ class SmolLM(LLM):
         finally:
             stop.set()
 
+    async def prefill(self, messages: list[ChatMessage]) -> None:
+        """Evaluate the prompt (one token is generated, then the request ends): the slot's
+        cache then holds it, and the real request evaluates only what differs."""
+        await self.warm(messages)
+
     def close(self) -> None:
         """Stop taking requests; the native server is freed once running ones have stopped."""
         self._executor.shutdown(wait=False, cancel_futures=True)
