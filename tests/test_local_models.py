@@ -205,6 +205,22 @@ async def test_llm_reuses_the_prompt_prefix(stack: Stack) -> None:
     assert first["prompt_n"] + first["cache_n"] < second["prompt_n"] + second["cache_n"]
 
 
+async def test_llm_prefill_leaves_only_the_last_words_to_read(stack: Stack) -> None:
+    llm = stack.llm
+    assert isinstance(llm, SmolLM)
+    system = ChatMessage("system", "You are a helpful assistant for a garden shop. " * 10)
+    await llm.prefill([system, ChatMessage("user", "Hello there, I would like to know")])
+    await llm.prefill([system, ChatMessage("user", "Hello there, I would like to know "
+                                                    "whether you have any roses and tulips")])
+    final = await _complete(llm, [system, ChatMessage(
+        "user", "Hello there, I would like to know whether you have any roses and tulips "
+                "in stock today?")])
+    # Everything up to "tulips" came from the cache: only the last words and the chat
+    # template's end of message are read now.
+    assert final["cache_n"] >= 100, final
+    assert final["prompt_n"] <= 12, final
+
+
 def test_llm_threads_yield_the_cores(stack: Stack) -> None:
     # llama.cpp's native threads run at nice 10 (SmolLMOptions.nice); ours stay at 0.
     assert isinstance(stack.llm, SmolLM) and stack.llm.options.nice == 10
