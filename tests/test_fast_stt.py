@@ -40,7 +40,8 @@ class FakeEngine:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
-        self.calls: list[tuple[float, str]] = []  # (seconds of audio, prompt)
+        self.calls: list[tuple[float, str, str]] = []  # (seconds of audio, prompt, prefix)
+        self.script: list[str] = []  # texts to return instead, in order (then the real decode)
         self.pending = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1)
@@ -62,9 +63,11 @@ class FakeEngine:
         with self._lock:
             self.pending -= 1
 
-    def decode(self, audio: np.ndarray, prompt: str = "") -> str:
-        self.calls.append((len(audio) / SAMPLE_RATE, prompt))
+    def decode(self, audio: np.ndarray, prompt: str = "", prefix: str = "") -> str:
+        self.calls.append((len(audio) / SAMPLE_RATE, prompt, prefix))
         time.sleep(self.delay_s)
+        if self.script:
+            return self.script.pop(0)
         edges = np.flatnonzero(np.diff(audio.astype(np.int32))) + 1
         runs = np.split(audio, edges)
         return " ".join(f"w{int(r[0])}" for r in runs if r.size and r[0] != 0)
@@ -90,7 +93,7 @@ async def test_without_commits_the_final_pass_decodes_the_whole_utterance() -> N
     session = WhisperStream(engine)
     await feed(session, np.concatenate([word(1100, 1.2), silence(0.3), word(1200, 0.8)]))
     assert await session.finish() == "w1100 w1200"
-    seconds, prompt = engine.calls[-1]
+    seconds, prompt, _prefix = engine.calls[-1]
     assert prompt == "" and seconds > 2.0
 
 
@@ -113,7 +116,7 @@ async def test_audio_before_a_pause_is_committed_and_the_final_pass_decodes_only
     assert session.partial().startswith("w1100")
     text = await session.finish()
     assert text == "w1100 w1200"
-    seconds, prompt = engine.calls[-1]
+    seconds, prompt, _prefix = engine.calls[-1]
     assert prompt == "w1100"  # the committed text is the prompt...
     assert seconds < 1.4  # ...and only the audio after the pause is decoded again
 
@@ -166,6 +169,79 @@ async def test_the_callers_vad_overrides_the_energy_gate() -> None:
     for frame in split_frames(word(1100, 0.5), FRAME_SAMPLES):
         await session.push(frame, speech=False)  # loud, but the VAD says it is noise
     assert await session.finish() == ""
+
+
+# --- the stable words of the partial passes, forced as the start of the pause/final pass ---
+
+def speech(seconds: float) -> np.ndarray:
+    """One long loud "word" (the gate's floor takes 6 s to reach it); the text the fake
+    engine makes of it does not matter here."""
+    return word(20000, seconds)
+
+
+async def test_the_pause_pass_is_given_the_words_the_last_two_partials_agree_on() -> None:
+    engine = FakeEngine()
+    engine.script = ["One two three four five", "One, two three four five six",
+                     "One two three four five sicks seven."]
+    session = WhisperStream(engine, StreamOptions(step_s=0.8, force_prefix=True))
+    await feed(session, speech(2.5))  # partial passes at 0.8, 1.6 and 2.4 s
+    assert session.passes["partial"] == 3
+    assert all(prefix == "" for _, _, prefix in engine.calls)  # none for partial passes
+    # The second and third partials agree on "One two three four five" ("One," and "One"
+    # are the same word; the newer one is kept); the last agreed word is dropped as a margin.
+    assert session.stable_prefix() == "One two three four"
+    await feed(session, silence(0.2))
+    assert session.passes["pause"] == 1
+    assert engine.calls[-1][2] == "One two three four"
+    engine.script = []
+    assert await session.finish() == "w20000"  # the pause pass covered the speech
+
+
+async def test_the_final_pass_is_given_the_stable_prefix_too() -> None:
+    engine = FakeEngine()
+    engine.script = ["a b c d e f", "a b c d e f g", "a b c d e x y"]
+    session = WhisperStream(engine, StreamOptions(step_s=0.8, force_prefix=True))
+    engine.pending = 1  # no pause pass: the worker is busy when the silence starts
+    await feed(session, speech(0.02))
+    engine.pending = 0
+    await feed(session, speech(2.5))
+    assert [c[2] for c in engine.calls] == ["", "", ""]
+    engine.pending = 1
+    await feed(session, silence(0.2))
+    engine.pending = 0
+    assert session.passes["pause"] == 0
+    assert await session.finish() == "w20000"
+    assert session.passes["final"] == 1
+    assert engine.calls[-1][2] == "a b c d"  # "a b c d e" agreed, less its last word
+
+
+async def test_no_prefix_from_fewer_than_two_partials_or_under_three_words() -> None:
+    engine = FakeEngine()
+    engine.script = ["One two three four"]
+    session = WhisperStream(engine, StreamOptions(step_s=0.8, force_prefix=True))
+    await feed(session, np.concatenate([speech(1.0), silence(0.2)]))  # one partial pass
+    assert session.passes["partial"] == 1 and session.passes["pause"] == 1
+    assert engine.calls[-1][2] == ""
+
+    session.reset()
+    engine.script = ["x", "One two three", "One two three four"]
+    await feed(session, np.concatenate([speech(2.5), silence(0.2)]))
+    assert session.passes["partial"] == 4  # one before the reset, three after
+    assert engine.calls[-1][2] == ""  # "One two three" agreed: two words once the last goes
+
+    session.reset()  # the partials of the utterance before are forgotten
+    engine.script = ["One two three four five"]
+    await feed(session, np.concatenate([speech(1.0), silence(0.2)]))
+    assert engine.calls[-1][2] == ""
+
+
+async def test_no_prefix_when_the_option_is_off_as_by_default() -> None:
+    engine = FakeEngine()
+    engine.script = ["One two three four five", "One two three four five six"] * 2
+    session = WhisperStream(engine)
+    await feed(session, np.concatenate([speech(2.5), silence(0.2)]))
+    assert session.passes["partial"] == 3 and session.passes["pause"] == 1
+    assert all(prefix == "" for _, _, prefix in engine.calls)
 
 
 # --- the real model ---------------------------------------------------------------------
@@ -222,6 +298,18 @@ async def test_the_final_transcript_is_ready_after_a_pause(stt: Any) -> None:
     assert session.partial() == ""
     await feed(session, np.concatenate([read_wav(AMIABLE), silence(0.3)]))
     assert words(await session.finish()) == reference(AMIABLE.stem)
+
+
+@pytest.mark.slow
+async def test_a_forced_prefix_is_kept_once_and_the_rest_is_decoded(stt: Any) -> None:
+    pcm = read_wav(DASHWOOD)
+    prefix = "And Mr. John Dashwood had"  # the first reference words, as Whisper writes them
+    future = stt.submit(lambda: stt.decode(pcm, prefix=prefix))
+    text = await asyncio.wrap_future(future)
+    assert text.startswith(prefix) and text.count("Dashwood") == 1, text
+    assert stt.last_tokens[0] == len(stt._tokenizer.encode(" " + prefix)), stt.last_tokens
+    rest = words(text)[len(words(prefix)):]
+    assert word_errors(reference(DASHWOOD.stem)[5:], rest) <= 1, text
 
 
 @pytest.mark.slow

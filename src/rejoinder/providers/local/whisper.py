@@ -51,6 +51,7 @@ _FRAMES_PER_S = 100  # log-mel frames per second (hop 160 at 16 kHz)
 _ENCODED_PER_S = 50  # encoder positions per second (the encoder halves the frame rate)
 _PROMPT_TOKENS = 64  # at most this many tokens of earlier text as context
 _MAX_COMPRESSION = 2.4  # above it a decode is taken as a loop (faster-whisper's threshold)
+_MAX_PREFIX_TOKENS = 223  # faster-whisper's bound on a forced prefix (max_length // 2 - 1)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class WhisperSTT(STT):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
         self._lock = threading.Lock()
         self._pending = 0  # jobs queued or running in the worker
+        # (forced, generated) transcript tokens of the last "fit" decode, for measurements
+        self.last_tokens: tuple[int, int] = (0, 0)
         self._closed = False
 
     # -- the worker -------------------------------------------------------------------------
@@ -165,18 +168,31 @@ class WhisperSTT(STT):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- inference (worker thread only) ------------------------------------------------------
-    def decode(self, audio: PCM, prompt: str = "") -> str:
+    def decode(self, audio: PCM, prompt: str = "", prefix: str = "") -> str:
         """Transcribe ``audio`` (16 kHz int16), with ``prompt`` as the text that came before.
+
+        ``prefix``: text known to begin the transcript (the stable words of earlier passes
+        over the same audio), placed after the start tokens as faster-whisper's ``prefix``
+        does; the result begins with it, once. A decode with a prefix that looks like a loop
+        is done again without it. CTranslate2 (4.x) forces those tokens one decoder step
+        each, like generated ones, so a prefix saves no time: a 7 s sentence took 345 ms with
+        none of its 26 tokens forced and 341 ms with 24 forced (``bench/sttstream.py``).
 
         Blocking: call it on the worker (``submit``), never on the event loop.
         """
         samples = audio.astype(np.float32) / np.float32(32768.0)
         seconds = len(samples) / SAMPLE_RATE
-        if self.options.window == "full" or seconds + self.options.pad_s > WINDOW_S:
-            return self._decode_full(samples, prompt)
-        return self._decode_fit(samples, seconds, prompt)
+        full = self.options.window == "full" or seconds + self.options.pad_s > WINDOW_S
+        prefix = " ".join(prefix.split())
+        if full:
+            text = self._decode_full(samples, prompt, prefix)
+            if prefix and text and _compression_ratio(text) > _MAX_COMPRESSION:
+                log.debug("decode with a prefix looks like a loop; decoding without it")
+                text = self._decode_full(samples, prompt, "")
+            return text
+        return self._decode_fit(samples, seconds, prompt, prefix)
 
-    def _decode_full(self, samples: np.ndarray, prompt: str) -> str:
+    def _decode_full(self, samples: np.ndarray, prompt: str, prefix: str) -> str:
         o = self.options
         segments, _info = self._model.transcribe(
             samples,
@@ -186,12 +202,13 @@ class WhisperSTT(STT):
             without_timestamps=True,
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
+            prefix=prefix or None,  # faster-whisper keeps it in the first segment's text
             vad_filter=False,
         )
         # ``segments`` is lazy: decoding happens while it is consumed, so consume it here.
         return "".join(segment.text for segment in segments).strip()
 
-    def _decode_fit(self, samples: np.ndarray, seconds: float, prompt: str) -> str:
+    def _decode_fit(self, samples: np.ndarray, seconds: float, prompt: str, prefix: str) -> str:
         o = self.options
         window = max(1, math.ceil(seconds + o.pad_s))
         padded = np.zeros(window * SAMPLE_RATE, dtype=np.float32)
@@ -203,17 +220,41 @@ class WhisperSTT(STT):
                 (encoded, self.silence()[:, window * _ENCODED_PER_S:]), axis=1)
         memory = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
         previous = self._tokenizer.encode(" " + prompt.strip())[-_PROMPT_TOKENS:] if prompt else []
-        tokens = self._model.get_prompt(self._tokenizer, previous, without_timestamps=True)
-        max_length = min(448, len(tokens) + 10 + int(o.max_tokens_per_s * seconds))
+        start = self._model.get_prompt(self._tokenizer, previous, without_timestamps=True)
+        forced = self._tokenizer.encode(" " + prefix)[: _MAX_PREFIX_TOKENS] if prefix else []
+        # The limit counts the start tokens and the transcript, forced tokens included.
+        max_length = min(448, len(start) + 10 + int(o.max_tokens_per_s * seconds))
+        if forced:
+            limit = max(max_length, len(start) + len(forced) + 10)
+            # One pass at the first temperature: a loop is retried without the prefix.
+            text = self._generate(memory, start + forced, forced, limit, o.temperatures[:1])
+            if not text or _compression_ratio(text) <= _MAX_COMPRESSION:
+                return text
+            log.debug("decode with a prefix looks like a loop; decoding without it")
+        return self._generate(memory, start, [], max_length, o.temperatures)
+
+    def _generate(
+        self, memory: Any, tokens: list[int], forced: list[int], max_length: int,
+        temperatures: tuple[float, ...],
+    ) -> str:
+        """Decoding from ``tokens``, whose last ``forced`` tokens are the transcript's forced
+        start; a result that looks like a loop is decoded again at the next temperature."""
+        o = self.options
         text = ""
-        for temperature in o.temperatures:
+        for temperature in temperatures:
             sampling: dict[str, Any] = (
                 {"beam_size": o.beam_size} if temperature == 0 else
                 {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature})
             result = self._model.model.generate(
                 memory, [tokens], max_length=max_length, suppress_blank=True,
                 suppress_tokens=self._suppress, **sampling)[0]
-            text = str(self._tokenizer.decode(result.sequences_ids[0])).strip()
+            ids: list[int] = list(result.sequences_ids[0])
+            # CTranslate2 returns the transcript's tokens with the forced ones first; put them
+            # back if a version leaves them out, so that the prefix is there exactly once.
+            if forced and ids[: len(forced)] != forced:
+                ids = forced + ids
+            self.last_tokens = (len(forced), len(ids) - len(forced))
+            text = str(self._tokenizer.decode(ids)).strip()
             if not text or _compression_ratio(text) <= _MAX_COMPRESSION:
                 break
             log.debug("decode looks like a loop at temperature %.1f", temperature)
