@@ -212,6 +212,7 @@ async def test_llm_prefill_leaves_only_the_last_words_to_read(stack: Stack) -> N
     await llm.prefill([system, ChatMessage("user", "Hello there, I would like to know")])
     await llm.prefill([system, ChatMessage("user", "Hello there, I would like to know "
                                                     "whether you have any roses and tulips")])
+    assert llm.last_timings["predicted_n"] == 1  # it ended by itself: no decoding goes on
     final = await _complete(llm, [system, ChatMessage(
         "user", "Hello there, I would like to know whether you have any roses and tulips "
                 "in stock today?")])

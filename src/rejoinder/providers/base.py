@@ -14,6 +14,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
@@ -204,7 +205,7 @@ class _Streaming:
     name = "provider"
     first_item_timeout_s = 10.0
 
-    async def _guard(self, items: AsyncIterator[object], what: str) -> AsyncIterator[object]:
+    async def _guard(self, items: AsyncIterator[object], what: str) -> AsyncGenerator[object, None]:
         try:
             first = True
             while True:
@@ -237,16 +238,21 @@ class LLM(_Streaming):
     name = "llm"
 
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
-        async for delta in self._guard(self._stream(messages), "token"):
-            yield delta  # type: ignore[misc]
+        async with aclosing(self._guard(self._stream(messages), "token")) as deltas:
+            async for delta in deltas:  # closed with this generator: the request ends now
+                yield delta  # type: ignore[misc]
 
     @abstractmethod
     def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]: ...
 
     async def warm(self, messages: list[ChatMessage]) -> None:
         """Evaluate ``messages`` (the system prompt) so later calls reuse the prefix."""
-        async for _ in self.stream(messages):
-            break
+        stream = self.stream(messages)
+        try:
+            async for _ in stream:
+                break
+        finally:
+            await stream.aclose()  # now, not when the generator is collected: stops decoding
 
     async def prefill(self, messages: list[ChatMessage]) -> None:
         """Read ``messages`` ahead of the real request (whose prompt will start the same:
@@ -262,8 +268,9 @@ class TTS(_Streaming):
     sample_rate = 22_050
 
     async def synthesize(self, text: str) -> AsyncIterator[PCM]:
-        async for chunk in self._guard(self._synthesize(text), "audio"):
-            yield chunk  # type: ignore[misc]
+        async with aclosing(self._guard(self._synthesize(text), "audio")) as chunks:
+            async for chunk in chunks:
+                yield chunk  # type: ignore[misc]
 
     @abstractmethod
     def _synthesize(self, text: str) -> AsyncIterator[PCM]: ...

@@ -26,7 +26,7 @@ import math
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,8 +179,10 @@ class SmolLM(LLM):
                   len(messages), len(messages) - len(gone))
         return [m for i, m in enumerate(messages) if i not in gone]
 
-    async def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
-        request = self.request(messages)
+    def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+        return self._requests(self.request(messages))
+
+    async def _requests(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | _End] = asyncio.Queue()
         stop = threading.Event()
@@ -236,9 +238,15 @@ class SmolLM(LLM):
             stop.set()
 
     async def prefill(self, messages: list[ChatMessage]) -> None:
-        """Evaluate the prompt (one token is generated, then the request ends): the slot's
-        cache then holds it, and the real request evaluates only what differs."""
-        await self.warm(messages)
+        """Evaluate the prompt, and generate one token: the slot's cache then holds it, and
+        the real request evaluates only what differs. ``max_tokens`` 1 ends the request in
+        the native server itself, so it never decodes on while the next request waits."""
+        stream = self._requests({**self.request(messages), "max_tokens": 1})
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            await stream.aclose()
 
     def close(self) -> None:
         """Stop taking requests; the native server is freed once running ones have stopped."""
