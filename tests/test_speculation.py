@@ -77,6 +77,34 @@ def test_end_of_turn_model_moves_the_confirmation(p, confirmed_ms):
     assert model.asked == [round((0.2 + 1.0 + 0.16) * SAMPLE_RATE)]
 
 
+@pytest.mark.parametrize(("words", "stt_s", "hold", "confirmed_ms"), [
+    ("I'd like a table.", 0.1, True, 210.0),        # finished: the model's answer confirms
+    ("I'd like a table for", 0.1, True, 1000.0),    # ends on "for": only max_silence_s
+    ("I was wondering if...", 0.1, True, 1000.0),   # trails off
+    ("Who are you with?", 0.1, True, 210.0),        # a question may end on a preposition
+    ("I'd like a table for", 0.1, False, 210.0),    # the check switched off
+    ("I'd like a table.", 0.33, True, 430.0),       # the model is sure; the words come later
+    ("I'd like a table.", 0.33, False, 210.0),
+])
+def test_the_words_confirm_the_turn_too(words, stt_s, hold, confirmed_ms):
+    # Speech ends at 1.5 s; the pause (100 ms) starts the speculative transcript, the model
+    # answers 0.95 at 210 ms.
+    stt = FakeSTT([words], Latency(first_s=stt_s))
+    model = FakeTurnModel(0.95, Latency(first_s=0.05))
+
+    async def main():
+        return await converse(fake_stack(stt=stt, turn=model),
+                              [("silence", 0.5), ("speech", 1.0)],
+                              options=TurnOptions(hold_unfinished=hold))
+
+    conv, ear, events = run_virtual(main())
+    (trace,) = conv.traces
+    ms = trace["ms_after_speech_end"]
+    assert ms["stt_final"] == approx(100.0 + 1000 * stt_s)
+    assert ms["turn_confirmed"] == approx(confirmed_ms)
+    assert trace["outcome"] == "completed"
+
+
 def test_a_held_turn_is_asked_again_every_reask_s_and_confirmed_when_the_model_is_sure():
     # Speech ends at 1.5 s. The model says 0.2 with 160 ms of silence, 0.6 with 360 ms, and
     # 0.95 with 560 ms or more (audio from pre-roll at 0.3 s; answers take 50 ms).
@@ -203,3 +231,24 @@ def test_the_llm_reads_the_callers_words_while_they_speak(prefill):
         [system, *first_turn, ChatMessage("user", "w0 w1")],
         [system, *first_turn, ChatMessage("user", "w0 w1 w2")]]
     assert llm.requests[1] == [system, *first_turn, ChatMessage("user", "w0 w1 w2")]
+
+
+@pytest.mark.parametrize(("text", "unfinished"), [
+    # Whisper tiny.en's transcripts at mid-sentence pauses of the turn-detection set
+    ("I was wondering if...", True),
+    ("Please send the invoice to.", True),
+    ("I would like to pay my bill with", True),
+    ("The package was supposed to arrive on Monday, but...", True),
+    ("I think the best time for me would be.", True),
+    ("We are looking for a flight from Boston to -", True),
+    ("Well, um,", True),
+    # ... and at real ends
+    ("Can you remind me what the cancellation policy is?", False),
+    ("He might have been made still more respectable than he was.", False),
+    ("Go forward 10 meters.", False),
+    ("10 of clubs", False),
+    ("What are you looking at?", False),
+    ("", False),
+])
+def test_a_transcript_that_trails_off_is_unfinished(text, unfinished):
+    assert TurnOptions().is_unfinished(text) is unfinished

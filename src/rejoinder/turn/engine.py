@@ -13,9 +13,12 @@ STT session, and moves through these decisions:
   so far (a little later than the pause: it judges an end better with some silence).
 - **Turn confirmed**, by two signals: the model is sure (P >= ``confirm_p``) as soon as
   it answers; or ``end_silence_s`` of silence, unless the model says the caller is
-  mid-sentence (P < ``hold_p``: then only ``max_silence_s`` ends the turn). The held audio
-  plays. If the caller made sounds after the speculation started, the transcript is
-  taken again and a reply built on different words is cancelled and restarted.
+  mid-sentence (P < ``hold_p``: then only ``max_silence_s`` ends the turn). The words are
+  a check on both (``hold_unfinished``): the speculative transcript must be in (the reply
+  cannot speak before it anyway), and if it trails off ("I was wondering if...", "send it
+  to the") only ``max_silence_s`` ends the turn. The held audio plays. If the caller
+  made sounds after the speculation started, the transcript is taken again and a reply
+  built on different words is cancelled and restarted.
 - **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
   cancelled as one unit and the utterance continues. The same happens to a confirmed
   reply the caller has not heard yet: they were only pausing.
@@ -289,8 +292,16 @@ class Conversation:
         else:
             done = (p >= o.confirm_p or (p >= o.hold_p and silence_s >= o.end_silence_s)
                     or silence_s >= o.max_silence_s)
+        if (done and o.hold_unfinished and reply is not None and silence_s < o.max_silence_s
+                and (not reply.transcript_ready.is_set() or reply.unfinished)):
+            done = False  # the words are not in yet, or they trail off: not an end yet
         if done:
             self._confirm(now)
+
+    def transcribed(self, reply: Reply) -> None:
+        """A reply's transcript is in: it may be the last signal the turn waited for."""
+        if reply is self._reply and not reply.confirmed.is_set():
+            self._maybe_confirm(self.clock.now())
 
     def _confirm(self, now: float) -> None:
         reply = self._reply

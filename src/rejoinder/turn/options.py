@@ -12,6 +12,19 @@ from rejoinder.core.errors import ConfigError
 BACKCHANNELS = ("mm", "mmm", "hmm", "hm", "mhm", "mm-hm", "mm-hmm", "uh-huh", "uh", "um",
                 "ah", "oh", "yeah", "yep", "right", "okay", "ok", "i see", "got it", "sure")
 
+# Words a finished English sentence almost never ends on: articles, prepositions,
+# conjunctions, possessives, subject pronouns, hesitations. Whisper writes a full stop after
+# most fragments ("Please send the invoice to."), so the last word says more than the
+# punctuation. Verbs are left out: "...than he was.", "...what the policy is?" are finished.
+UNFINISHED_WORDS = (
+    "a", "an", "the", "and", "or", "but", "nor", "so", "because", "if", "when", "while",
+    "though", "although", "than", "to", "of", "in", "on", "at", "for", "with", "from", "by",
+    "about", "into", "onto", "as", "like", "my", "your", "his", "her", "our", "their", "this",
+    "these", "those", "be", "been", "being", "i", "we", "you", "he", "she", "they", "i'm",
+    "we're", "you're", "they're", "um", "uh", "er", "erm")
+# A transcript ending on these has trailed off: "I was wondering if...", "Boston to -".
+_TRAILING = re.compile(r"(\.\.\.|…|-|–|—|,)\s*$")
+
 
 @dataclass(frozen=True)
 class TurnOptions:
@@ -34,6 +47,11 @@ class TurnOptions:
     reask_s: float = 0.0
     confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
     hold_p: float = 0.5            # model below this: wait for max_silence_s
+    # The words as a third signal: a turn is confirmed only once the speculative transcript
+    # is in (the reply needs it anyway), and one that ends unfinished ("...", "and", "to the")
+    # waits for max_silence_s whatever the model says. See ``is_unfinished``.
+    hold_unfinished: bool = True
+    unfinished_words: tuple[str, ...] = UNFINISHED_WORDS
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
     prefill: bool = True           # read the caller's words into the LLM while they speak
     model: str = "smart-turn"      # the end-of-turn model: "smart-turn" or "none" (silence)
@@ -80,6 +98,18 @@ class TurnOptions:
         """Whether ``text`` (a transcript) says nothing but listening words, or nothing."""
         allowed = {w for phrase in self.backchannels for w in words(phrase)}
         return all(w in allowed for w in words(text))
+
+    def is_unfinished(self, text: str) -> bool:
+        """Whether a transcript reads as a sentence the caller has not finished: it trails
+        off (an ellipsis, a dash, a comma) or its last word is one of ``unfinished_words``
+        (unless it is a question: "who are you with?")."""
+        text = text.strip()
+        if not text:
+            return False
+        if _TRAILING.search(text):
+            return True
+        last = words(text)[-1:]
+        return bool(last) and not text.endswith("?") and last[0] in self.unfinished_words
 
 
 def words(text: str) -> list[str]:

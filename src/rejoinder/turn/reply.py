@@ -47,6 +47,7 @@ class Reply:
             self.transcript_ready.set()
         self.text = ""                  # everything generated so far
         self.empty = False              # the transcript was empty: nothing to answer
+        self.unfinished = False         # the transcript trails off (``hold_unfinished``)
         self.clauses_queued = 0
         self.confirmed = asyncio.Event()
         if not speculative:
@@ -96,11 +97,15 @@ class Reply:
 
     async def _transcribe(self) -> bool:
         if not self.transcript_ready.is_set():
-            self.user_text = await self.conv.stt.finish()
-            self.transcript_ready.set()
-            self.trace.mark("stt_final", self.conv.clock.now())
+            conv = self.conv
+            self.user_text = await conv.stt.finish()
+            self.trace.mark("stt_final", conv.clock.now())
             self.empty = not self.user_text
+            self.unfinished = conv.opts.hold_unfinished and conv.opts.is_unfinished(
+                self.user_text)
+            self.transcript_ready.set()
             self._announce()
+            conv.transcribed(self)
         return not self.empty
 
     async def _think(self, clauses: asyncio.Queue[_Clause | None]) -> None:
