@@ -58,6 +58,9 @@ def test_barge_in_needs_agent_audio_to_interrupt():
     loud = _bursts((1.0, 2.0))
     assert barge_in_ms(loud, 3.0, 4.0) is None
     assert barge_in_ms(loud, 1.5, 2.5) == pytest.approx(499.0, abs=0.5)
+    # The agent's last sound came just before the caller started: it had already stopped,
+    # there is nothing to time (not a 0 ms barge-in).
+    assert barge_in_ms(loud, 2.1, 3.0) is None
 
 
 def test_backchannel_turns_report_whether_the_agent_kept_its_turn():

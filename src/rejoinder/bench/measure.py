@@ -110,7 +110,9 @@ def barge_in_ms(loud: np.ndarray, start: float, until: float) -> float | None:
     """Start of caller speech to the last agent sample heard before ``until`` (the end of
     the caller's interrupting utterance: the agent must be quiet by then).
 
-    None if the agent was not audible when the caller started (nothing to interrupt).
+    None if the agent was not audible when the caller started (nothing to interrupt), or
+    if it made no sound from then on: it had already finished (or paused and never went
+    on), so there is no barge-in to time; scoring that as 0 ms would flatter the figure.
     Taking the last sample before ``until``, not the end of the burst the caller started
     in, matters: a reply has gaps of its own (between clauses), and an agent that went
     quiet at one of them and then talked on over the caller has not stopped.
@@ -122,7 +124,9 @@ def barge_in_ms(loud: np.ndarray, start: float, until: float) -> float | None:
     if not audible:
         return None
     j = int(np.searchsorted(loud, until, side="left")) - 1  # last loud sample before until
-    return round(max(0.0, float(loud[j]) - start) * 1000.0, 1)
+    if j < i:
+        return None  # nothing heard at or after the caller's start
+    return round((float(loud[j]) - start) * 1000.0, 1)
 
 
 def _join(traces: list[dict[str, Any]], eos_wall: float) -> dict[str, Any] | None:
