@@ -219,8 +219,9 @@ def test_false_interruption_resumes_where_the_agent_stopped():
     assert [e["type"] for e in events if e["type"] in ("hold", "resume")] == ["hold", "resume"]
 
 
-def test_backchannel_does_not_interrupt_and_the_agent_resumes():
-    conv, ear, events, stt = _talk_over(0.4, "Mm-hmm.")
+@pytest.mark.parametrize("heard", ["Mm-hmm.", "and", "Yeah, okay."])
+def test_backchannel_does_not_interrupt_and_the_agent_resumes(heard):
+    conv, ear, events, stt = _talk_over(0.4, heard)
     assert stt.calls == 2 and conv.stats["backchannels"] == 1
     # Held from 2.56 s; the caller's pause at 3.00 s, STT 100 ms: resumes at 3.10 s.
     assert ear.last_loud_before(2.56) == approx(2.545)

@@ -95,9 +95,16 @@ class TurnOptions:
             raise ConfigError("turn.filler", "must not be empty when turn.filler_after_s is set")
 
     def is_backchannel(self, text: str) -> bool:
-        """Whether ``text`` (a transcript) says nothing but listening words, or nothing."""
+        """Whether ``text`` (a transcript) says nothing but listening words, or nothing.
+
+        One or two words that are only listening words or ``unfinished_words`` count too:
+        Whisper writes a murmured "mm-hm" as "and" or "you" about as often as "Mm-mm.",
+        and a caller who says "and..." over the agent and stops has not taken the turn."""
         allowed = {w for phrase in self.backchannels for w in words(phrase)}
-        return all(w in allowed for w in words(text))
+        said = words(text)
+        if len(said) <= 2:
+            allowed |= set(self.unfinished_words)
+        return all(w in allowed for w in said)
 
     def is_unfinished(self, text: str) -> bool:
         """Whether a transcript reads as a sentence the caller has not finished: it trails
