@@ -125,6 +125,27 @@ def test_speech_before_the_confirmation_cancels_it() -> None:
         Confirmation(at=27_200 + 4_800, last_voiced=27_200, p=None)]
 
 
+def test_words_hold_a_pause_the_model_would_cut_off() -> None:
+    model = FakeModel(0.95)
+    heard: list[tuple[int, int]] = []
+
+    def words(start: int, end: int) -> str:
+        heard.append((start, end))
+        return "I'd like a table for" if end < 24_000 else "I'd like a table for two."
+
+    assert confirmations(PAUSED, OPTS, model, latency_s=LATENCY)[0] == Confirmation(
+        at=17_600 + 1_760, last_voiced=16_000, p=0.95, resumed=24_000)  # cut off
+    found = confirmations(PAUSED, OPTS, model, latency_s=LATENCY, words=words,
+                          words_latency_s=0.25)
+    # The first pause trails off: held. At the end the model answers at 43_360 and the
+    # words, finished, at 41_600 + 4_000: the turn is confirmed when the later one is in.
+    assert found == [Confirmation(at=45_600, last_voiced=40_000, p=0.95)]
+    assert heard == [(0, 17_600), (0, 41_600)]  # transcribed at each pause
+    off = replace(OPTS, hold_unfinished=False)
+    assert confirmations(PAUSED, off, model, latency_s=LATENCY, words=words,
+                         words_latency_s=0.25)[0].at == 17_600 + 1_760
+
+
 def test_a_click_is_not_a_turn_and_the_preroll_starts_after_it() -> None:
     model = FakeModel(0.95)
     speech = flags((False, 1.0), (True, 0.06), (False, 0.44), (True, 1.0), (False, 1.5))
@@ -138,8 +159,12 @@ def test_a_click_is_not_a_turn_and_the_preroll_starts_after_it() -> None:
 def test_evaluate_on_the_recorded_turns(tmp_path: Path) -> None:
     manifest = build(tmp_path, espeak=False)
     model = evaluate(manifest, OPTS, use_model=True, model_latency_s=LATENCY)
-    silence = evaluate(manifest, SILENCE, use_model=False, model_latency_s=LATENCY)
-    assert model["policy"] == "smart-turn" and silence["policy"] == "silence-only"
+    silence = evaluate(manifest, replace(SILENCE, hold_unfinished=False), use_model=False,
+                       model_latency_s=LATENCY)
+    assert model["policy"] == "smart-turn+words" and silence["policy"] == "silence-only"
+    said = [s for item in model["items"] for s in item["said"]]
+    assert len(said) >= 17 and any(s["text"] for s in said)  # a transcript at every pause
+    assert all(not item["said"] for item in silence["items"])
     assert set(model["by_source"]) == {"librivox", "pocketsphinx"}
     assert model["predict_calls"] > 0 and model["predict_ms_mean"] > 0
     assert silence["predict_calls"] == 0 and silence["predict_ms_mean"] is None

@@ -43,6 +43,7 @@ from rejoinder.turn.options import TurnOptions
 
 WINDOW = 8 * SAMPLE_RATE  # the end-of-turn model hears the last 8 s, as in the engine
 Prob = Callable[[int, int], float]  # P(turn complete) for the samples [start, end)
+Words = Callable[[int, int], str]  # the transcript of the samples [start, end)
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,17 @@ class Confirmation:
 
 
 def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, *,
-                  latency_s: float, frame: int = FRAME_SAMPLES) -> list[Confirmation]:
-    """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only."""
+                  latency_s: float, words: Words | None = None, words_latency_s: float = 0.0,
+                  frame: int = FRAME_SAMPLES) -> list[Confirmation]:
+    """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only.
+
+    ``words`` (with ``opts.hold_unfinished``): the speculative transcript, taken at the
+    pause and in ``words_latency_s`` later; no turn is confirmed before it is in, and one
+    that trails off only at ``max_silence_s``."""
     latency = round(latency_s * SAMPLE_RATE)
+    check_words = words is not None and opts.hold_unfinished and opts.speculate
+    words_at, unfinished = 0, False  # when this pause's transcript is in; what it says
+    ready: int | None = None  # when the other signals would have confirmed, held for words
     preroll = math.ceil(opts.preroll_s * SAMPLE_RATE / frame) * frame  # whole ring frames
     out: list[Confirmation] = []
     is_open = paused = pending = waiting = False
@@ -71,7 +80,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                 is_open, onset, start = True, a, max(origin, a - preroll)
             if waiting:
                 out[-1] = replace(out[-1], resumed=a)
-            last, paused, pending, waiting, p = e, False, False, False, None
+            last, paused, pending, waiting, p, ready = e, False, False, False, None, None
             next_ask = opts.model_after_s
             continue
         if not is_open or waiting:
@@ -85,6 +94,10 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
             if silence / SAMPLE_RATE < opts.pause_s:
                 continue
             paused = True
+            if check_words:
+                assert words is not None
+                unfinished = opts.is_unfinished(words(start, e))
+                words_at = e + round(words_latency_s * SAMPLE_RATE)
         if (prob is not None and not pending and silence / SAMPLE_RATE >= next_ask - 1e-9
                 and (p is None or p < opts.confirm_p)):
             next_ask = next_ask + opts.reask_s if opts.reask_s > 0 else math.inf
@@ -97,6 +110,9 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                 at = answer_at
         if at is None and _done(opts, prob is not None, p, silence):
             at = e
+        if at is not None and check_words and silence / SAMPLE_RATE < opts.max_silence_s:
+            ready = at if ready is None else ready
+            at = None if words_at > e or unfinished else max(ready, words_at)
         if at is not None:
             out.append(Confirmation(at, last, p))
             waiting = True
@@ -131,15 +147,25 @@ def _done(opts: TurnOptions, model: bool, p: float | None, silence: int) -> bool
 
 
 def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool,
-             model_latency_s: float) -> dict[str, Any]:
-    """Replay every item of the manifest through one policy; the report as a dict."""
+             model_latency_s: float, words_latency_s: float = 0.24) -> dict[str, Any]:
+    """Replay every item of the manifest through one policy; the report as a dict.
+    With ``options.hold_unfinished``, Whisper transcribes the utterance at each pause."""
     from rejoinder.providers.local.silero import SileroVAD
     from rejoinder.providers.local.smart_turn import SmartTurn
+    from rejoinder.providers.local.whisper import WhisperSTT
 
     manifest = Path(manifest_path)
     vad = SileroVAD()
     model = SmartTurn() if use_model else None
+    stt = WhisperSTT() if options.hold_unfinished and options.speculate else None
     times: list[float] = []
+
+    def transcribe(pcm: PCM, said: list[dict[str, Any]], start: int, end: int) -> str:
+        assert stt is not None
+        text = stt.decode(pcm[start:end])
+        said.append({"at_s": end / SAMPLE_RATE, "text": text,
+                     "unfinished": options.is_unfinished(text)})
+        return text
 
     def ask(pcm: PCM, asked: list[tuple[float, float]], start: int, end: int) -> float:
         assert model is not None
@@ -167,17 +193,26 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
             cap = round(options.quiet_tail_s * SAMPLE_RATE / FRAME_SAMPLES)
             flags = credit_quiet_tails(flags, audible, cap)
             asked: list[tuple[float, float]] = []  # (when, P) for each question
+            said: list[dict[str, Any]] = []  # the transcript at each pause
             prob = None if model is None else functools.partial(ask, pcm, asked)
-            found = confirmations(flags, options, prob, latency_s=model_latency_s)
-            results.append({**_score(item, found), "asked": asked})
+            heard = None if stt is None else functools.partial(transcribe, pcm, said)
+            found = confirmations(flags, options, prob, latency_s=model_latency_s,
+                                  words=heard, words_latency_s=words_latency_s)
+            results.append({**_score(item, found), "asked": asked, "said": said})
     finally:
         vad.close()
         if model is not None:
             model.close()
+        if stt is not None:
+            stt.close()
     groups = sorted({r["group"] for r in results})
+    policy = "smart-turn" if use_model else "silence-only"
+    if stt is not None:
+        policy += "+words"
     return {
-        "manifest": str(manifest), "policy": "smart-turn" if use_model else "silence-only",
+        "manifest": str(manifest), "policy": policy,
         "options": dataclasses.asdict(options), "model_latency_s": model_latency_s,
+        "words_latency_s": words_latency_s if stt is not None else None,
         "predict_calls": len(times),
         "predict_ms_mean": 1000 * float(np.mean(times)) if times else None,
         "overall": _summary(results),
@@ -239,7 +274,7 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(reports: list[dict[str, Any]]) -> str:
-    head = (f"{'policy':<13}{'source':<20}{'items':>6}{'w/pause':>8}{'cut-off rate':>17}"
+    head = (f"{'policy':<19}{'source':<20}{'items':>6}{'w/pause':>8}{'cut-off rate':>17}"
             f"{'cuts/pause':>11}{'in-speech':>10}{'delay mean/p50/p95 ms':>24}{'vad lag':>9}"
             f"{'missed':>7}{'early':>6}")
     lines = [head]
@@ -251,7 +286,7 @@ def table(reports: list[dict[str, Any]]) -> str:
             d = s["delay_ms"]
             delay = "-" if d is None else f"{d['mean']:.0f}/{d['p50']:.0f}/{d['p95']:.0f}"
             lag = "-" if s["vad_lag_ms_mean"] is None else f"{s['vad_lag_ms_mean']:.0f}"
-            lines.append(f"{rep['policy']:<13}{name:<20}{s['items']:>6}{s['items_with_pause']:>8}"
+            lines.append(f"{rep['policy']:<19}{name:<20}{s['items']:>6}{s['items_with_pause']:>8}"
                          f"{rate:>17}{cpp:>11}{s['cutoffs_in_speech']:>10}{delay:>24}{lag:>9}"
                          f"{s['missed_ends']:>7}{s['early_ends']:>6}")
         if rep["predict_ms_mean"] is not None:
@@ -268,18 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--silence-only", action="store_true", help="only the silence policy")
     ap.add_argument("--json", type=Path, help="write the reports here")
     ap.add_argument("--model-latency-s", type=float, default=0.11)
+    ap.add_argument("--words-latency-s", type=float, default=0.24,
+                    help="pause to speculative transcript (bench median, stt_final - vad_end)")
+    ap.add_argument("--no-words", action="store_true",
+                    help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
                   "quiet_tail_s", "model_after_s", "reask_s")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     args = ap.parse_args(argv)
     knobs = {k: getattr(args, k) for k in knob_names}
-    opts = replace(TurnOptions(), **{k: v for k, v in knobs.items() if v is not None})
+    opts = replace(TurnOptions(), **{k: v for k, v in knobs.items() if v is not None},
+                   hold_unfinished=not args.no_words)
     policies = [False] if args.silence_only else [True, False]
     with tempfile.TemporaryDirectory() as tmp:
         manifest = turnset.build(tmp) if args.manifest == "build" else Path(args.manifest)
         reports = [evaluate(manifest, replace(opts, model="smart-turn" if m else "none"),
-                            use_model=m, model_latency_s=args.model_latency_s)
+                            use_model=m, model_latency_s=args.model_latency_s,
+                            words_latency_s=args.words_latency_s)
                    for m in policies]
     sys.stdout.write(table(reports) + "\n")
     if args.json:
