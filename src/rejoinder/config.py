@@ -83,6 +83,10 @@ class LLMOptions:
     temperature: float = 0.3
     max_tokens: int = 60
     timeout_s: float = 10.0  # time limit for the first token
+    # Replace personal data (card, phone and social security numbers, emails, IBANs, long
+    # digit runs) in the caller's words before any LLM receives them. Switch it off only
+    # where the model runs inside the same trust boundary and needs the raw words.
+    redact: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in ("local", "openai"):
@@ -99,7 +103,8 @@ class LLMOptions:
 
     def __repr__(self) -> str:  # keep the key out of logs and tracebacks
         return f"LLMOptions(provider={self.provider!r}, base_url={self.base_url!r}, " \
-               f"model={self.model!r}, api_key={'***' if self.api_key else ''!r})"
+               f"model={self.model!r}, api_key={'***' if self.api_key else ''!r}, " \
+               f"redact={self.redact!r})"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
 """Standard-library logging with the call id carried in a ContextVar.
 
 Personal data (transcripts, replies) never goes into log lines; it travels only
-to the caller over the call's own event channel.
+to the caller over the call's own event channel. In depth, the handler that
+:func:`setup_logging` installs redacts every message and every string value of
+``extra={"record": {...}}`` (:mod:`rejoinder.core.redact`), so a line that carries a
+card number or an email by mistake still does not write it out. The call id (a
+server-generated hex string) is left as it is, so records can still be joined.
 """
 
 from __future__ import annotations
@@ -10,12 +14,42 @@ import contextvars
 import json
 import logging
 
+from rejoinder.core.redact import redact
+
 call_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 
 class _CallIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.call_id = call_id_var.get()
+        return True
+
+
+class RedactFilter(logging.Filter):
+    """Replaces personal data in a record's message and ``record`` extra (never drops it).
+
+    Most lines hold nothing to redact: :func:`redact` answers those after one quick test
+    (a few microseconds), and the record is left untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # bad arguments: the handler reports it when emitting
+            message = ""
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        extra = getattr(record, "record", None)
+        if isinstance(extra, dict):
+            changed: dict[str, str] = {}
+            for key, value in extra.items():
+                if isinstance(value, str) and key != "call_id":
+                    text = redact(value)
+                    if text != value:
+                        changed[key] = text
+            if changed:
+                record.record = {**extra, **changed}  # a copy: the caller's dict stays whole
         return True
 
 
@@ -41,6 +75,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", json_lines: bool = True) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_CallIdFilter())
+    handler.addFilter(RedactFilter())
     handler.setFormatter(
         JsonFormatter() if json_lines
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s"))

@@ -5,7 +5,8 @@ or a VAD stream's ``_probability``). The public method of the base class owns
 what every provider needs the same way: a time limit on the first result,
 translation of unexpected errors into :class:`ProviderError`, and a debug log.
 Blocking engines (local models) run in worker threads so the event loop never
-waits on inference.
+waits on inference. An LLM only ever receives the caller's words with personal data
+redacted (:mod:`rejoinder.core.redact`), unless its ``redact`` is switched off.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol, TypeVar, final
 
 import numpy as np
 
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.errors import ProviderError, ProviderTimeout
+from rejoinder.core.redact import redact as redact_text
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +235,37 @@ class _Streaming:
 
 
 class LLM(_Streaming):
-    """A chat model that streams text deltas."""
+    """A chat model that streams text deltas.
+
+    Both ways in, ``stream`` and ``prefill``, are final (implementations write ``_stream``
+    and ``_prefill``) and pass the messages through :meth:`outgoing` first. With ``redact``
+    on (the default; ``llm.redact`` in the configuration), personal data in the caller's
+    messages is replaced there by placeholders, so no implementation ever sees it. System
+    and assistant messages are the agent's own text (the operator's prompt, and replies
+    written from redacted words) and pass unchanged. Redaction is deterministic: the same
+    history always makes the same prompt, and a prompt cache keeps its prefix turn to turn.
+    """
 
     name = "llm"
+    redact = True  # replace personal data in user messages before the model sees them
 
+    @final
+    def outgoing(self, messages: list[ChatMessage]) -> list[ChatMessage]:
+        """``messages`` as the provider receives them."""
+        if not self.redact:
+            return messages
+        out: list[ChatMessage] = []
+        for m in messages:
+            if m.role == "user":
+                text = redact_text(m.content)
+                if text != m.content:
+                    m = replace(m, content=text)
+            out.append(m)
+        return out
+
+    @final
     async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+        messages = self.outgoing(messages)
         async with aclosing(self._guard(self._stream(messages), "token")) as deltas:
             async for delta in deltas:  # closed with this generator: the request ends now
                 yield delta  # type: ignore[misc]
@@ -254,10 +282,14 @@ class LLM(_Streaming):
         finally:
             await stream.aclose()  # now, not when the generator is collected: stops decoding
 
+    @final
     async def prefill(self, messages: list[ChatMessage]) -> None:
         """Read ``messages`` ahead of the real request (whose prompt will start the same:
         the caller's words so far), for models that keep a prompt cache; the rest ignore
-        it. Called while the caller still speaks."""
+        it. Called while the caller still speaks. Implementations override ``_prefill``."""
+        await self._prefill(self.outgoing(messages))
+
+    async def _prefill(self, messages: list[ChatMessage]) -> None:
         return None
 
 

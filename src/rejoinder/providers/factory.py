@@ -5,7 +5,7 @@ Each kind is chosen on its own: local (the embedded models) or a remote service
 Voice activity detection and the end-of-turn model (``turn.model``) always run locally.
 ``kind="fake"`` replaces every local provider with a fixed-latency fake (no models; for
 trying the page and for tests) and ends turns on silence alone. Every TTS is wrapped in a
-:class:`PhraseCache`.
+:class:`PhraseCache`; every LLM redacts the caller's words unless ``llm.redact`` is off.
 """
 
 from __future__ import annotations
@@ -73,6 +73,12 @@ def _stt(config: Config, kind: str) -> STT:
 
 
 def _llm(config: Config, kind: str) -> LLM:
+    llm = _llm_provider(config, kind)
+    llm.redact = config.llm.redact
+    return llm
+
+
+def _llm_provider(config: Config, kind: str) -> LLM:
     c = config.llm
     if c.provider == "openai":
         from rejoinder.providers.openai.llm import OpenAILLM

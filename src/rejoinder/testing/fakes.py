@@ -118,7 +118,8 @@ class FakeSTT(STT):
 
 class FakeLLM(LLM):
     """Streams a scripted reply word by word: first token after ``first_s``, then one
-    token every ``per_item_s``. Records the messages of every request."""
+    token every ``per_item_s``. Records the messages of every request (``requests``) and
+    of every prefill (``prefills``), as a provider receives them: redacted."""
 
     name = "fake-llm"
 
@@ -156,7 +157,7 @@ class FakeLLM(LLM):
     async def warm(self, messages: list[ChatMessage]) -> None:
         return None
 
-    async def prefill(self, messages: list[ChatMessage]) -> None:
+    async def _prefill(self, messages: list[ChatMessage]) -> None:
         self.prefills.append(list(messages))
 
 

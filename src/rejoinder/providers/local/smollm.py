@@ -237,7 +237,7 @@ class SmolLM(LLM):
         finally:
             stop.set()
 
-    async def prefill(self, messages: list[ChatMessage]) -> None:
+    async def _prefill(self, messages: list[ChatMessage]) -> None:
         """Evaluate the prompt, and generate one token: the slot's cache then holds it, and
         the real request evaluates only what differs. ``max_tokens`` 1 ends the request in
         the native server itself, so it never decodes on while the next request waits."""
