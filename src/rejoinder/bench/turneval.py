@@ -7,8 +7,12 @@ after at least ``min_speech_s`` of speech is a pause, where the end-of-turn mode
 about the utterance so far (from onset minus the pre-roll, the last 8 s). It answers after
 ``model_latency_s`` (fixed, so runs are deterministic; the real mean is reported), and the
 turn is confirmed at once if P >= ``confirm_p``, at ``end_silence_s`` if P >= ``hold_p``,
-else at ``max_silence_s``. Without a model, ``end_silence_s`` of silence confirms it. A
-voiced frame before the confirmation cancels it.
+else at ``max_silence_s``. Without a model, ``end_silence_s`` of silence confirms it. With
+``hold_unfinished`` (the words), Whisper transcribes the utterance at the pause, as the
+engine's speculation does; the transcript counts from ``words_latency_s`` later (fixed; the
+bench's median from pause to transcript), no turn is confirmed before it, and one that
+trails off (``TurnOptions.is_unfinished``) only at ``max_silence_s``. A voiced frame before
+the confirmation cancels it.
 
 Scoring per item: a confirmation inside a manifest *pause* is a **cut-off**; one before the
 end elsewhere is a cut-off *in speech* (such as just after a pause, before the VAD hears the
