@@ -35,7 +35,8 @@ def test_caller_going_on_wastes_the_speculation_and_the_model_keeps_the_turn_ope
     async def main():
         return await converse(
             fake_stack(stt=stt, llm=llm, tts=tts, turn=model),
-            [("silence", 0.5), ("speech", 1.0), ("silence", 0.5), ("speech", 1.0)])
+            [("silence", 0.5), ("speech", 1.0), ("silence", 0.5), ("speech", 1.0)],
+            options=TurnOptions(reask_s=0.0))
 
     conv, ear, events = run_virtual(main())
     # At the first pause (1.6 s) the model said 0.2: the turn stays open (up to 1 s of
@@ -68,7 +69,8 @@ def test_end_of_turn_model_moves_the_confirmation(p, confirmed_ms):
     model = FakeTurnModel(p, Latency(first_s=0.05))
 
     async def main():
-        return await converse(fake_stack(turn=model), [("silence", 0.5), ("speech", 1.0)])
+        return await converse(fake_stack(turn=model), [("silence", 0.5), ("speech", 1.0)],
+                              options=TurnOptions(reask_s=0.0))
 
     conv, ear, events = run_virtual(main())
     (trace,) = conv.traces

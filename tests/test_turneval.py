@@ -17,7 +17,7 @@ from rejoinder.bench.turneval import (
 from rejoinder.bench.turnset import Silence, TurnItem, build
 from rejoinder.turn.options import TurnOptions
 
-OPTS = TurnOptions(model_after_s=0.1)  # the model is asked at the pause
+OPTS = TurnOptions(model_after_s=0.1, reask_s=0.0)  # the model is asked once, at the pause
 SILENCE = TurnOptions(model="none")
 LATENCY = 0.11  # 1760 samples
 S = 16_000  # samples per second; frames are 320 samples (20 ms)
