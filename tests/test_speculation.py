@@ -235,6 +235,30 @@ def test_the_llm_reads_the_callers_words_while_they_speak(prefill):
     assert llm.requests[1] == [system, *first_turn, ChatMessage("user", "w0 w1 w2")]
 
 
+@pytest.mark.parametrize(("words", "p", "asked", "confirmed_ms"), [
+    ("Can you tell me?", 0.1, True, 1000.0),   # the LLM: not the end of a question
+    ("Can you tell me?", 0.6, True, 220.0),    # it is: confirmed once the LLM answers
+    ("Can you tell me?", None, True, 220.0),   # a model that cannot tell: no hold
+    ("I'd like a table.", 0.1, False, 210.0),  # statements are not asked
+])
+def test_the_llm_judges_whether_a_question_is_finished(words, p, asked, confirmed_ms):
+    # Speech ends at 1.5 s; transcript at 200 ms; the LLM answers 20 ms later; the
+    # end-of-turn model says 0.95 at 210 ms.
+    stt = FakeSTT([words], Latency(first_s=0.1))
+    llm = FakeLLM(["Sure."], Latency(first_s=0.1), turn_end=lambda text: p, turn_end_s=0.02)
+    model = FakeTurnModel(0.95, Latency(first_s=0.05))
+
+    async def main():
+        return await converse(fake_stack(stt=stt, llm=llm, turn=model),
+                              [("silence", 0.5), ("speech", 1.0)])
+
+    conv, ear, events = run_virtual(main())
+    (trace,) = conv.traces
+    assert trace["ms_after_speech_end"]["turn_confirmed"] == approx(confirmed_ms)
+    assert [m[-1].content for m in llm.turn_ends] == ([words] if asked else [])
+    assert trace["outcome"] == "completed"
+
+
 @pytest.mark.parametrize(("text", "unfinished"), [
     # Whisper tiny.en's transcripts at mid-sentence pauses of the turn-detection set
     ("I was wondering if...", True),

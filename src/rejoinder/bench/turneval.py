@@ -26,6 +26,7 @@ how far the VAD's last voiced frame lags that end (part of the delay). Run it wi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import functools
 import json
@@ -42,12 +43,13 @@ import numpy as np
 
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
+from rejoinder.providers.base import ChatMessage
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
 
 WINDOW = 8 * SAMPLE_RATE  # the end-of-turn model hears the last 8 s, as in the engine
 Prob = Callable[[int, int], float]  # P(turn complete) for the samples [start, end)
-Words = Callable[[int, int], str]  # the transcript of the samples [start, end)
+Words = Callable[[int, int], bool]  # whether the transcript of [start, end) is unfinished
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,9 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                   frame: int = FRAME_SAMPLES) -> list[Confirmation]:
     """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only.
 
-    ``words`` (with ``opts.hold_unfinished``): the speculative transcript, taken at the
-    pause and in ``words_latency_s`` later; no turn is confirmed before it is in, and one
-    that trails off only at ``max_silence_s``."""
+    ``words`` (with ``opts.hold_unfinished``): whether the speculative transcript, taken
+    at the pause and in ``words_latency_s`` later, is unfinished; no turn is confirmed
+    before it is in, and an unfinished one only at ``max_silence_s``."""
     latency = round(latency_s * SAMPLE_RATE)
     check_words = words is not None and opts.hold_unfinished and opts.speculate
     words_at, unfinished = 0, False  # when this pause's transcript is in; what it says
@@ -100,7 +102,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
             paused = True
             if check_words:
                 assert words is not None
-                unfinished = opts.is_unfinished(words(start, e))
+                unfinished = words(start, e)
                 words_at = e + round(words_latency_s * SAMPLE_RATE)
         if (prob is not None and not pending and silence / SAMPLE_RATE >= next_ask - 1e-9
                 and (p is None or p < opts.confirm_p)):
@@ -154,22 +156,32 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
              model_latency_s: float, words_latency_s: float = 0.24) -> dict[str, Any]:
     """Replay every item of the manifest through one policy; the report as a dict.
     With ``options.hold_unfinished``, Whisper transcribes the utterance at each pause."""
+    from rejoinder.config import DEFAULT_SYSTEM_PROMPT
     from rejoinder.providers.local.silero import SileroVAD
     from rejoinder.providers.local.smart_turn import SmartTurn
+    from rejoinder.providers.local.smollm import SmolLM
     from rejoinder.providers.local.whisper import WhisperSTT
 
     manifest = Path(manifest_path)
     vad = SileroVAD()
     model = SmartTurn() if use_model else None
-    stt = WhisperSTT() if options.hold_unfinished and options.speculate else None
+    words = options.hold_unfinished and options.speculate
+    stt = WhisperSTT() if words else None
+    llm = SmolLM() if words and options.question_end_p > 0 else None
+    system = ChatMessage("system", DEFAULT_SYSTEM_PROMPT)
     times: list[float] = []
 
-    def transcribe(pcm: PCM, said: list[dict[str, Any]], start: int, end: int) -> str:
+    def unfinished(pcm: PCM, said: list[dict[str, Any]], start: int, end: int) -> bool:
+        """``Conversation.unfinished`` on Whisper's transcript of [start, end)."""
         assert stt is not None
         text = stt.decode(pcm[start:end])
-        said.append({"at_s": end / SAMPLE_RATE, "text": text,
-                     "unfinished": options.is_unfinished(text)})
-        return text
+        verdict, p = options.is_unfinished(text), None
+        if not verdict and llm is not None and text.rstrip().endswith("?"):
+            p = asyncio.run(llm.turn_end_p([system, ChatMessage("user", text)]))
+            verdict = p is not None and p < options.question_end_p
+        said.append({"at_s": end / SAMPLE_RATE, "text": text, "llm_p": p,
+                     "unfinished": verdict})
+        return verdict
 
     def ask(pcm: PCM, asked: list[tuple[float, float]], start: int, end: int) -> float:
         assert model is not None
@@ -199,7 +211,7 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
             asked: list[tuple[float, float]] = []  # (when, P) for each question
             said: list[dict[str, Any]] = []  # the transcript at each pause
             prob = None if model is None else functools.partial(ask, pcm, asked)
-            heard = None if stt is None else functools.partial(transcribe, pcm, said)
+            heard = None if stt is None else functools.partial(unfinished, pcm, said)
             found = confirmations(flags, options, prob, latency_s=model_latency_s,
                                   words=heard, words_latency_s=words_latency_s)
             results.append({**_score(item, found), "asked": asked, "said": said})
@@ -209,6 +221,8 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
             model.close()
         if stt is not None:
             stt.close()
+        if llm is not None:
+            llm.close()
     groups = sorted({r["group"] for r in results})
     policy = "smart-turn" if use_model else "silence-only"
     if stt is not None:

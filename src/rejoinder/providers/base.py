@@ -248,6 +248,7 @@ class LLM(_Streaming):
 
     name = "llm"
     redact = True  # replace personal data in user messages before the model sees them
+    turn_end_timeout_s = 0.5  # ``turn_end_p`` is on the way to the reply: short, or nothing
 
     @final
     def outgoing(self, messages: list[ChatMessage]) -> list[ChatMessage]:
@@ -290,6 +291,19 @@ class LLM(_Streaming):
         await self._prefill(self.outgoing(messages))
 
     async def _prefill(self, messages: list[ChatMessage]) -> None:
+        return None
+
+    @final
+    async def turn_end_p(self, messages: list[ChatMessage]) -> float | None:
+        """P(the last message, the caller's, is a whole turn): the model's own probability
+        that the message ends where its text ends (its end-of-message token comes next).
+        None from models that cannot tell (the default). Implementations override
+        ``_turn_end_p``; it runs in the same slot as the reply that follows, so it must be
+        short (one token's worth of work over a cached prefix)."""
+        return await guarded(self.name, self.turn_end_timeout_s,
+                             self._turn_end_p(self.outgoing(messages)), "turn end")
+
+    async def _turn_end_p(self, messages: list[ChatMessage]) -> float | None:
         return None
 
 

@@ -124,10 +124,17 @@ class FakeLLM(LLM):
     name = "fake-llm"
 
     def __init__(self, replies: Sequence[str] | Callable[[list[ChatMessage]], str] = ("Hi.",),
-                 latency: Latency = Latency(), clock: Clock | None = None) -> None:
+                 latency: Latency = Latency(), clock: Clock | None = None, *,
+                 turn_end: Callable[[str], float | None] | None = None,
+                 turn_end_s: float = 0.0) -> None:
         self.replies = replies
         self.requests: list[list[ChatMessage]] = []
         self.prefills: list[list[ChatMessage]] = []
+        #: ``turn_end_p``: P(turn end) for the caller's last words, answered after
+        #: ``turn_end_s``; None: the model cannot tell. Every question is kept in ``turn_ends``.
+        self.turn_end = turn_end
+        self.turn_end_s = turn_end_s
+        self.turn_ends: list[list[ChatMessage]] = []
         self.cancelled = 0
         self.tokens_sent = 0
         self._waits = _Waits(latency, clock)
@@ -159,6 +166,13 @@ class FakeLLM(LLM):
 
     async def _prefill(self, messages: list[ChatMessage]) -> None:
         self.prefills.append(list(messages))
+
+    async def _turn_end_p(self, messages: list[ChatMessage]) -> float | None:
+        if self.turn_end is None:
+            return None
+        self.turn_ends.append(list(messages))
+        await self._waits.wait(self.turn_end_s)
+        return self.turn_end(messages[-1].content)
 
 
 class FakeTTS(TTS):

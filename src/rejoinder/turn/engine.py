@@ -298,6 +298,24 @@ class Conversation:
         if done:
             self._confirm(now)
 
+    async def unfinished(self, text: str) -> bool:
+        """The words check (``hold_unfinished``): the transcript trails off, or it is a
+        question the LLM finds unlikely to end there (``question_end_p``)."""
+        o = self.opts
+        if not o.hold_unfinished or not text:
+            return False
+        if o.is_unfinished(text):
+            return True
+        if not text.rstrip().endswith("?") or o.question_end_p <= 0:
+            return False
+        messages = [self.system, *self.history, ChatMessage("user", text)]
+        try:
+            p = await self.stack.llm.turn_end_p(messages)
+        except ProviderError as exc:  # no answer: the other signals decide
+            log.debug("turn end from the LLM failed: %s", exc)
+            return False
+        return p is not None and p < o.question_end_p
+
     def transcribed(self, reply: Reply) -> None:
         """A reply's transcript is in: it may be the last signal the turn waited for."""
         if reply is self._reply and not reply.confirmed.is_set():

@@ -101,8 +101,8 @@ class Reply:
             self.user_text = await conv.stt.finish()
             self.trace.mark("stt_final", conv.clock.now())
             self.empty = not self.user_text
-            self.unfinished = conv.opts.hold_unfinished and conv.opts.is_unfinished(
-                self.user_text)
+            if not self.confirmed.is_set():  # the words may still hold the turn
+                self.unfinished = await conv.unfinished(self.user_text)
             self.transcript_ready.set()
             self._announce()
             conv.transcribed(self)

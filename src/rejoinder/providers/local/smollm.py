@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _CHARS_PER_TOKEN = 3.0  # conservative for English with SmolLM2's tokenizer (~4 measured)
 _TOKENS_PER_MESSAGE = 5  # the chat template's "<|im_start|>role\n ... <|im_end|>\n"
+_TOP_N = 20  # next-token candidates asked for in ``turn_end_p``
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class SmolLMOptions:
     # runs; a higher value lets those win the cores. The first token is not slowed: nothing
     # else is busy while the LLM reads the prompt. 0 leaves the threads as they are.
     nice: int = 10
+    # The chat template's end-of-message token (``<|im_end|>``, id 2 in SmolLM2's vocabulary):
+    # its probability after the caller's words is ``turn_end_p``.
+    end_token_id: int = 2
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -247,6 +251,29 @@ class SmolLM(LLM):
                 pass
         finally:
             await stream.aclose()
+
+    async def _turn_end_p(self, messages: list[ChatMessage]) -> float | None:
+        """P(``<|im_end|>`` right after the caller's words), from the prompt the reply will
+        have, cut before the end of the last message: the cache holds most of it (the
+        read-ahead put it there), and the reply's request reuses it again after this."""
+        o = self.options
+        wired = [self._wire(m) for m in self._fit(messages)]
+        prompt = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                         for m in wired[:-1])
+        prompt += f"<|im_start|>{wired[-1]['role']}\n{wired[-1]['content']}"
+        request = {"prompt": prompt, "max_tokens": 1, "n_probs": _TOP_N, "temperature": 0.0,
+                   "cache_prompt": True, "stream": False}
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(
+            self._executor, self._server.handle_completions, request)
+        if not isinstance(answer, dict) or "error" in answer:
+            raise ProviderError(self.name, _error_message(answer.get("error")
+                                                          if isinstance(answer, dict) else answer))
+        top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        for t in top:
+            if t["id"] == o.end_token_id:
+                return math.exp(t["logprob"])
+        return 0.0  # not among the top _TOP_N: at most the last one's, a few percent at most
 
     def close(self) -> None:
         """Stop taking requests; the native server is freed once running ones have stopped."""
