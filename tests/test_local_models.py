@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rejoinder.config import DEFAULT_SYSTEM_PROMPT
 from rejoinder.core.audio import FRAME_SAMPLES, SAMPLE_RATE, read_wav, rms_dbfs, split_frames
 from rejoinder.core.errors import MissingExtraError, ProviderError
 from rejoinder.providers.base import ChatMessage, Stack
@@ -26,6 +27,7 @@ from rejoinder.providers.local.smollm import SmolLM
 from rejoinder.providers.local.whisper import WhisperSTT
 from rejoinder.testing.loop import LoopTicks
 from rejoinder.testing.wer import word_errors, words
+from rejoinder.turn.options import TurnOptions
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +222,21 @@ async def test_llm_prefill_leaves_only_the_last_words_to_read(stack: Stack) -> N
     # template's end of message are read now.
     assert final["cache_n"] >= 100, final
     assert final["prompt_n"] <= 12, final
+
+
+async def test_llm_turn_end_tells_a_finished_question_from_a_fragment(stack: Stack) -> None:
+    llm = stack.llm
+    assert isinstance(llm, SmolLM)
+    system = ChatMessage("system", DEFAULT_SYSTEM_PROMPT)
+    question = "Can you remind me what the cancellation policy is?"
+    fragment = await llm.turn_end_p([system, ChatMessage("user", "Can you tell me?")])
+    whole = await llm.turn_end_p([system, ChatMessage("user", question)])
+    assert fragment is not None and whole is not None
+    assert fragment < TurnOptions().question_end_p < whole, (fragment, whole)
+    # The question's prompt is the reply's prompt cut before the end of the message: the
+    # reply reads only the template's end of message and the assistant's header.
+    reply = await _complete(llm, [system, ChatMessage("user", question)])
+    assert reply["cache_n"] >= 40 and reply["prompt_n"] <= 8, reply
 
 
 def test_llm_threads_yield_the_cores(stack: Stack) -> None:

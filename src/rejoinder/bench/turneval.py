@@ -43,6 +43,7 @@ import numpy as np
 
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
+from rejoinder.core.errors import ProviderError
 from rejoinder.providers.base import ChatMessage
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
@@ -169,6 +170,8 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
     stt = WhisperSTT() if words else None
     llm = SmolLM() if words and options.question_end_p > 0 else None
     system = ChatMessage("system", DEFAULT_SYSTEM_PROMPT)
+    if llm is not None:
+        asyncio.run(llm.warm([system]))  # as a call does before the caller's first word
     times: list[float] = []
 
     def unfinished(pcm: PCM, said: list[dict[str, Any]], start: int, end: int) -> bool:
@@ -177,7 +180,10 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
         text = stt.decode(pcm[start:end])
         verdict, p = options.is_unfinished(text), None
         if not verdict and llm is not None and text.rstrip().endswith("?"):
-            p = asyncio.run(llm.turn_end_p([system, ChatMessage("user", text)]))
+            try:
+                p = asyncio.run(llm.turn_end_p([system, ChatMessage("user", text)]))
+            except ProviderError:  # as the engine does: no answer, no hold
+                p = None
             verdict = p is not None and p < options.question_end_p
         said.append({"at_s": end / SAMPLE_RATE, "text": text, "llm_p": p,
                      "unfinished": verdict})
