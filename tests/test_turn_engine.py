@@ -201,6 +201,37 @@ def _talk_over(noise_s, words):
     return conv, ear, events, stt
 
 
+def test_an_interruption_before_the_first_word_leaves_no_assistant_message():
+    # The reply's audio starts at 2.265 s and the caller speaks over it from 2.28 s: they
+    # heard a few frames of the first word, nothing that counts as said.
+    stt = FakeSTT(["count for me", "stop"], Latency(first_s=0.1))
+    llm = FakeLLM([REPLY, "Okay."], Latency(first_s=0.21, per_item_s=0.1))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 0.78),
+                            ("speech", 0.3)], fake_stack(stt=stt, llm=llm))
+
+    conv, ear, events = run_virtual(main())
+    assert [e for e in events if e["type"] == "interrupted"] == [
+        {"type": "interrupted", "turn": 1, "heard": ""}]
+    # An empty "interrupted" reply teaches a small model to answer with an ellipsis.
+    assert conv.history == [ChatMessage("user", "count for me"), ChatMessage("user", "stop"),
+                            ChatMessage("assistant", "Okay.")]
+
+
+def test_a_clause_of_marks_alone_is_not_spoken_and_is_not_a_sentence():
+    stt = FakeSTT(["hello"], Latency(first_s=0.1))
+    llm = FakeLLM(["... Okay then. That is all. And more."], Latency(first_s=0.2))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0)],
+                           fake_stack(stt=stt, llm=llm, tts=tts))
+
+    conv, ear, events = run_virtual(main())
+    assert tts.spoken == ["Okay then.", "That is all."]  # two sentences, as configured
+
+
 def test_sound_shorter_than_barge_in_min_does_not_even_pause_the_agent():
     conv, ear, events, stt = _talk_over(0.04, "")
     assert ear.loud_times[0] == approx(2.105)

@@ -515,7 +515,7 @@ class Conversation:
     def _commit(self, reply: Reply, agent_text: str, interrupted: bool) -> None:
         if reply.user_text:
             self.history.append(ChatMessage("user", reply.user_text))
-        if agent_text or interrupted:
+        if agent_text:  # an interruption before the first word leaves nothing said
             self.history.append(ChatMessage("assistant", agent_text, interrupted=interrupted))
         cap = self.opts.max_history_messages
         if len(self.history) > cap:

@@ -124,7 +124,7 @@ class Reply:
                 self.trace.mark("llm_first_token", conv.clock.now())
                 for clause in splitter.push(delta):
                     self._clause_ready(clause, clauses)
-                    sentences += clause[-1] in _SENTENCE_MARKS
+                    sentences += clause[-1] in _SENTENCE_MARKS and any(map(str.isalnum, clause))
                 if sentences >= conv.opts.max_reply_sentences:
                     return  # long enough for speech; closing the stream stops the LLM
         finally:
@@ -133,6 +133,8 @@ class Reply:
             self._clause_ready(clause, clauses)
 
     def _clause_ready(self, clause: str, clauses: asyncio.Queue[_Clause | None]) -> None:
+        if not any(c.isalnum() for c in clause):
+            return  # "..." or "—" alone: nothing to say (a small LLM copies such marks)
         self.trace.mark("first_clause", self.conv.clock.now())
         self.text += clause + " "
         self.clauses_queued += 1

@@ -38,8 +38,9 @@ Background passes are skipped whenever the shared worker is busy (another call's
 another pass), so they never queue up. A final pass asked for while a partial pass is still
 running starts at once beside it when the engine has a second worker (``overlap``:
 ``WhisperOptions.workers`` 2); the partial's text, older, is then ignored when it returns.
-With one worker the final waits for it (up to a whole pass: ~0.2-0.4 s on a long sentence). Everything is
-measured in samples pushed, not wall-clock time, so a session behaves the same under test.
+With one worker the final waits for it (up to a whole pass: ~0.2-0.4 s on a long sentence).
+Everything is measured in samples pushed, not wall-clock time, so a session behaves the same
+under test.
 """
 
 from __future__ import annotations
