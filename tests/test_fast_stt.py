@@ -38,35 +38,24 @@ class FakeEngine:
     name = "fake"
     timeout_s = 5.0
 
-    def __init__(self, delay_s: float = 0.0, *, overlap: bool = False,
-                 background_extra_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
-        self.background_extra_s = background_extra_s  # background passes take this longer
         self.calls: list[tuple[float, str, str]] = []  # (seconds of audio, prompt, prefix)
         self.script: list[str] = []  # texts to return instead, in order (then the real decode)
         self.pending = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1)
-        self._overlap = overlap  # background passes on a second worker, as WhisperSTT does
-        self._background = ThreadPoolExecutor(max_workers=1) if overlap else self._pool
 
     @property
     def busy(self) -> bool:
         return self.pending > 0
-
-    @property
-    def overlap(self) -> bool:
-        return self._overlap
 
     def submit(self, fn: Callable[[], Any], *, background: bool = False) -> Future[Any] | None:
         with self._lock:
             if background and self.pending:
                 return None
             self.pending += 1
-        if background and self.background_extra_s:
-            inner, extra = fn, self.background_extra_s
-            fn = lambda: (time.sleep(extra), inner())[1]  # noqa: E731
-        future = (self._background if background else self._pool).submit(fn)
+        future = self._pool.submit(fn)
         future.add_done_callback(lambda _: self._done())
         return future
 
@@ -149,24 +138,6 @@ async def test_no_background_work_while_the_worker_is_busy() -> None:
     engine.pending = 0
     assert await session.finish() == "w1100"
     assert session.passes["final"] == 1
-
-
-@pytest.mark.parametrize("overlap", [True, False])
-async def test_the_final_pass_runs_beside_a_partial_still_going(overlap: bool) -> None:
-    # A partial pass starts 0.2 s into the speech and takes 0.5 s; the caller stops at
-    # 0.6 s. With a second worker the final pass (0.1 s) starts at once; without, it waits.
-    engine = FakeEngine(delay_s=0.1, background_extra_s=0.4, overlap=overlap)
-    session = WhisperStream(engine, StreamOptions(step_s=0.2))
-    for frame in split_frames(np.concatenate([word(1100, 0.3), word(1200, 0.3),
-                                              silence(0.1)]), FRAME_SAMPLES):
-        await session.push(frame)
-    assert session.passes["partial"] == 1
-    started = time.perf_counter()
-    assert await session.finish() == "w1100 w1200"
-    took = time.perf_counter() - started
-    assert (took < 0.3) if overlap else (took > 0.35), took
-    await asyncio.sleep(0.6)  # the partial returns, with the older text: ignored
-    assert session.partial() == "w1100 w1200"
 
 
 async def test_push_never_waits_for_inference() -> None:

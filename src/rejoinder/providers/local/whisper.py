@@ -70,10 +70,6 @@ class WhisperOptions:
     pad_s: float = 1.0
     # Decoding stops after this many tokens per second of audio (plus 10): a loop stays short.
     max_tokens_per_s: float = 12.0
-    # CTranslate2 replicas (sharing the weights). With 2, a final transcript runs at once
-    # beside a background pass still going (a streaming partial) instead of queueing behind
-    # it; 1: one inference at a time.
-    workers: int = 2
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -88,15 +84,10 @@ class WhisperOptions:
             raise ConfigError("stt.pad_s", "must be between 0 and 10 seconds")
         if self.max_tokens_per_s <= 0:
             raise ConfigError("stt.max_tokens_per_s", "must be > 0")
-        if self.workers not in (1, 2):
-            raise ConfigError("stt.workers", "must be 1 or 2")
 
 
 class WhisperSTT(STT):
-    """Whisper in a dedicated worker thread: transcripts are made one at a time, in order;
-    background passes (``submit(..., background=True)``) run only while nothing else does,
-    on a second thread and replica (``workers`` 2), so a transcript asked for meanwhile
-    starts at once beside them.
+    """Whisper in one dedicated worker thread (one inference at a time, in order).
 
     ``transcribe`` handles one finished utterance; ``stream()`` gives a per-utterance session
     that works in the background while the caller speaks.
@@ -120,7 +111,7 @@ class WhisperSTT(STT):
             device="cpu",
             compute_type=self.options.compute_type,
             cpu_threads=self.options.threads,
-            num_workers=self.options.workers,
+            num_workers=1,
             local_files_only=True,
         )
         multilingual = bool(self._model.model.is_multilingual)
@@ -131,8 +122,6 @@ class WhisperSTT(STT):
         self._suppress: list[int] = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._silence: np.ndarray | None = None  # encoder output of 30 s of silence
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
-        self._background = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-bg")
-                            if self.overlap else self._executor)
         self._lock = threading.Lock()
         self._pending = 0  # jobs queued or running in the worker
         # (forced, generated) transcript tokens of the last "fit" decode, for measurements
@@ -145,11 +134,6 @@ class WhisperSTT(STT):
         """Whether the worker has anything queued or running (background work waits for idle)."""
         return self._pending > 0
 
-    @property
-    def overlap(self) -> bool:
-        """Whether a job submitted now runs beside a background job already running."""
-        return self.options.workers > 1
-
     def submit(self, fn: Callable[[], T], *, background: bool = False) -> Future[T] | None:
         """Queue ``fn`` on the worker thread. A background job is refused (None) while the
         worker is busy or closed; any other job on a closed worker raises RuntimeError."""
@@ -159,7 +143,7 @@ class WhisperSTT(STT):
             if self._closed:
                 raise RuntimeError("the whisper worker is closed")
             self._pending += 1
-        future = (self._background if background else self._executor).submit(fn)
+        future = self._executor.submit(fn)
         future.add_done_callback(self._job_done)
         return future
 
@@ -182,7 +166,6 @@ class WhisperSTT(STT):
         with self._lock:
             self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._background.shutdown(wait=False, cancel_futures=True)
 
     # -- inference (worker thread only) ------------------------------------------------------
     def decode(self, audio: PCM, prompt: str = "", prefix: str = "") -> str:

@@ -35,12 +35,10 @@ one background pass at a time:
   against 354/677 ms (noise); the same 12 word errors in 243 words either way.
 
 Background passes are skipped whenever the shared worker is busy (another call's final,
-another pass), so they never queue up. A final pass asked for while a partial pass is still
-running starts at once beside it when the engine has a second worker (``overlap``:
-``WhisperOptions.workers`` 2); the partial's text, older, is then ignored when it returns.
-With one worker the final waits for it (up to a whole pass: ~0.2-0.4 s on a long sentence).
-Everything is measured in samples pushed, not wall-clock time, so a session behaves the same
-under test.
+another pass), so they never queue up. A final transcript asked for while one runs waits for
+it (up to a whole pass: ~0.2-0.4 s on a long sentence); running it beside the pass on a
+second CTranslate2 replica saved nothing on 2 cores (docs/benchmarks.md). Everything is
+measured in samples pushed, not wall-clock time, so a session behaves the same under test.
 """
 
 from __future__ import annotations
@@ -62,7 +60,7 @@ log = logging.getLogger(__name__)
 
 PassKind = Literal["pause", "commit", "partial", "final"]
 T = TypeVar("T")
-_Job = tuple["Future[str]", int, int]  # the decoding, its session generation, its number
+_Job = tuple["Future[str]", int]  # the decoding, and the session generation it belongs to
 _MIN_PREFIX_WORDS = 3  # a shorter stable prefix is not forced
 _TRAILING = ".,;:!?"  # punctuation after a word that the end of a partial pass may add
 
@@ -75,9 +73,6 @@ class Engine(Protocol):
 
     @property
     def busy(self) -> bool: ...
-
-    @property
-    def overlap(self) -> bool: ...  # a job submitted now runs beside a background one
 
     def submit(self, fn: Callable[[], T], *, background: bool = False) -> Future[T] | None: ...
 
@@ -119,7 +114,6 @@ class StreamOptions:
 
 @dataclass(frozen=True)
 class _Result:
-    seq: int  # the pass's number: a pass that returns after a later one is ignored
     start: int  # first sample decoded (the commit point when the pass started)
     end: int  # one past the last sample decoded
     speech_end: int  # end of the last speech before ``end`` when the pass started
@@ -137,8 +131,6 @@ class WhisperStream:
         self._step = int(self.options.step_s * SAMPLE_RATE)
         self._min_commit = int(self.options.min_commit_s * SAMPLE_RATE)
         self._job: asyncio.Task[None] | None = None
-        self._job_kind: PassKind | None = None
-        self._seq = 0  # passes submitted
         # Passes run since the session was made, by kind (for metrics and tests).
         self.passes: dict[PassKind, int] = {"pause": 0, "commit": 0, "partial": 0, "final": 0}
         self._buf = np.zeros(SAMPLE_RATE * 8, dtype=np.int16)
@@ -162,7 +154,6 @@ class WhisperStream:
         self._floor = 0.0
         self._peak = -120.0
         self._job = None
-        self._job_kind = None
 
     async def push(self, frame: PCM, speech: bool | None = None) -> None:
         """Add caller audio (16 kHz int16, any length). ``speech``: the caller's VAD verdict
@@ -227,10 +218,7 @@ class WhisperStream:
 
     # -- internals -------------------------------------------------------------------------
     async def _finish(self) -> str:
-        if not (self._job_kind == "partial" and self._stt.overlap):
-            await self.idle()  # the pass running may be the final one; never cancel it
-        # else a partial pass is still running on the other worker: the final pass starts
-        # now beside it (it is newer: the partial's text is ignored when it returns)
+        await self.idle()  # the pass running may be the final one; never cancel it
         if self._speech_start is None or self._covered():
             return self.partial()
         end = min(self._n, self._speech_end + int(self.options.tail_s * SAMPLE_RATE))
@@ -292,7 +280,6 @@ class WhisperStream:
         self._last_pass_end = end
         job = self._submit(kind, start, end, background=True)
         if job is not None:  # None: the worker became busy; skip this pass
-            self._job_kind = kind
             self._job = asyncio.get_running_loop().create_task(
                 self._background(kind, job, start, end, speech_end), name=f"whisper-{kind}")
 
@@ -322,8 +309,7 @@ class WhisperStream:
         if future is None:
             return None
         self.passes[kind] += 1
-        self._seq += 1
-        return future, self._generation, self._seq
+        return future, self._generation
 
     def _apply(
         self, kind: PassKind, job: _Job, start: int, end: int, speech_end: int, text: str,
@@ -332,9 +318,7 @@ class WhisperStream:
         where the speech in it ended)."""
         if job[1] != self._generation or start != self._cut:
             return  # reset, or a commit moved the start while this pass ran
-        if self._result is not None and self._result.seq > job[2]:
-            return  # a later pass (a final run beside this one) already returned
-        self._result = _Result(job[2], start, end, speech_end, text)
+        self._result = _Result(start, end, speech_end, text)
         if kind == "partial":
             self._partials = [*self._partials[-1:], text]
         self._try_commit()
