@@ -10,7 +10,7 @@ import time
 import pytest
 
 from rejoinder.config import load_config
-from rejoinder.core.redact import luhn_valid, might_hold_personal_data, redact
+from rejoinder.core.redact import luhn_valid, might_hold_personal_data, number_pending, redact
 from rejoinder.observability.logs import RedactFilter, setup_logging
 from rejoinder.providers.base import ChatMessage
 from rejoinder.providers.factory import build_stack
@@ -228,3 +228,16 @@ def test_a_log_line_with_nothing_to_redact_is_left_alone():
     # a call with bad arguments is logging's own error to report, not a crash here
     bad = logging.LogRecord("x", logging.INFO, __file__, 1, "turn %d", ("three",), None)
     assert RedactFilter().filter(bad)
+
+
+@pytest.mark.parametrize(("text", "pending"), [
+    ("my card is 4111 11", True),
+    ("my card is four one one", True),
+    ("call me at 555 123 and", True),
+    ("my card is", False),
+    ("I have 2 kids and a dog", False),
+    ("order a1b2 and w0", False),  # digits inside a word are not a number being said
+    ("", False),
+])
+def test_a_number_still_being_said_is_pending(text: str, pending: bool) -> None:
+    assert number_pending(text) is pending

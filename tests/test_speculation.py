@@ -235,6 +235,35 @@ def test_the_llm_reads_the_callers_words_while_they_speak(prefill):
     assert llm.requests[1] == [system, *first_turn, ChatMessage("user", "w0 w1 w2")]
 
 
+class _Dictating(FakeSTT):
+    """Partial transcript: "my card is", then one digit group per 0.5 s of speech."""
+
+    def stream(self):
+        session = BufferedSTTStream(self)
+        said = ["my card is", "4111", "1111", "1111"]
+        session.partial = lambda: " ".join(said[: session._speech // 25])
+        return session
+
+
+@pytest.mark.parametrize("redact", [True, False])
+def test_the_llm_does_not_read_ahead_a_number_half_said(redact):
+    stt = _Dictating(["my card is 4111 1111 1111"], Latency(first_s=0.1))
+    llm = FakeLLM(["Thanks."], Latency(first_s=0.2))
+    llm.redact = redact
+
+    async def main():
+        return await converse(fake_stack(stt=stt, llm=llm),
+                              [("silence", 0.5), ("speech", 2.0)])
+
+    run_virtual(main())
+    said = [m[-1].content for m in llm.prefills]
+    if redact:  # "4111" might be the start of a card number: wait for the whole turn
+        assert said == ["my card is"]
+    else:
+        assert said == ["my card is", "my card is 4111", "my card is 4111 1111",
+                        "my card is 4111 1111 1111"]
+
+
 @pytest.mark.parametrize(("words", "p", "asked", "confirmed_ms"), [
     ("Can you tell me?", 0.1, True, 1000.0),   # the LLM: not the end of a question
     ("Can you tell me?", 0.6, True, 220.0),    # it is: confirmed once the LLM answers

@@ -93,6 +93,9 @@ _IBAN = re.compile(r"(?<![^\W_])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z
 # The cheap test first: is there anything a pattern could match at all?
 _DIGITISH = re.compile(rf"\d|\b(?:{_DIGIT_WORD}|double|triple)\b", re.IGNORECASE)
 _AT_WORD = re.compile(r"\bat\b", re.IGNORECASE)
+_LAST_WORDS_DIGIT = re.compile(  # a digit among the last three words
+    rf"(?:(?<![^\W\d_])\d|\b(?:{_DIGIT_WORD}|double|triple)\b)\S*(?:\s+\S+){{0,2}}\s*$",
+    re.IGNORECASE)
 _DOT_HINT = re.compile(r"\bdot\b|\.\w", re.IGNORECASE)
 
 
@@ -103,6 +106,13 @@ def redact(text: str) -> str:
     text = _EMAIL.sub(EMAIL, text)
     text = _IBAN.sub(_iban, text)
     return _RUN.sub(_run, text)
+
+
+def number_pending(text: str) -> bool:
+    """Whether the last words of a transcript still being spoken hold a digit (a figure or
+    a digit word): a number may be half said, too short yet for :func:`redact` to judge
+    ("my card is 4111 11"), so words so far that end this way are not sent anywhere."""
+    return bool(_LAST_WORDS_DIGIT.search(text))
 
 
 def might_hold_personal_data(text: str) -> bool:

@@ -47,6 +47,7 @@ import numpy as np
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import ProviderError
+from rejoinder.core.redact import number_pending
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage, Stack
@@ -375,6 +376,8 @@ class Conversation:
         text = self.stt.partial()
         if not text or text == self._prefilled:
             return
+        if self.stack.llm.redact and number_pending(text):
+            return  # a number half said cannot be judged (redacted) yet: wait for its end
         self._prefilled = text
         messages = [self.system, *self.history, ChatMessage("user", text)]
         self._prefill = self._spawn(self._prefill_llm(messages), "prefill")
