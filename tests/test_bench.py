@@ -111,6 +111,10 @@ def test_smoke_bench_against_the_simulated_cloud(tmp_path):
     assert level["calls"] == {"started": 1, "refused": 0, "failed": 0, "completed": 1}
     turns = level["turns"]
     assert len(turns) == 3 and all(t["replied"] for t in turns)
+    # What each side said, as the caller received it, for reading a run afterwards.
+    said = level["said"]
+    assert [s["who"] for s in said if s["who"] == "user"] == ["user"] * 3
+    assert all(s["text"] for s in said) and {s["who"] for s in said} == {"user", "agent"}
     ideal = results["meta"]["ideal_ms"]
     assert ideal == pytest.approx(100 + 150 + 250 + 5 * 20 + 100)  # speculating at the pause
     for t in turns:

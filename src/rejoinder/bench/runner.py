@@ -124,6 +124,7 @@ async def _run_level(url: str, n: int, opts: BenchOptions, ideal: float | None,
     sampling = asyncio.create_task(sampler.run())
     counts = {"started": n, "refused": 0, "failed": 0, "completed": 0}
     turns: list[dict[str, Any]] = []
+    said: list[dict[str, Any]] = []  # the words of both sides (scripted speech: no one's data)
     errors: list[str] = []
 
     async def one(i: int) -> None:
@@ -145,6 +146,8 @@ async def _run_level(url: str, n: int, opts: BenchOptions, ideal: float | None,
         counts["completed"] += 1
         mine = turns_of(record, i, ideal)
         turns.extend(mine)
+        said.extend({"call": i, "turn": e.get("turn"), "who": e["type"], "text": e.get("text")}
+                    for e in record.events if e.get("type") in ("user", "agent"))
         v2v = [t["v2v_ms"] for t in turns if t["v2v_ms"] is not None]
         progress(f"  call {counts['completed'] + counts['failed'] + counts['refused']}/{n} done"
                  f" ({sum(t['replied'] is True for t in mine)}"
@@ -155,7 +158,7 @@ async def _run_level(url: str, n: int, opts: BenchOptions, ideal: float | None,
     sampling.cancel()
     for e in sorted(set(errors)):
         progress(f"  ! {e}")
-    return {"concurrency": n, "calls": counts, "turns": turns,
+    return {"concurrency": n, "calls": counts, "turns": turns, "said": said,
             "resources": {"samples": sampler.samples}, "errors": sorted(set(errors))}
 
 
