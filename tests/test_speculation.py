@@ -307,3 +307,29 @@ def test_the_llm_judges_whether_a_question_is_finished(words, p, asked, confirme
 ])
 def test_a_transcript_that_trails_off_is_unfinished(text, unfinished):
     assert TurnOptions().is_unfinished(text) is unfinished
+
+
+@pytest.mark.parametrize(("text", "punctuated", "unfinished"), [
+    ("And Mr. John Dashwood had", True, True),   # Whisper closes a finished sentence
+    ("And Mr. John Dashwood had", False, False),  # a recogniser that never punctuates
+    ("And Mr. John Dashwood had.", True, False),
+    ("10 of clubs", True, False),                 # short commands come without
+    ("Is it five?", True, False),
+])
+def test_a_long_transcript_without_closing_punctuation_is_unfinished(text, punctuated,
+                                                                    unfinished):
+    assert TurnOptions().is_unfinished(text, punctuated=punctuated) is unfinished
+
+
+@pytest.mark.parametrize(("punctuates", "confirmed_ms"), [(True, 1000.0), (False, 210.0)])
+def test_the_engine_knows_whether_its_recogniser_punctuates(punctuates, confirmed_ms):
+    stt = FakeSTT(["and then my brother came"], Latency(first_s=0.1))  # 5 words, no "."
+    stt.punctuates = punctuates
+    model = FakeTurnModel(0.95, Latency(first_s=0.05))
+
+    async def main():
+        return await converse(fake_stack(stt=stt, turn=model),
+                              [("silence", 0.5), ("speech", 1.0)])
+
+    conv, ear, events = run_virtual(main())
+    assert conv.traces[0]["ms_after_speech_end"]["turn_confirmed"] == approx(confirmed_ms)

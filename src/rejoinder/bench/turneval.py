@@ -178,7 +178,7 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
         """``Conversation.unfinished`` on Whisper's transcript of [start, end)."""
         assert stt is not None
         text = stt.decode(pcm[start:end])
-        verdict, p = options.is_unfinished(text), None
+        verdict, p = options.is_unfinished(text, punctuated=stt.punctuates), None
         if not verdict and llm is not None and text.rstrip().endswith("?"):
             try:
                 p = asyncio.run(llm.turn_end_p([system, ChatMessage("user", text)]))

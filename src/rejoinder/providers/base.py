@@ -169,6 +169,10 @@ class BufferedSTTStream:
 class STT(ABC):
     """Speech to text for one finished utterance (16 kHz mono int16)."""
 
+    #: Whether transcripts end with closing punctuation when the recogniser hears a finished
+    #: sentence (Whisper does); the turn engine then reads a long one without it as unfinished.
+    punctuates = False
+
     name = "stt"
     timeout_s = 10.0
 

@@ -305,7 +305,7 @@ class Conversation:
         o = self.opts
         if not o.hold_unfinished or not text:
             return False
-        if o.is_unfinished(text):
+        if o.is_unfinished(text, punctuated=self.stack.stt.punctuates):
             return True
         if not text.rstrip().endswith("?") or o.question_end_p <= 0:
             return False

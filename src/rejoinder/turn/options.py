@@ -23,6 +23,7 @@ UNFINISHED_WORDS = (
     "these", "those", "be", "been", "being", "i", "we", "you", "he", "she", "they", "i'm",
     "we're", "you're", "they're", "um", "uh", "er", "erm")
 # A transcript ending on these has trailed off: "I was wondering if...", "Boston to -".
+_CLOSING = frozenset(".?!…\"')")
 _TRAILING = re.compile(r"(\.\.\.|…|-|–|—|,)\s*$")
 
 
@@ -60,6 +61,10 @@ class TurnOptions:
     # (LibriVox: up to 0.39) and finished questions 0.28-0.77. For statements its answer
     # does not separate the two (ROC AUC 0.64), so they are left to the word list.
     question_end_p: float = 0.25
+    # ...and, from a recogniser that punctuates (Whisper), a transcript of this many words or
+    # more with no closing punctuation is unfinished ("And Mr. John Dashwood had"); shorter
+    # commands often come without ("10 of clubs"). 0: off.
+    unpunctuated_words: int = 5
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
     prefill: bool = True           # read the caller's words into the LLM while they speak
     model: str = "smart-turn"      # the end-of-turn model: "smart-turn" or "none" (silence)
@@ -78,6 +83,8 @@ class TurnOptions:
         for name in ("vad_threshold", "confirm_p", "hold_p"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"turn.{name}", "must be between 0 and 1")
+        if self.unpunctuated_words < 0:
+            raise ConfigError("turn.unpunctuated_words", "must not be negative")
         if not 0.0 <= self.question_end_p < 1.0:
             raise ConfigError("turn.question_end_p", "must be at least 0 and below 1")
         for name in ("pause_s", "end_silence_s", "max_silence_s", "min_speech_s",
@@ -116,14 +123,19 @@ class TurnOptions:
             allowed |= set(self.unfinished_words)
         return all(w in allowed for w in said)
 
-    def is_unfinished(self, text: str) -> bool:
+    def is_unfinished(self, text: str, *, punctuated: bool = False) -> bool:
         """Whether a transcript reads as a sentence the caller has not finished: it trails
         off (an ellipsis, a dash, a comma) or its last word is one of ``unfinished_words``
-        (unless it is a question: "who are you with?")."""
+        (unless it is a question: "who are you with?"); or, from a recogniser that
+        punctuates (``punctuated``), it has ``unpunctuated_words`` words or more and no
+        closing punctuation."""
         text = text.strip()
         if not text:
             return False
         if _TRAILING.search(text):
+            return True
+        if (punctuated and self.unpunctuated_words and text[-1] not in _CLOSING
+                and len(words(text)) >= self.unpunctuated_words):
             return True
         last = words(text)[-1:]
         return bool(last) and not text.endswith("?") and last[0] in self.unfinished_words

@@ -94,6 +94,7 @@ class WhisperSTT(STT):
     """
 
     name = "whisper"
+    punctuates = True
 
     def __init__(self, options: WhisperOptions | None = None) -> None:
         self.options = options or WhisperOptions()
