@@ -220,6 +220,25 @@ def test_a_log_line_with_personal_data_is_redacted(capsys):
     assert lines[1]["msg"] == "turn 3 of [number]"
 
 
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_a_traceback_with_personal_data_is_redacted(capsys, json_lines):
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("info", json_lines=json_lines)
+        try:
+            raise ValueError("could not parse 'call me at 555 123 4567'")
+        except ValueError:
+            logging.getLogger("rejoinder.test").exception("turn failed")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "ValueError: could not parse 'call me at [phone number]'" in (
+        json.loads(err)["exc"] if json_lines else err)
+    assert "555" not in err
+
+
 def test_a_log_line_with_nothing_to_redact_is_left_alone():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "turn %d %s", (3, "completed"),
                                None)

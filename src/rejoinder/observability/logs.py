@@ -2,10 +2,10 @@
 
 Personal data (transcripts, replies) never goes into log lines; it travels only
 to the caller over the call's own event channel. In depth, the handler that
-:func:`setup_logging` installs redacts every message and every string value of
-``extra={"record": {...}}`` (:mod:`rejoinder.core.redact`), so a line that carries a
-card number or an email by mistake still does not write it out. The call id (a
-server-generated hex string) is left as it is, so records can still be joined.
+:func:`setup_logging` installs redacts every message, every string value of
+``extra={"record": {...}}`` and every traceback (:mod:`rejoinder.core.redact`), so a
+line that carries a card number or an email by mistake still does not write it out. The
+call id (a server-generated hex string) is left as it is, so records can still be joined.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+from typing import Any
 
 from rejoinder.core.redact import redact
 
@@ -53,7 +54,17 @@ class RedactFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class _Redacting(logging.Formatter):
+    """Tracebacks and stacks redacted too: an exception's message may quote what failed."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        return redact(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return redact(super().formatStack(stack_info))
+
+
+class JsonFormatter(_Redacting):
     """One JSON object a line; ``extra={"record": {...}}`` is merged in."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -78,7 +89,7 @@ def setup_logging(level: str = "info", json_lines: bool = True) -> None:
     handler.addFilter(RedactFilter())
     handler.setFormatter(
         JsonFormatter() if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s"))
+        else _Redacting("%(asctime)s %(levelname)s %(name)s [%(call_id)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
