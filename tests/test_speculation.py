@@ -70,7 +70,7 @@ def test_end_of_turn_model_moves_the_confirmation(p, confirmed_ms):
 
     async def main():
         return await converse(fake_stack(turn=model), [("silence", 0.5), ("speech", 1.0)],
-                              options=TurnOptions(reask_s=0.0))
+                              options=TurnOptions(reask_s=0.0, finished_silence_s=0.0))
 
     conv, ear, events = run_virtual(main())
     (trace,) = conv.traces
@@ -262,6 +262,24 @@ def test_the_llm_does_not_read_ahead_a_number_half_said(redact):
     else:
         assert said == ["my card is", "my card is 4111", "my card is 4111 1111",
                         "my card is 4111 1111 1111"]
+
+
+@pytest.mark.parametrize(("words", "finished_s", "confirmed_ms"), [
+    ("I'd like a table.", 0.7, 700.0),      # finished words cut the model's hold short
+    ("I'd like a table for", 0.7, 1000.0),  # unfinished ones do not
+    ("I'd like a table.", 0.0, 1000.0),     # off
+])
+def test_finished_words_shorten_the_models_hold(words, finished_s, confirmed_ms):
+    stt = FakeSTT([words], Latency(first_s=0.1))
+    model = FakeTurnModel(0.2, Latency(first_s=0.05))  # "not yet", every time it is asked
+
+    async def main():
+        return await converse(fake_stack(stt=stt, turn=model),
+                              [("silence", 0.5), ("speech", 1.0)],
+                              options=TurnOptions(finished_silence_s=finished_s))
+
+    conv, ear, events = run_virtual(main())
+    assert conv.traces[0]["ms_after_speech_end"]["turn_confirmed"] == approx(confirmed_ms)
 
 
 @pytest.mark.parametrize(("words", "p", "asked", "confirmed_ms"), [

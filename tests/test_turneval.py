@@ -17,7 +17,7 @@ from rejoinder.bench.turneval import (
 from rejoinder.bench.turnset import Silence, TurnItem, build
 from rejoinder.turn.options import TurnOptions
 
-OPTS = TurnOptions(model_after_s=0.1, reask_s=0.0)  # the model is asked once, at the pause
+OPTS = TurnOptions(model_after_s=0.1, reask_s=0.0, finished_silence_s=0.0)  # asked once
 SILENCE = TurnOptions(model="none")
 LATENCY = 0.11  # 1760 samples
 S = 16_000  # samples per second; frames are 320 samples (20 ms)
@@ -144,6 +144,15 @@ def test_words_hold_a_pause_the_model_would_cut_off() -> None:
     off = replace(OPTS, hold_unfinished=False)
     assert confirmations(PAUSED, off, model, latency_s=LATENCY, words=words,
                          words_latency_s=0.25)[0].at == 17_600 + 1_760
+
+
+def test_finished_words_end_a_held_turn_at_finished_silence_s() -> None:
+    model = FakeModel(0.2)  # "not yet": alone, only max_silence_s (1 s) ends the turn
+    opts = replace(OPTS, finished_silence_s=0.7)
+    found = confirmations(PAUSED, opts, model, latency_s=LATENCY,
+                          words=lambda start, end: False, words_latency_s=0.25)
+    # The 500 ms pause is shorter than 0.7 s; the end comes 0.7 s after the last voice.
+    assert found == [Confirmation(at=40_000 + 11_200, last_voiced=40_000, p=0.2)]
 
 
 def test_a_click_is_not_a_turn_and_the_preroll_starts_after_it() -> None:

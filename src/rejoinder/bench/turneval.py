@@ -120,6 +120,9 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
         if at is not None and check_words and silence / SAMPLE_RATE < opts.max_silence_s:
             ready = at if ready is None else ready
             at = None if words_at > e or unfinished else max(ready, words_at)
+        if (at is None and check_words and opts.finished_silence_s and words_at <= e
+                and not unfinished and silence / SAMPLE_RATE >= opts.finished_silence_s - 1e-9):
+            at = e  # the words read as finished: ``finished_silence_s`` ends the turn
         if at is not None:
             out.append(Confirmation(at, last, p))
             waiting = True
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-words", action="store_true",
                     help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
-                  "quiet_tail_s", "model_after_s", "reask_s")
+                  "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     args = ap.parse_args(argv)

@@ -296,6 +296,10 @@ class Conversation:
         if (done and o.hold_unfinished and reply is not None and silence_s < o.max_silence_s
                 and (not reply.transcript_ready.is_set() or reply.unfinished)):
             done = False  # the words are not in yet, or they trail off: not an end yet
+        if (not done and o.hold_unfinished and o.finished_silence_s and reply is not None
+                and silence_s >= o.finished_silence_s and reply.transcript_ready.is_set()
+                and not reply.unfinished):
+            done = True  # the model still says "not yet", but the words read as finished
         if done:
             self._confirm(now)
 
