@@ -48,11 +48,11 @@ class TurnOptions:
     finished_silence_s: float = 0.7
     model_after_s: float = 0.16    # silence before the end-of-turn model is asked
     # While the model says "not yet", ask it again this much later (0: once per pause): it
-    # judges an end better with more silence. Alone it confirmed 10-16 % more mid-sentence
-    # pauses on the turneval set; with the words check (``hold_unfinished``) 0.2 s costs
-    # one more item in 56 and cuts the mean end delay from 604 to 475 ms
+    # judges an end better with more silence. Off: with ``finished_silence_s`` the turneval
+    # set had 2 fewer cut-offs in 56 without it (mean end delay +51 ms, p95 the same), and
+    # each question is ~0.1 s of a core taken from the reply being prepared meanwhile
     # (docs/benchmarks.md).
-    reask_s: float = 0.2
+    reask_s: float = 0.0
     confirm_p: float = 0.9         # model at least this sure: the turn ends when it answers
     hold_p: float = 0.5            # model below this: wait for max_silence_s
     # The words as a third signal: a turn is confirmed only once the speculative transcript
