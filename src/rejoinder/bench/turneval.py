@@ -43,8 +43,8 @@ import numpy as np
 
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
-from rejoinder.core.errors import ProviderError
 from rejoinder.providers.base import ChatMessage
+from rejoinder.turn.engine import words_unfinished
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
 
@@ -178,18 +178,12 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
     times: list[float] = []
 
     def unfinished(pcm: PCM, said: list[dict[str, Any]], start: int, end: int) -> bool:
-        """``Conversation.unfinished`` on Whisper's transcript of [start, end)."""
+        """The engine's words check on Whisper's transcript of [start, end)."""
         assert stt is not None
         text = stt.decode(pcm[start:end])
-        verdict, p = options.is_unfinished(text, punctuated=stt.punctuates), None
-        if not verdict and llm is not None and text.rstrip().endswith("?"):
-            try:
-                p = asyncio.run(llm.turn_end_p([system, ChatMessage("user", text)]))
-            except ProviderError:  # as the engine does: no answer, no hold
-                p = None
-            verdict = p is not None and p < options.question_end_p
-        said.append({"at_s": end / SAMPLE_RATE, "text": text, "llm_p": p,
-                     "unfinished": verdict})
+        verdict = asyncio.run(words_unfinished(options, text, punctuated=stt.punctuates,
+                                               llm=llm, context=[system]))
+        said.append({"at_s": end / SAMPLE_RATE, "text": text, "unfinished": verdict})
         return verdict
 
     def ask(pcm: PCM, asked: list[tuple[float, float]], start: int, end: int) -> float:

@@ -50,7 +50,7 @@ from rejoinder.core.errors import ProviderError
 from rejoinder.core.redact import number_pending
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
-from rejoinder.providers.base import ChatMessage, Stack
+from rejoinder.providers.base import LLM, ChatMessage, Stack
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
@@ -67,6 +67,25 @@ _vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
 _HOLD_SPECULATIVE = "speculative"
 _HOLD_CALLER = "caller"
 _TURN_MODEL_WINDOW = 8 * SAMPLE_RATE
+
+
+async def words_unfinished(opts: TurnOptions, text: str, *, punctuated: bool,
+                           llm: LLM | None, context: list[ChatMessage]) -> bool:
+    """Whether the caller's transcript reads as unfinished: it trails off
+    (``TurnOptions.is_unfinished``), or it is a question the LLM (if any) finds unlikely to
+    end there (``question_end_p``; ``context``: the messages before it)."""
+    if not text:
+        return False
+    if opts.is_unfinished(text, punctuated=punctuated):
+        return True
+    if llm is None or opts.question_end_p <= 0 or not text.rstrip().endswith("?"):
+        return False
+    try:
+        p = await llm.turn_end_p([*context, ChatMessage("user", text)])
+    except ProviderError as exc:  # no answer: the other signals decide
+        log.debug("turn end from the LLM failed: %s", exc)
+        return False
+    return p is not None and p < opts.question_end_p
 
 
 class Conversation:
@@ -304,22 +323,11 @@ class Conversation:
             self._confirm(now)
 
     async def unfinished(self, text: str) -> bool:
-        """The words check (``hold_unfinished``): the transcript trails off, or it is a
-        question the LLM finds unlikely to end there (``question_end_p``)."""
-        o = self.opts
-        if not o.hold_unfinished or not text:
+        """The words check for a speculative transcript (see :func:`words_unfinished`)."""
+        if not self.opts.hold_unfinished:
             return False
-        if o.is_unfinished(text, punctuated=self.stack.stt.punctuates):
-            return True
-        if not text.rstrip().endswith("?") or o.question_end_p <= 0:
-            return False
-        messages = [self.system, *self.history, ChatMessage("user", text)]
-        try:
-            p = await self.stack.llm.turn_end_p(messages)
-        except ProviderError as exc:  # no answer: the other signals decide
-            log.debug("turn end from the LLM failed: %s", exc)
-            return False
-        return p is not None and p < o.question_end_p
+        return await words_unfinished(self.opts, text, punctuated=self.stack.stt.punctuates,
+                                      llm=self.stack.llm, context=[self.system, *self.history])
 
     def transcribed(self, reply: Reply) -> None:
         """A reply's transcript is in: it may be the last signal the turn waited for."""

@@ -139,11 +139,11 @@ class TurnOptions:
             return False
         if _TRAILING.search(text):
             return True
+        said = words(text)
         if (punctuated and self.unpunctuated_words and text[-1] not in _CLOSING
-                and len(words(text)) >= self.unpunctuated_words):
+                and len(said) >= self.unpunctuated_words):
             return True
-        last = words(text)[-1:]
-        return bool(last) and not text.endswith("?") and last[0] in self.unfinished_words
+        return bool(said) and not text.endswith("?") and said[-1] in self.unfinished_words
 
 
 def words(text: str) -> list[str]:

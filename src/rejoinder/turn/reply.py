@@ -123,8 +123,8 @@ class Reply:
             async for delta in stream:
                 self.trace.mark("llm_first_token", conv.clock.now())
                 for clause in splitter.push(delta):
-                    self._clause_ready(clause, clauses)
-                    sentences += clause[-1] in _SENTENCE_MARKS and any(map(str.isalnum, clause))
+                    if self._clause_ready(clause, clauses):
+                        sentences += clause[-1] in _SENTENCE_MARKS
                 if sentences >= conv.opts.max_reply_sentences:
                     return  # long enough for speech; closing the stream stops the LLM
         finally:
@@ -132,13 +132,16 @@ class Reply:
         for clause in splitter.flush():
             self._clause_ready(clause, clauses)
 
-    def _clause_ready(self, clause: str, clauses: asyncio.Queue[_Clause | None]) -> None:
+    def _clause_ready(self, clause: str, clauses: asyncio.Queue[_Clause | None]) -> bool:
+        """Queue ``clause`` for speech; False if it has nothing to say ("..." or "—" alone:
+        a small LLM copies such marks), and then it is not a sentence either."""
         if not any(c.isalnum() for c in clause):
-            return  # "..." or "—" alone: nothing to say (a small LLM copies such marks)
+            return False
         self.trace.mark("first_clause", self.conv.clock.now())
         self.text += clause + " "
         self.clauses_queued += 1
         clauses.put_nowait((clause, False))
+        return True
 
     async def _filler(self, clauses: asyncio.Queue[_Clause | None]) -> None:
         """Say a short filler if nothing is ready ``filler_after_s`` after confirmation."""
