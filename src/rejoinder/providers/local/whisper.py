@@ -58,7 +58,11 @@ _MAX_PREFIX_TOKENS = 223  # faster-whisper's bound on a forced prefix (max_lengt
 class WhisperOptions:
     model_dir: Path | None = None  # a CTranslate2 Whisper model; None: tiny.en from the package
     compute_type: str = "int8"
-    threads: int = 2
+    # One thread is faster than two for tiny.en here, and leaves the other core to the LLM
+    # and the end-of-turn model that run at the same moments. Decoding is many small steps,
+    # and on 2 cores the sync between threads costs more than it saves (sttstream --compare
+    # threads: end of speech to transcript p50/p95 314/531 ms on 1 thread, 421/682 on 2).
+    threads: int = 1
     beam_size: int = 1
     language: str = "en"
     # faster-whisper's default is (0.0, 0.2, ..., 1.0): a bad-looking result is decoded again at
