@@ -27,9 +27,13 @@ from rejoinder.providers.base import TTS
 
 @dataclass(frozen=True)
 class PhraseCacheOptions:
-    max_words: int = 4
+    # Stock replies are often 5-8 words ("I'm sorry for any confusion.", "Sure, I can help
+    # with that."): a first clause that long costs Piper ~150 ms on 2 cores, the largest
+    # single step of a turn after the transcript. An entry of 8 words is ~2.5 s of audio,
+    # ~110 KB at 22.05 kHz, so a full cache holds ~28 MB.
+    max_words: int = 8
     ttl_s: float = 3600.0
-    max_entries: int = 512
+    max_entries: int = 256
 
     def __post_init__(self) -> None:
         if self.max_words < 1 or self.max_entries < 1:
