@@ -89,7 +89,8 @@ def test_barge_in_ends_at_the_last_agent_audio_before_the_caller_stops():
 
 
 def test_scripts_load_and_pauses_are_spliced_in_silence():
-    names = ["backchannels", "calls12", "interrupts", "librivox", "pauses", "smoke"]
+    names = ["backchannels", "calls12", "coldstart", "interrupts", "librivox", "pauses",
+             "smoke"]
     scripts = {n: load_script(n) for n in names}
     assert [t.interrupt_after_s for t in scripts["interrupts"].turns][:2] == [None, 0.8]
     audio = np.ones(16000, dtype=np.int16) * 1000

@@ -13,6 +13,7 @@ import pytest
 
 from rejoinder.bench import svg
 from rejoinder.bench.report import (
+    cold_start,
     pick_turn,
     render_html,
     render_table,
@@ -85,6 +86,18 @@ def test_cold_start_tax_is_the_first_turn_minus_the_median_of_the_rest_per_call(
     assert s["cold_start_ms"] == {"n": 2, "p50": 125.0, "p95": 282.5, "p99": 296.5,
                                   "max": 300.0}
     assert "cold-start tax" in render_table(_results({"concurrency": 1, "turns": turns}))
+
+
+def test_cold_start_tax_compares_the_same_words_when_the_script_repeats_them():
+    turns = [  # first 900 ("a"); later "a" turns 650/700 -> 900 - 675; "b" turns ignored
+        _turn(0, 900.0, say="a"), _turn(1, 300.0, say="b"), _turn(2, 700.0, say="a"),
+        _turn(3, 350.0, say="b"), _turn(4, 650.0, say="a"),
+        # a call whose first words never come back: the median of all its later turns
+        _turn(10, 500.0, say="c"), _turn(11, 300.0, say="d"), _turn(12, 400.0, say="d"),
+    ]
+    s = summarize(_results({"concurrency": 1, "turns": turns}))["runs"][0]["summary"]
+    assert s["cold_start_ms"]["n"] == 2
+    assert sorted(cold_start(turns)) == [150.0, 225.0]
 
 
 def test_v2v_100_to_199_has_the_textbook_percentiles():

@@ -35,6 +35,7 @@ class SpokenTurn:
     interrupt: bool     # scripted to talk over the agent
     pause_at: float | None = None  # caller clock: start of a spliced mid-sentence pause
     backchannel: bool = False      # a listening noise over the agent: no reply expected
+    say: str = ""                  # the script's source of the words ("librivox:0880")
 
 
 @dataclass
@@ -119,7 +120,7 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
         turns.append(SpokenTurn(index, start_t, eos_t + 1.0 / OUT_RATE,
                                 turn.interrupt_after_s is not None,
                                 None if pause is None else mic.time_of(pause),
-                                turn.backchannel))
+                                turn.backchannel, turn.say))
     return CallRecord(conn.call_id, turns, conn.received.loud_times(LOUD), conn.traces(),
                       conn.wall_offset, conn.events)
 

@@ -66,7 +66,8 @@ def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[st
             lag = (server.pop("speech_end_wall") - t.eos - record.wall_offset) * 1000.0
             server["eos_lag_ms"] = round(lag, 1)
         row: dict[str, Any] = {
-            "call": call, "turn": t.index, "call_id": record.call_id, "interrupt": t.interrupt,
+            "call": call, "turn": t.index, "call_id": record.call_id, "say": t.say,
+            "interrupt": t.interrupt,
             "backchannel": t.backchannel, "ideal_ms": ideal, "server": server,
             "barge_in_ms": None,
         }

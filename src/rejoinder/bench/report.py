@@ -89,17 +89,21 @@ def _pct(k: int, n: int) -> float | None:
 
 def cold_start(turns: Sequence[Mapping[str, Any]]) -> list[float]:
     """Per call, the cold-start tax (design.md): the first turn's voice-to-voice minus the
-    median of the same call's later turns. Calls with fewer than two measured turns have none."""
-    by_call: dict[object, list[tuple[int, float]]] = {}
+    median of the same call's later turns that say the same thing (the script repeats it),
+    or of all its later turns when none does. Turns differ in how long their words take to
+    transcribe and whether the end-of-turn model waits, so only the same words measure the
+    cold start alone. Calls with fewer than two measured turns have none."""
+    by_call: dict[object, list[tuple[int, float, object]]] = {}
     for t in turns:
         v2v, n = _finite([t.get("v2v_ms")]), _finite([t.get("turn")])
         if v2v and n:
-            by_call.setdefault(t.get("call"), []).append((int(n[0]), v2v[0]))
+            by_call.setdefault(t.get("call"), []).append((int(n[0]), v2v[0], t.get("say")))
     out = []
     for measured in by_call.values():
-        (_, first), *later = sorted(measured)
+        (_, first, say), *later = sorted(measured, key=lambda m: m[0])
+        same = [v for _, v, s in later if say and s == say]
         if later:
-            out.append(round(first - float(np.median([v for _, v in later])), 3))
+            out.append(round(first - float(np.median(same or [v for _, v, _ in later])), 3))
     return out
 
 
