@@ -167,10 +167,17 @@ def test_a_click_is_not_a_turn_and_the_preroll_starts_after_it() -> None:
 @pytest.mark.slow
 def test_evaluate_on_the_recorded_turns(tmp_path: Path) -> None:
     manifest = build(tmp_path, espeak=False)
-    model = evaluate(manifest, OPTS, use_model=True, model_latency_s=LATENCY)
-    silence = evaluate(manifest, replace(SILENCE, hold_unfinished=False), use_model=False,
-                       model_latency_s=LATENCY)
+    model, patient = evaluate(manifest, [OPTS, replace(OPTS, max_silence_s=2.0)],
+                              use_model=True, model_latency_s=LATENCY)
+    [silence] = evaluate(manifest, replace(SILENCE, hold_unfinished=False), use_model=False,
+                         model_latency_s=LATENCY)
     assert model["policy"] == "smart-turn+words" and silence["policy"] == "silence-only"
+    # A swept policy reuses the answers; waiting longer cannot cut off more or end sooner.
+    assert patient["policy"] == "smart-turn+words max_silence_s=2.0"
+    assert patient["overall"]["cutoffs"] <= model["overall"]["cutoffs"]
+    ends = [(a["end"], b["end"]) for a, b in zip(model["items"], patient["items"], strict=True)]
+    assert all(b is None or (a is not None and b["at_s"] >= a["at_s"]) for a, b in ends)
+    assert any(b is None or b["at_s"] > a["at_s"] for a, b in ends if a is not None)
     said = [s for item in model["items"] for s in item["said"]]
     assert len(said) >= 17 and any(s["text"] for s in said)  # a transcript at every pause
     assert all(not item["said"] for item in silence["items"])

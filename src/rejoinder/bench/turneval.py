@@ -156,10 +156,15 @@ def _done(opts: TurnOptions, model: bool, p: float | None, silence: int) -> bool
             or s >= opts.max_silence_s)
 
 
-def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool,
-             model_latency_s: float, words_latency_s: float = 0.24) -> dict[str, Any]:
-    """Replay every item of the manifest through one policy; the report as a dict.
-    With ``options.hold_unfinished``, Whisper transcribes the utterance at each pause."""
+def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOptions], *,
+             use_model: bool, model_latency_s: float,
+             words_latency_s: float = 0.24) -> list[dict[str, Any]]:
+    """Replay every item of the manifest through each policy of ``options``; a report (a
+    dict) per policy. With ``hold_unfinished``, Whisper transcribes the utterance at each
+    pause. The model's answer and the words check for a stretch of audio are computed once
+    and shared by the policies (a sweep costs little more than one policy)."""
+    variants = [options] if isinstance(options, TurnOptions) else list(options)
+    options = variants[0]
     from rejoinder.config import DEFAULT_SYSTEM_PROMPT
     from rejoinder.providers.local.silero import SileroVAD
     from rejoinder.providers.local.smart_turn import SmartTurn
@@ -177,24 +182,35 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
         asyncio.run(llm.warm([system]))  # as a call does before the caller's first word
     times: list[float] = []
 
-    def unfinished(pcm: PCM, said: list[dict[str, Any]], start: int, end: int) -> bool:
+    heard: dict[tuple[str, int, int], str] = {}  # transcripts, by item and samples
+    answers: dict[tuple[str, int, int], float] = {}  # the model's, by item and samples
+
+    def unfinished(file: str, pcm: PCM, opts: TurnOptions, said: list[dict[str, Any]],
+                   start: int, end: int) -> bool:
         """The engine's words check on Whisper's transcript of [start, end)."""
         assert stt is not None
-        text = stt.decode(pcm[start:end])
-        verdict = asyncio.run(words_unfinished(options, text, punctuated=stt.punctuates,
+        key = (file, start, end)
+        if key not in heard:
+            heard[key] = stt.decode(pcm[start:end])
+        text = heard[key]
+        verdict = asyncio.run(words_unfinished(opts, text, punctuated=stt.punctuates,
                                                llm=llm, context=[system]))
         said.append({"at_s": end / SAMPLE_RATE, "text": text, "unfinished": verdict})
         return verdict
 
-    def ask(pcm: PCM, asked: list[tuple[float, float]], start: int, end: int) -> float:
+    def ask(file: str, pcm: PCM, asked: list[tuple[float, float]], start: int,
+            end: int) -> float:
         assert model is not None
-        t0 = time.perf_counter()
-        p = model.predict(pcm[start:end])
-        times.append(time.perf_counter() - t0)
+        key = (file, start, end)
+        if key not in answers:
+            t0 = time.perf_counter()
+            answers[key] = model.predict(pcm[start:end])
+            times.append(time.perf_counter() - t0)
+        p = answers[key]
         asked.append((end / SAMPLE_RATE, p))
         return p
 
-    results = []
+    results: list[list[dict[str, Any]]] = [[] for _ in variants]
     try:
         for item in turnset.load(manifest):
             pcm = read_wav(manifest.parent / item.file)
@@ -211,13 +227,16 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
                 stream.close()
             cap = round(options.quiet_tail_s * SAMPLE_RATE / FRAME_SAMPLES)
             flags = credit_quiet_tails(flags, audible, cap)
-            asked: list[tuple[float, float]] = []  # (when, P) for each question
-            said: list[dict[str, Any]] = []  # the transcript at each pause
-            prob = None if model is None else functools.partial(ask, pcm, asked)
-            heard = None if stt is None else functools.partial(unfinished, pcm, said)
-            found = confirmations(flags, options, prob, latency_s=model_latency_s,
-                                  words=heard, words_latency_s=words_latency_s)
-            results.append({**_score(item, found), "asked": asked, "said": said})
+            for opts, out in zip(variants, results, strict=True):
+                asked: list[tuple[float, float]] = []  # (when, P) for each question
+                said: list[dict[str, Any]] = []  # the transcript at each pause
+                prob = (None if model is None
+                        else functools.partial(ask, item.file, pcm, asked))
+                check = (None if stt is None
+                         else functools.partial(unfinished, item.file, pcm, opts, said))
+                found = confirmations(flags, opts, prob, latency_s=model_latency_s,
+                                      words=check, words_latency_s=words_latency_s)
+                out.append({**_score(item, found), "asked": asked, "said": said})
     finally:
         vad.close()
         if model is not None:
@@ -226,20 +245,26 @@ def evaluate(manifest_path: str | Path, options: TurnOptions, *, use_model: bool
             stt.close()
         if llm is not None:
             llm.close()
-    groups = sorted({r["group"] for r in results})
     policy = "smart-turn" if use_model else "silence-only"
     if stt is not None:
         policy += "+words"
-    return {
-        "manifest": str(manifest), "policy": policy,
-        "options": dataclasses.asdict(options), "model_latency_s": model_latency_s,
-        "words_latency_s": words_latency_s if stt is not None else None,
-        "predict_calls": len(times),
-        "predict_ms_mean": 1000 * float(np.mean(times)) if times else None,
-        "overall": _summary(results),
-        "by_source": {g: _summary([r for r in results if r["group"] == g]) for g in groups},
-        "items": results,
-    }
+    reports = []
+    for opts, rs in zip(variants, results, strict=True):
+        groups = sorted({r["group"] for r in rs})
+        changed = {k: v for k, v in dataclasses.asdict(opts).items()
+                   if v != dataclasses.asdict(options)[k]}
+        reports.append({
+            "manifest": str(manifest),
+            "policy": policy + "".join(f" {k}={v}" for k, v in changed.items()),
+            "options": dataclasses.asdict(opts), "model_latency_s": model_latency_s,
+            "words_latency_s": words_latency_s if stt is not None else None,
+            "predict_calls": len(times),
+            "predict_ms_mean": 1000 * float(np.mean(times)) if times else None,
+            "overall": _summary(rs),
+            "by_source": {g: _summary([r for r in rs if r["group"] == g]) for g in groups},
+            "items": rs,
+        })
+    return reports
 
 
 def _group(source: str) -> str:
@@ -332,17 +357,27 @@ def main(argv: list[str] | None = None) -> int:
                   "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
+    ap.add_argument("--sweep", metavar="KNOB=V1,V2,...",
+                    help="also score these values of one knob (e.g. finished_silence_s=0.5,0.6),"
+                         " reusing the model's answers and the transcripts")
     args = ap.parse_args(argv)
     knobs = {k: getattr(args, k) for k in knob_names}
     opts = replace(TurnOptions(), **{k: v for k, v in knobs.items() if v is not None},
                    hold_unfinished=not args.no_words)
+    sweep: list[dict[str, Any]] = [{}]
+    if args.sweep:
+        knob, _, values = args.sweep.partition("=")
+        if knob not in knob_names or not values:
+            ap.error(f"--sweep: KNOB=V1,V2 with KNOB one of {', '.join(knob_names)}")
+        sweep += [{knob: float(v)} for v in values.split(",")]
     policies = [False] if args.silence_only else [True, False]
     with tempfile.TemporaryDirectory() as tmp:
         manifest = turnset.build(tmp) if args.manifest == "build" else Path(args.manifest)
-        reports = [evaluate(manifest, replace(opts, model="smart-turn" if m else "none"),
-                            use_model=m, model_latency_s=args.model_latency_s,
-                            words_latency_s=args.words_latency_s)
-                   for m in policies]
+        reports = [report for m in policies for report in evaluate(
+            manifest, [replace(opts, model="smart-turn" if m else "none", **change)
+                       for change in sweep],
+            use_model=m, model_latency_s=args.model_latency_s,
+            words_latency_s=args.words_latency_s)]
     sys.stdout.write(table(reports) + "\n")
     if args.json:
         args.json.write_text(json.dumps({r["policy"]: r for r in reports}, indent=1))
