@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,9 +78,13 @@ class PiperTTS(TTS):
         return stream_from_thread(lambda: self._chunks(text), self._executor)
 
     def _chunks(self, text: str) -> Iterator[PCM]:
+        t0 = time.perf_counter()
         for chunk in self._voice.synthesize(text, syn_config=self._syn_config):
             audio: PCM = chunk.audio_int16_array
+            log.debug("synthesised %.2f s of audio in %.0f ms", audio.size / self.sample_rate,
+                      1000 * (time.perf_counter() - t0))
             yield audio
+            t0 = time.perf_counter()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -304,8 +305,17 @@ class WhisperStream:
         session's generation is taken now too, so a reset voids the job."""
         audio, prompt = self._buf[start:end].copy(), _join(self._committed)
         prefix = self.stable_prefix() if kind in ("pause", "final") else ""
-        future = self._stt.submit(
-            lambda: self._stt.decode(audio, prompt, prefix), background=background)
+
+        def decode() -> str:
+            if not log.isEnabledFor(logging.DEBUG):
+                return self._stt.decode(audio, prompt, prefix)
+            t0 = time.perf_counter()
+            text = self._stt.decode(audio, prompt, prefix)
+            log.debug("%s pass: %.2f s of audio in %.0f ms", kind, audio.size / SAMPLE_RATE,
+                      1000 * (time.perf_counter() - t0))
+            return text
+
+        future = self._stt.submit(decode, background=background)
         if future is None:
             return None
         self.passes[kind] += 1
