@@ -10,7 +10,13 @@ import time
 import pytest
 
 from rejoinder.config import load_config
-from rejoinder.core.redact import luhn_valid, might_hold_personal_data, number_pending, redact
+from rejoinder.core.redact import (
+    before_pending_number,
+    luhn_valid,
+    might_hold_personal_data,
+    number_pending,
+    redact,
+)
 from rejoinder.observability.logs import RedactFilter, setup_logging
 from rejoinder.providers.base import ChatMessage
 from rejoinder.providers.factory import build_stack
@@ -260,3 +266,17 @@ def test_a_log_line_with_nothing_to_redact_is_left_alone():
 ])
 def test_a_number_still_being_said_is_pending(text: str, pending: bool) -> None:
     assert number_pending(text) is pending
+
+
+@pytest.mark.parametrize(("text", "before"), [
+    ("go forward 10", "go forward"),
+    ("my card is 4111 1111 1111 11", "my card is"),  # no digit group of it is left
+    ("my card is four one one", "my card is"),
+    ("call me at 555 123 and", "call me at"),
+    ("I have 2 kids and a dog", "I have 2 kids and a dog"),
+    ("33, 4, 692", ""),
+    ("", ""),
+])
+def test_the_words_before_a_number_still_being_said(text: str, before: str) -> None:
+    assert before_pending_number(text) == before
+    assert not number_pending(before)

@@ -115,6 +115,15 @@ def number_pending(text: str) -> bool:
     return bool(_LAST_WORDS_DIGIT.search(text))
 
 
+def before_pending_number(text: str) -> str:
+    """``text`` cut before a number that may still be being said (see
+    :func:`number_pending`), and before any digits just ahead of it: "go forward 10" ->
+    "go forward", "my card is 4111 1111 1111" -> "my card is"."""
+    while (m := _LAST_WORDS_DIGIT.search(text)) is not None:
+        text = text[:m.start()].rstrip()
+    return text
+
+
 def might_hold_personal_data(text: str) -> bool:
     """False when :func:`redact` certainly leaves ``text`` as it is (a quick test)."""
     if "@" in text:

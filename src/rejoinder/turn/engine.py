@@ -47,7 +47,7 @@ import numpy as np
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import ProviderError
-from rejoinder.core.redact import number_pending
+from rejoinder.core.redact import before_pending_number
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import LLM, ChatMessage, Stack
@@ -251,6 +251,10 @@ class Conversation:
         self._silence += len(frame)
         silence_s = self._silence / SAMPLE_RATE
         reply = self._reply
+        if reply is not None and not reply.transcript_ready.is_set():
+            # A partial pass that lands while the reply waits for its transcript (a long
+            # utterance's final pass takes 0.2-0.4 s) is still a head start for the LLM.
+            self._read_ahead()
         if self._interrupting is not None:
             if not self._paused and silence_s >= o.pause_s:
                 self._paused = True
@@ -380,16 +384,18 @@ class Conversation:
         fresh.start()
 
     def _read_ahead(self) -> None:
-        """While the caller speaks, give the LLM their words so far (``prefill``): the
-        reply's prompt will start the same, so a model with a prompt cache has read most of
-        it by the time the turn ends. One at a time, each time the words change."""
+        """While the caller speaks (and until the reply has their transcript), give the LLM
+        their words so far (``prefill``): the reply's prompt will start the same, so a model
+        with a prompt cache has read most of it by the time the turn ends. One at a time,
+        each time the words change."""
         if not self.opts.prefill or (self._prefill is not None and not self._prefill.done()):
             return
         text = self.stt.partial()
+        if self.stack.llm.redact:
+            # A number half said cannot be judged (redacted) yet: only the words before it.
+            text = before_pending_number(text)
         if not text or text == self._prefilled:
             return
-        if self.stack.llm.redact and number_pending(text):
-            return  # a number half said cannot be judged (redacted) yet: wait for its end
         self._prefilled = text
         messages = [self.system, *self.history, ChatMessage("user", text)]
         self._prefill = self._spawn(self._prefill_llm(messages), "prefill")
