@@ -235,39 +235,6 @@ def test_the_llm_reads_the_callers_words_while_they_speak(prefill):
     assert llm.requests[1] == [system, *first_turn, ChatMessage("user", "w0 w1 w2")]
 
 
-class _LandsInThePause(BufferedSTTStream):
-    """Partial transcript "w0" once speech came, and "w0 w1" from 160 ms into the silence
-    after it: a partial pass that returns while the speculative reply waits for its
-    transcript."""
-
-    def __init__(self, stt):
-        super().__init__(stt)
-        self.quiet = 0  # silence frames since the last speech
-
-    async def push(self, frame, speech=None):
-        await super().push(frame, speech)
-        self.quiet = 0 if speech or speech is None else self.quiet + 1
-
-    def partial(self):
-        return "" if not self._speech else "w0 w1" if self.quiet >= 8 else "w0"
-
-
-@pytest.mark.parametrize("prefill", [True, False])
-def test_a_partial_that_lands_in_the_pause_is_read_ahead_too(prefill):
-    stt = FakeSTT(["w0 w1 w2"], Latency(first_s=0.3))  # transcript 400 ms into the pause
-    stt.stream = lambda: _LandsInThePause(stt)
-    llm = FakeLLM(["Yes."], Latency(first_s=0.2))
-
-    async def main():
-        return await converse(fake_stack(stt=stt, llm=llm), [("silence", 0.5), ("speech", 1.0)],
-                              options=TurnOptions(prefill=prefill))
-
-    conv, ear, events = run_virtual(main())
-    system = ChatMessage("system", "Be brief.")
-    assert [m[-1].content for m in llm.prefills] == (["w0", "w0 w1"] if prefill else [])
-    assert llm.requests == [[system, ChatMessage("user", "w0 w1 w2")]]
-
-
 class _Dictating(FakeSTT):
     """Partial transcript: "my card is", then one digit group per 0.5 s of speech."""
 

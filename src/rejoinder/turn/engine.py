@@ -251,10 +251,6 @@ class Conversation:
         self._silence += len(frame)
         silence_s = self._silence / SAMPLE_RATE
         reply = self._reply
-        if reply is not None and not reply.transcript_ready.is_set():
-            # A partial pass that lands while the reply waits for its transcript (a long
-            # utterance's final pass takes 0.2-0.4 s) is still a head start for the LLM.
-            self._read_ahead()
         if self._interrupting is not None:
             if not self._paused and silence_s >= o.pause_s:
                 self._paused = True
@@ -384,10 +380,12 @@ class Conversation:
         fresh.start()
 
     def _read_ahead(self) -> None:
-        """While the caller speaks (and until the reply has their transcript), give the LLM
-        their words so far (``prefill``): the reply's prompt will start the same, so a model
-        with a prompt cache has read most of it by the time the turn ends. One at a time,
-        each time the words change."""
+        """While the caller speaks, give the LLM their words so far (``prefill``): the
+        reply's prompt will start the same, so a model with a prompt cache has read most of
+        it by the time the turn ends. One at a time, each time the words change. Not after
+        the caller stops: then the final Whisper pass and smart-turn hold the cores, and a
+        read-ahead of a partial that lands meanwhile took 450-590 ms instead of ~80 and
+        delayed the reply's own request (librivox, 2 runs)."""
         if not self.opts.prefill or (self._prefill is not None and not self._prefill.done()):
             return
         text = self.stt.partial()
