@@ -49,9 +49,14 @@ def test_turn_numbers_from_a_synthetic_call():
     assert turns[2]["barge_in_ms"] == pytest.approx(699.0, abs=0.5)
     assert [t["barge_in_ms"] for t in turns if not t["interrupt"]] == [None, None, None]
     # The server record joins the turn whose EoS is nearest (40 ms lag here).
-    assert turns[0]["server"] == {"turn": 7, "outcome": "completed",
+    assert turns[0]["server"] == {"turn": 7, "outcome": "completed", "tts_cached": None,
                                   "stages": {"stt_final": 120.0}, "eos_lag_ms": 40.0}
     assert turns[1]["server"] is None
+    # A first clause from the phrase cache has no TTS wait: its turn is held to that ideal.
+    record.traces[0]["tts_cached"] = True
+    turns = turns_of(record, call=3, ideal=450.0, ideal_cached=350.0)
+    assert [t["ideal_ms"] for t in turns] == [350.0, 450.0, 450.0, 450.0]
+    assert turns[0]["overhead_ms"] == 150.0
 
 
 def test_barge_in_needs_agent_audio_to_interrupt():
@@ -118,12 +123,18 @@ def test_smoke_bench_against_the_simulated_cloud(tmp_path):
     assert all(s["text"] for s in said) and {s["who"] for s in said} == {"user", "agent"}
     ideal = results["meta"]["ideal_ms"]
     assert ideal == pytest.approx(100 + 150 + 250 + 5 * 20 + 100)  # speculating at the pause
+    # The same reply's first clause comes from the phrase cache after turn 1: no TTS wait.
+    assert results["meta"]["ideal_cached_ms"] == pytest.approx(ideal - 100)
+    assert [t["server"]["tts_cached"] for t in turns] == [False, True, True]
     for t in turns:
+        cached = t["server"]["tts_cached"]
+        assert t["ideal_ms"] == results["meta"]["ideal_cached_ms" if cached else "ideal_ms"]
         # Nobody beats the critical path; the rest is what the server and network add.
-        assert ideal < t["v2v_ms"] < ideal + 400
+        assert t["ideal_ms"] < t["v2v_ms"] < t["ideal_ms"] + 400
         s = t["server"]["stages"]
         # The server's own trace shows the profile's latencies, each within ~50 ms.
         assert s["stt_final"] - s["vad_end"] == pytest.approx(150, abs=50)  # from the pause
         assert s["llm_first_token"] - s["stt_final"] == pytest.approx(250, abs=50)
-        assert s["tts_first_audio"] - s["first_clause"] == pytest.approx(100, abs=50)
+        tts_ms = 0 if cached else 100
+        assert s["tts_first_audio"] - s["first_clause"] == pytest.approx(tts_ms, abs=50)
         assert s["first_audio_sent"] < t["v2v_ms"]

@@ -7,7 +7,7 @@ import pytest
 
 from rejoinder.core.clock import Clock
 from rejoinder.providers.phrase_cache import PhraseCache, PhraseCacheOptions
-from rejoinder.testing import FakeTTS, Latency, fake_stack, run_virtual
+from rejoinder.testing import FakeLLM, FakeTTS, Latency, fake_stack, run_virtual
 from rejoinder.testing.loopback import converse
 from rejoinder.turn.clauses import split_clauses
 
@@ -27,14 +27,19 @@ def test_short_phrases_are_served_from_the_cache_until_their_ttl():
 
     async def main():
         clock = Clock()
+        held = [cache.holds("Sure thing.")]
         first = await _say(cache, "Sure thing.")
         again = await _say(cache, "Sure thing.")
+        held.append(cache.holds(" Sure thing. "))
         long = [await _say(cache, "That is a longer sentence.") for _ in range(2)]
+        held.append(cache.holds("That is a longer sentence."))
         await clock.sleep(61.0)
+        held.append(cache.holds("Sure thing."))
         expired = await _say(cache, "Sure thing.")
-        return first, again, long, expired
+        return first, again, long, expired, held
 
-    first, again, long, expired = run_virtual(main())
+    first, again, long, expired, held = run_virtual(main())
+    assert held == [False, True, False, False]  # what the next synthesis would find
     assert first[0] == approx(0.12) and again[0] == approx(0.0)
     assert np.array_equal(first[1], again[1])
     assert [t for t, _ in long] == [approx(0.12), approx(0.12)]  # never cached
@@ -77,3 +82,21 @@ def test_primed_greeting_plays_without_tts_latency_and_does_not_count_as_a_hit()
     assert ear.first_loud_after(-1) == approx(start + 0.005)
     assert inner.spoken == [greeting]
     assert cache.stats() == {"hits": 1, "misses": 0, "entries": 1, "hit_rate": 1.0}
+
+
+def test_a_turn_records_whether_its_first_clause_came_from_the_cache():
+    # Two turns, the same reply: the second one's first clause plays from the cache at once.
+    tts = PhraseCache(FakeTTS(Latency(first_s=0.1)))
+    llm = FakeLLM(["Sure thing. Anything else?"], Latency(first_s=0.1))
+
+    async def main():
+        return await converse(fake_stack(llm=llm, tts=tts),
+                              [("silence", 0.5), ("speech", 1.0), ("silence", 3.0),
+                               ("speech", 1.0)])
+
+    conv, ear, events = run_virtual(main())
+    first, second = conv.traces
+    assert (first["tts_cached"], second["tts_cached"]) == (False, True)
+    waits = [t["ms_after_speech_end"]["tts_first_audio"] - t["ms_after_speech_end"]["first_clause"]
+             for t in (first, second)]
+    assert waits == [approx(100.0), approx(0.0)]

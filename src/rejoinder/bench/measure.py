@@ -54,12 +54,18 @@ def ideal_ms(end_silence_s: float, stt_s: float, llm_ttft_s: float, tokens_per_s
     return 1000.0 * max(end_silence_s, pause_s + work)
 
 
-def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[str, Any]]:
+def turns_of(record: CallRecord, call: int, ideal: float | None,
+             ideal_cached: float | None = None) -> list[dict[str, Any]]:
+    """The measured turns of one call. ``ideal``: the critical path with the providers'
+    known latencies; ``ideal_cached``: the same when the reply's first clause comes from the
+    phrase cache (no TTS wait), used for the turns whose server trace says so."""
     loud = record.loud
     out: list[dict[str, Any]] = []
     for i, t in enumerate(record.turns):
         nxt = record.turns[i + 1].start if i + 1 < len(record.turns) else math.inf
         server = _join(record.traces, t.eos + record.wall_offset)
+        cached = server is not None and server.get("tts_cached") and ideal_cached is not None
+        turn_ideal = ideal_cached if cached else ideal
         if server is not None and server.get("speech_end_wall") is not None:
             # How long after the caller's EoS the server saw the end of speech (uplink,
             # decoding, VAD lag); the rest of v2v - first_audio_sent is the downlink.
@@ -68,7 +74,7 @@ def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[st
         row: dict[str, Any] = {
             "call": call, "turn": t.index, "call_id": record.call_id, "say": t.say,
             "interrupt": t.interrupt,
-            "backchannel": t.backchannel, "ideal_ms": ideal, "server": server,
+            "backchannel": t.backchannel, "ideal_ms": turn_ideal, "server": server,
             "barge_in_ms": None,
         }
         if t.backchannel:
@@ -81,7 +87,8 @@ def turns_of(record: CallRecord, call: int, ideal: float | None) -> list[dict[st
                 "cut_off": onset_after(loud, t.start, until=t.eos,
                                        quiet_s=BURST_GAP_S) is not None,
                 "barge_in_ms": barge_in_ms(loud, t.start, t.eos) if t.interrupt else None,
-                "overhead_ms": None if v2v is None or ideal is None else round(v2v - ideal, 1),
+                "overhead_ms": (None if v2v is None or turn_ideal is None
+                                else round(v2v - turn_ideal, 1)),
             })
         out.append(row)
     return out
@@ -142,4 +149,4 @@ def _join(traces: list[dict[str, Any]], eos_wall: float) -> dict[str, Any] | Non
     stages = dict(best.get("ms_after_speech_end") or {})
     stages.pop("speech_end", None)
     return {"turn": best.get("turn"), "outcome": best.get("outcome"), "stages": stages,
-            "speech_end_wall": best.get("speech_end_wall")}
+            "tts_cached": best.get("tts_cached"), "speech_end_wall": best.get("speech_end_wall")}

@@ -37,6 +37,8 @@ class TurnTrace:
     # "committed": the reply started speculatively at the pause and was kept; "restarted":
     # the transcript changed after that and the reply was built again; None: not speculative.
     speculation: str | None = None
+    # The reply's first clause came from the phrase cache (no TTS wait); None: not known yet.
+    tts_cached: bool | None = None
 
     def mark(self, stage: str, t: float) -> None:
         self.stamps.setdefault(stage, t)
@@ -55,6 +57,7 @@ class TurnTrace:
             "speech_end_wall": None if base is None else round(base + self.wall_offset, 4),
             "ms_after_speech_end": ms,
             "speculation": self.speculation,
+            "tts_cached": self.tts_cached,
             **({"error": self.error} if self.error else {}),
         }
 

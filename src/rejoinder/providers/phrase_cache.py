@@ -68,6 +68,11 @@ class PhraseCache(TTS):
         key = text.strip()
         return key in self._primed or 0 < len(key.split()) <= self.options.max_words
 
+    def holds(self, text: str) -> bool:
+        """Whether ``text`` would be played from the cache now (a fresh entry)."""
+        entry = self._entries.get(text.strip())
+        return entry is not None and self.clock.now() - entry.stored < self.options.ttl_s
+
     async def _synthesize(self, text: str) -> AsyncIterator[PCM]:
         async for chunk in self._lookup(text, count=True):
             yield chunk
