@@ -161,8 +161,9 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
              words_latency_s: float = 0.24) -> list[dict[str, Any]]:
     """Replay every item of the manifest through each policy of ``options``; a report (a
     dict) per policy. With ``hold_unfinished``, Whisper transcribes the utterance at each
-    pause. The model's answer and the words check for a stretch of audio are computed once
-    and shared by the policies (a sweep costs little more than one policy)."""
+    pause. The model's answer and Whisper's transcript for a stretch of audio are computed
+    once and shared by the policies (a sweep costs little more than one policy); the words
+    check on a transcript runs per policy, since its options may differ."""
     variants = [options] if isinstance(options, TurnOptions) else list(options)
     options = variants[0]
     from rejoinder.config import DEFAULT_SYSTEM_PROMPT

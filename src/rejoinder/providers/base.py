@@ -325,6 +325,10 @@ class TTS(_Streaming):
     @abstractmethod
     def _synthesize(self, text: str) -> AsyncIterator[PCM]: ...
 
+    def holds(self, text: str) -> bool:
+        """Whether ``text`` is ready to play at once, with no synthesis (a phrase cache)."""
+        return False
+
     async def warm(self) -> None:
         async for _ in self.synthesize("Hello."):
             pass

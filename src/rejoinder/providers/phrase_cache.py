@@ -70,8 +70,13 @@ class PhraseCache(TTS):
 
     def holds(self, text: str) -> bool:
         """Whether ``text`` would be played from the cache now (a fresh entry)."""
-        entry = self._entries.get(text.strip())
-        return entry is not None and self.clock.now() - entry.stored < self.options.ttl_s
+        return self._fresh(text.strip()) is not None
+
+    def _fresh(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None and self.clock.now() - entry.stored < self.options.ttl_s:
+            return entry
+        return None
 
     async def _synthesize(self, text: str) -> AsyncIterator[PCM]:
         async for chunk in self._lookup(text, count=True):
@@ -81,8 +86,8 @@ class PhraseCache(TTS):
         key = text.strip()
         short = self.cacheable(key)
         if short:
-            entry = self._entries.get(key)
-            if entry is not None and self.clock.now() - entry.stored < self.options.ttl_s:
+            entry = self._fresh(key)
+            if entry is not None:
                 self._entries.move_to_end(key)
                 self.hits += count
                 yield entry.audio

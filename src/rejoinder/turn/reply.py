@@ -163,8 +163,7 @@ class Reply:
             text, filler = item
             index = playout.begin_clause(self.turn, text, filler=filler)
             if self.trace.tts_cached is None:  # the first clause: will the cache play it?
-                holds = getattr(tts, "holds", None)
-                self.trace.tts_cached = bool(holds is not None and holds(text))
+                self.trace.tts_cached = tts.holds(text)
             resample = Resampler(tts.sample_rate, OUT_RATE)
             async for chunk in tts.synthesize(text):
                 self.trace.mark("tts_first_audio", conv.clock.now())
