@@ -11,6 +11,7 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [llm]      provider ("local" | "openai"), base_url, model, api_key, ...
     [tts]      provider ("local" | "remote"), url, api_key, sample_rate
     [log]      level, json
+    [store]    url, path, keep_days, prune_interval_s, queue_max, redact
 """
 
 from __future__ import annotations
@@ -154,6 +155,40 @@ class LogOptions:
 
 
 @dataclass(frozen=True)
+class StoreOptions:
+    """Where call records go (``rejoinder.store``): SQLite by default, PostgreSQL by URL."""
+
+    # A SQLAlchemy URL: "postgresql://user:pass@host/db" or "sqlite:///path/calls.db".
+    # Empty: SQLite at ``path``.
+    url: str = ""
+    # The SQLite file; empty: calls.db in $XDG_DATA_HOME/rejoinder (~/.local/share/rejoinder).
+    path: str = ""
+    keep_days: float = 30.0  # records older than this are deleted (0: kept for ever)
+    prune_interval_s: float = 3600.0
+    # Turns waiting to be written (the database slow or down); beyond this, new ones are
+    # dropped with a warning.
+    queue_max: int = 10_000
+    # Replace personal data in the stored transcripts as the LLM saw it (core.redact).
+    redact: bool = True
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("sqlite", "postgresql", "postgres:")):
+            raise ConfigError("store.url", "must be a sqlite:// or postgresql:// URL")
+        if self.url and self.path:
+            raise ConfigError("store.path", "give store.url or store.path, not both")
+        if self.keep_days < 0:
+            raise ConfigError("store.keep_days", "must be 0 (keep for ever) or more")
+        if self.prune_interval_s <= 0:
+            raise ConfigError("store.prune_interval_s", "must be positive")
+        if self.queue_max < 1:
+            raise ConfigError("store.queue_max", "must be at least 1")
+
+    def __repr__(self) -> str:  # a PostgreSQL URL may carry a password
+        return f"StoreOptions(url={'***' if self.url else ''!r}, path={self.path!r}, " \
+               f"keep_days={self.keep_days!r})"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
@@ -162,6 +197,7 @@ class Config:
     llm: LLMOptions = field(default_factory=LLMOptions)
     tts: TTSOptions = field(default_factory=TTSOptions)
     log: LogOptions = field(default_factory=LogOptions)
+    store: StoreOptions = field(default_factory=StoreOptions)
 
 
 def load_config(path: str | Path | None = None,

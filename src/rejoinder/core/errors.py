@@ -53,3 +53,13 @@ class ProviderTimeout(ProviderError):
 
 class ProviderStreamError(ProviderError):
     retryable = True
+
+
+def error_code(exc: BaseException) -> str:
+    """A short code for ``exc`` that carries none of its text: "llm.timeout",
+    "tts.stream", "stt.failed", or "internal" for anything not a provider's."""
+    if isinstance(exc, ProviderError):
+        kind = "timeout" if isinstance(exc, ProviderTimeout) else \
+            "stream" if isinstance(exc, ProviderStreamError) else "failed"
+        return f"{exc.provider}.{kind}"
+    return "internal"
