@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 _BATCH = 200
 _RETRY_FIRST_S = 0.25
 _RETRY_MAX_S = 5.0
+_CODE = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # an error code, not an error's text
 
 
 class Recorder:
@@ -238,7 +240,10 @@ class CallLog:
         wall = trace.get("speech_end_wall")
         outcome = str(trace.get("outcome", ""))
         # A code, never the error's text (it may quote a provider's answer).
-        error = self._errors.pop(turn, None) or ("error" if trace.get("error") else None)
+        error = self._errors.pop(turn, None)
+        if error is None and trace.get("error"):
+            code = str(trace["error"])
+            error = code if _CODE.fullmatch(code) else "error"
         cached = trace.get("tts_cached")
         speculation = trace.get("speculation")
         self.recorder.put(TurnRecord(
