@@ -39,3 +39,11 @@ def local_stack():
     from rejoinder.providers.local import load_local_stack
 
     return load_local_stack()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_home(tmp_path_factory):
+    """Call records of the servers tests start (and their subprocesses) go to a temp dir."""
+    import os
+
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))

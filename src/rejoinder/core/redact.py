@@ -1,183 +1,268 @@
 """Personal data in a spoken-language transcript, replaced by typed placeholders.
 
-:func:`redact` reads the caller's words as a speech recogniser writes them (Whisper
-spells digits as figures or as words, groups them with spaces, hyphens or commas, and
-writes an address either as ``john.doe@example.com`` or ``john dot doe at example dot
-com``) and replaces, keeping every other character as it was:
+:func:`redact` reads the caller's words as a speech recogniser writes them and replaces,
+keeping every other character as it was:
 
 ``[email]``
-    ``local@domain.tld``, with "at" and "dot" spoken or written in any mix. The spoken
-    form needs "at" and a known top-level domain after a "dot" or ".", so "I'm at home"
-    and "connect the dots" stay.
+    ``local@domain``, and what a recogniser makes of one: "at", "dot", "underscore" and
+    "dash" spoken or written in any mix ("john dot doe at example dot com", "john_doe at
+    gmail.com"), a spelled local part ("j o h n at gmail dot com"), spaces or commas
+    around the pieces, the local part alone before "at" lost ("at gmail.com"), and an
+    address whose "at" the recogniser dropped: a dotted name of three or more labels that
+    ends in a known top-level domain ("John.do.example.com"). Before a spoken "at" the
+    local part may be two words ("John Doe at gmail.com") unless the first is an ordinary
+    word ("write to me at ...").
+``[web address]``
+    A bare domain, written or spoken ("example.com", "example dot co dot uk"). It is not
+    always personal ("amazon.com"), but a private domain is, and a recogniser that drops
+    "at" turns an email into one: privacy first.
 ``[iban]``
-    A written IBAN (two letters, two check digits, groups of four) whose mod-97 check holds.
+    A written IBAN (country, check digits, groups of four): with a valid mod-97 check, or
+    with 10 or more digits in it (a misheard digit breaks the check).
 ``[social security number]``, ``[card number]``, ``[phone number]``, ``[number]``
-    A *digit run*: figures and digit words ("zero" to "nine", "oh" for zero, "double" and
-    "triple") joined by spaces, hyphens, commas or parentheses, with an optional leading
-    "+". A run is personal data when it holds **7 or more digits**; shorter ones (times,
-    quantities, years, prices, "33, 4, 692") stay. A long run is then named by its shape:
+    A digit run of 7 or more digits, figures and number words mixed
+    (:mod:`rejoinder.core.spoken_numbers`). A long run of digits a caller reads out is an
+    account, policy, order or misheard card number far more often than something
+    harmless, so it is redacted whatever its shape. Not personal data, and left as they
+    are: a run after a currency sign, grouped in thousands (``1,250,000``) or followed by
+    "thousand"/"million", a date (``12-25-2024``), a decimal (``3.14159265``), up to three
+    years ("2023, 2024"), and digits glued to letters (``4th``, ``221B``, ``a1b2c3``).
 
-    * ``123-45-6789`` (or with spaces): a social security number;
-    * 13-19 digits: a card number, when written as figures only if the Luhn check holds;
-      when any digit was spoken as a word, or each figure stands alone ("4 1 1 1 ..."),
-      without the check, since a single misheard digit breaks Luhn;
-    * a leading "+", a parenthesised group, or 7, 10 or 11 (starting with 0 or 1) digits:
-      a phone number;
-    * anything else, including 13-19 figures that fail Luhn: ``[number]``. A long run of
-      digits a caller reads out is an account, policy, order or misheard card number far
-      more often than something harmless, so it is redacted whatever its shape.
+Known false positives, accepted: a spoken count to seven ("one, two, three, ...") and a
+bare domain. Not covered: names, street addresses, dates (of birth too: the agent needs
+them), IP addresses (redacted as ``[number]`` when 7 digits or more), PINs and other
+numbers under 7 digits.
 
-    Not personal data, and left as they are: a run that follows a currency sign or is
-    grouped in thousands (``$1,250,000``, ``1,250,000``), a date (``12-25-2024``,
-    ``2024-12-25``), and digits glued to letters or after a decimal point (``4th``,
-    ``3.14159265``, an id such as ``a1b2c3``).
+While the caller is still speaking, :func:`read_ahead_text` gives the part of a partial
+transcript that is safe to send: nothing of a number, an email or a spelled word still
+being said.
 
-Number words other than digits ("twenty", "hundred") are not counted: the recogniser writes
-such numbers as figures. "Oh" followed by punctuation is the interjection, not a zero. Known
-false positives, accepted: a spoken count to seven ("one, two, three, ...") and two years
-joined by a comma ("2023, 2024"). Not covered: names, street addresses, dates (of birth
-too: the agent needs dates), IP addresses.
-
-The result depends on the text alone (no randomness, no clock), so a conversation history
-redacts to the same prompt every turn and a provider's prompt cache keeps working; placeholders
-contain nothing that matches again, so redacting twice changes nothing more. Every pattern is
-compiled once; none has a repetition whose pieces can overlap, and no match may start inside
-a chain another attempt already scanned, so the time taken grows with the length of the text,
-not faster, whatever the text (a long adversarial input takes milliseconds).
+The result depends on the text alone, so a conversation history redacts to the same
+prompt every turn and a provider's prompt cache keeps working; placeholders contain
+nothing that matches again, so redacting twice changes nothing more. No pattern has a
+repetition whose pieces can overlap and no match may start inside a chain another attempt
+already scanned, so the time grows with the length of the text, not faster.
 """
 
 from __future__ import annotations
 
 import re
 
-CARD = "[card number]"
-PHONE = "[phone number]"
+from rejoinder.core.spoken_numbers import (
+    CARD,
+    MIN_DIGITS,
+    NUMBER,
+    PHONE,
+    SSN,
+    luhn_valid,
+    max_digits,
+    redact_runs,
+    unit_word,
+)
+
+__all__ = ["CARD", "EMAIL", "IBAN", "NUMBER", "PHONE", "SSN", "WEB", "luhn_valid",
+           "might_hold_personal_data", "read_ahead_text", "redact"]
+
 EMAIL = "[email]"
-SSN = "[social security number]"
 IBAN = "[iban]"
-NUMBER = "[number]"
+WEB = "[web address]"
+PLACEHOLDERS = (CARD, PHONE, EMAIL, SSN, IBAN, NUMBER, WEB)
 
-MIN_DIGITS = 7  # a run with fewer digits is a time, a quantity, a year, a price...
-
-_WORD_DIGITS = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-                "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9"}
-_REPEAT = {"double": 2, "triple": 3}
-# "oh" followed by punctuation is the interjection ("Oh, 555-123-4567"), not a zero.
-_DIGIT_WORD = r"(?:zero|one|two|three|four|five|six|seven|eight|nine|oh(?![ \t]*[,.!?]))"
-_UNIT = rf"(?:(?:double|triple)[ \t]+)?(?:\d+|{_DIGIT_WORD})(?!\w)"
-_SEP = r"(?:[ \t]*[-–,()][ \t]*|[ \t]+)"  # non-empty: a unit is never split in two
-_RUN = re.compile(rf"(?<![\w.+$€£'’-])(?:\+[ \t]*)?\(?{_UNIT}(?:{_SEP}{_UNIT})*",
-                  re.IGNORECASE)
-_UNITS = re.compile(rf"(?:(double|triple)[ \t]+)?(\d+|{_DIGIT_WORD})(?!\w)", re.IGNORECASE)
-
-_SSN_SHAPE = re.compile(r"\d{3}([- ])\d{2}\1\d{4}")
-_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+")
-_DATE = re.compile(r"\d{1,2}-\d{1,2}-(?:\d{2}|\d{4})|\d{4}-\d{1,2}-\d{1,2}")
-
-# An email: the local part's words joined by "." or a spoken "dot"/"underscore"/"dash";
-# no match starts inside such a chain (the lookbehinds), which keeps the search linear.
-_JOIN = r"(?:\.|[ \t]+(?:dot|underscore|dash|hyphen)[ \t]+)"
-_LOCAL = (rf"(?<![\w.+'’-])(?<!dot )(?<!underscore )(?<!dash )(?<!hyphen )"
+_TLD_WRITTEN = (r"(?:com|org|net|edu|gov|info|biz|io|ai|app|dev|me|co|us|uk|ca|au|nz|ie|de|"
+                r"fr|es|it|nl|be|ch|se|dk|fi|pl|eu|in|jp|br|mx|at)")
+# Spoken, only those that are no common word ("dot in the middle", "dot it", "dot me").
+_TLD_SPOKEN = r"(?:com|org|net|edu|gov|info|biz|io|co|uk|ca|au|nz|ie|de|fr|eu|nl|jp)"
+_SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu"})
+_SP = r"(?:[ \t]*,[ \t]*|[ \t]+)"  # a space, or a comma with spaces round it
+_DOT = rf"(?:[ \t]*\.[ \t]*|{_SP}(?:dot|period){_SP})"
+_DOT_END = rf"(?:\.{_TLD_WRITTEN}|[ \t]*\.[ \t]*{_TLD_SPOKEN}|{_SP}dot{_SP}{_TLD_SPOKEN})(?!\w)"
+_LABEL = r"[^\W_][\w-]*"
+# The local part: words joined by a written ".", or a spoken "dot"/"underscore"/"dash"; or
+# letters spelled one by one. No match starts inside such a chain (the lookbehinds).
+_JOIN = rf"(?:\.|{_SP}(?:dot|underscore|dash|hyphen){_SP})"
+_WORDS = (r"(?<![\w.+'’-])(?<!dot )(?<!underscore )(?<!dash )(?<!hyphen )"
           rf"[\w+-]+(?:{_JOIN}[\w+-]+)*+")
-_DOT = r"(?:\.|[ \t]+dot[ \t]+)"
-_TLD = (r"(?:com|org|net|edu|gov|info|biz|io|ai|app|dev|me|co|us|uk|ca|au|nz|ie|de|fr|es|"
-        r"it|nl|be|ch|se|dk|fi|pl|eu|in|jp)")
+_SPELLED = (r"(?<![\w.'’-])(?<!\b\w )(?<!\b\w, )(?<!\b\w\. )"
+            r"[^\W_](?:(?: |[-.]|[,.] )[^\W_](?!\w))++")
 _EMAIL = re.compile(
-    rf"{_LOCAL}(?:[ \t]*@[ \t]*[\w-]+(?:{_DOT}[\w-]+)+"  # written "@": any domain
-    rf"|[ \t]+at[ \t]+[\w-]+(?:{_DOT}[\w-]+)*{_DOT}{_TLD}(?!\w))",  # spoken "at": a known TLD
+    rf"(?:(?:{_SPELLED}|{_WORDS}){_SP}?|(?<!\w)(?=at\b))"
+    rf"(?:(?<=[\w ,\t])@{_SP}?{_LABEL}(?:{_DOT}{_LABEL})+"  # written "@": any domain
+    rf"|(?<!\w)(?P<at>at){_SP}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT_END})",  # spoken: known TLD
     re.IGNORECASE)
-
-_IBAN = re.compile(r"(?<![^\W_])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?"
+# A domain with no "@" or "at" before it, written or spoken.
+_DOMAIN = re.compile(
+    rf"(?<![\w.@'’-])(?<!dot )(?<!dot, )({_LABEL})((?:(?:\.|{_SP}dot{_SP}){_LABEL})*)"
+    rf"(?:\.{_TLD_WRITTEN}|{_SP}dot{_SP}{_TLD_SPOKEN})(?![\w@]|\.\w)",
+    re.IGNORECASE)
+_IBAN = re.compile(r"(?<![^\W_])[A-Z]{2}[ ]?\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?"
                    r"(?![^\W_])", re.IGNORECASE)
 
-# The cheap test first: is there anything a pattern could match at all?
-_DIGITISH = re.compile(rf"\d|\b(?:{_DIGIT_WORD}|double|triple)\b", re.IGNORECASE)
-_AT_WORD = re.compile(r"\bat\b", re.IGNORECASE)
-_LAST_WORDS_DIGIT = re.compile(  # a digit among the last three words
-    rf"(?:(?<![^\W\d_])\d|\b(?:{_DIGIT_WORD}|double|triple)\b)\S*(?:\s+\S+){{0,2}}\s*$",
-    re.IGNORECASE)
-_DOT_HINT = re.compile(r"\bdot\b|\.\w", re.IGNORECASE)
+# Ordinary words that are no part of an address: "write to me at ..." keeps "to".
+_STOP = frozenset({"a", "address", "an", "and", "as", "at", "be", "but", "by", "call", "com",
+                   "contact", "dot", "e-mail", "email", "find", "for", "from", "her", "here",
+                   "him", "his", "i", "i'm", "im", "in", "is", "it", "it's", "its", "just",
+                   "mail", "me", "my", "net", "no", "of", "ok", "okay", "on", "or", "org",
+                   "our", "please", "reach", "send", "so", "sure", "thank", "thanks", "that",
+                   "that's", "the", "their", "them", "there", "these", "they", "this", "those",
+                   "to", "try", "us", "use", "was", "we", "with", "write", "yes", "you",
+                   "your"})
+
+# The cheap test first: could any pattern match at all?
+_DIGITISH = re.compile(r"\d|[^\W\d_]+", re.IGNORECASE)
+_DOT_HINT = re.compile(r"\.\w|\bdot\b", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with emails, IBANs and long digit runs replaced by placeholders."""
+    """``text`` with emails, web addresses, IBANs and long digit runs replaced."""
     if not might_hold_personal_data(text):
         return text
-    text = _EMAIL.sub(EMAIL, text)
+    text = _sub_emails(text)
+    text = _DOMAIN.sub(_domain, text)
     text = _IBAN.sub(_iban, text)
-    return _RUN.sub(_run, text)
-
-
-def number_pending(text: str) -> bool:
-    """Whether the last words of a transcript still being spoken hold a digit (a figure or
-    a digit word): a number may be half said, too short yet for :func:`redact` to judge
-    ("my card is 4111 11"), so words so far that end this way are not sent anywhere."""
-    return bool(_LAST_WORDS_DIGIT.search(text))
-
-
-def before_pending_number(text: str) -> str:
-    """``text`` cut before a number that may still be being said (see
-    :func:`number_pending`), and before any digits just ahead of it: "go forward 10" ->
-    "go forward", "my card is 4111 1111 1111" -> "my card is"."""
-    while (m := _LAST_WORDS_DIGIT.search(text)) is not None:
-        text = text[:m.start()].rstrip()
-    return text
+    return redact_runs(text)
 
 
 def might_hold_personal_data(text: str) -> bool:
     """False when :func:`redact` certainly leaves ``text`` as it is (a quick test)."""
-    if "@" in text:
-        return True
-    if _AT_WORD.search(text) and _DOT_HINT.search(text):
+    if "@" in text or _DOT_HINT.search(text):
         return True
     digits = 0
-    for m in _DIGITISH.finditer(text):  # "double" and "triple" count the digits they add
-        digits += 2 if m.group().casefold() == "triple" else 1
+    for m in _DIGITISH.finditer(text):
+        tok = m.group()
+        if tok[0].isdecimal():
+            digits += 1
+        else:
+            word = tok.casefold()
+            if not unit_word(word):
+                continue
+            digits += max_digits(word)
         if digits >= MIN_DIGITS:
             return True
     return False
 
 
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum of a card number (``digits``: figures only)."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch) * (2 if i % 2 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
+def _sub_emails(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _EMAIL.finditer(text):
+        start = m.start()
+        if m.group("at") and text[start:m.start("at")].strip(" \t,").casefold() in _STOP:
+            start = m.start("at")  # "write to me at gmail.com": "me" is no local part
+        elif start > pos and (not m.group("at") or start < m.start("at")):
+            # the word before a local part may be its first half: "John Doe at gmail.com"
+            before = re.search(r"([^\W\d_][\w'’-]*)[ \t]+$", text[max(pos, start - 40):start])
+            if before and before.group(1).casefold() not in _STOP:
+                start -= len(before.group())
+        out.append(text[pos:start])
+        out.append(EMAIL)
+        pos = m.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _domain(m: re.Match[str]) -> str:
+    words = [w for w in re.split(r"[\s.,]+", m.group().casefold()) if w]
+    labels = [w for w in words if w != "dot"]
+    spoken = len(labels) < len(words)
+    if spoken and labels[0] in _STOP | {"polka", "one", "each", "every", "that"}:
+        return m.group()  # "the dot com era", "on the dot"
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        labels.pop()  # example.co.uk
+    if len(labels) >= 3 and labels[0] != "www":
+        return EMAIL  # "John.do.example.com": an email whose "at" was lost
+    return WEB
 
 
 def _iban(m: re.Match[str]) -> str:
     raw = m.group()
-    code = raw.replace(" ", "").upper()
+    code = raw.replace(" ", "").replace("-", "").upper()
     if not (15 <= len(code) <= 34 and code.isascii()):  # case folding matches a few others
         return raw
     number = "".join(str(int(ch, 36)) for ch in code[4:] + code[:4])
-    return IBAN if int(number) % 97 == 1 else raw
+    if int(number) % 97 == 1 or sum(ch.isdigit() for ch in code) >= 10:
+        return IBAN
+    return raw
 
 
-def _run(m: re.Match[str]) -> str:
-    run = m.group()
-    digits: list[str] = []
-    spoken = False
-    widths: list[int] = []
-    for repeat, unit in _UNITS.findall(run):
-        # casefold: what IGNORECASE matched ("ſix" is "six"); any other word is one digit
-        figures = unit if unit[0].isdigit() else _WORD_DIGITS.get(unit.casefold(), "0")
-        spoken = spoken or not unit[0].isdigit() or bool(repeat)
-        digits.append(figures * _REPEAT.get(repeat.casefold(), 1))
-        widths.append(len(unit))
-    number = "".join(digits)
-    n = len(number)
-    if n < MIN_DIGITS or _THOUSANDS.fullmatch(run) or _DATE.fullmatch(run):
-        return run
-    if _SSN_SHAPE.fullmatch(run):
-        return SSN
-    if run.startswith("+"):
-        return PHONE
-    spoken = spoken or (len(widths) > 1 and max(widths) == 1)
-    if 13 <= n <= 19 and (spoken or luhn_valid(number)):
-        return CARD
-    if "(" in run or n in (7, 10) or (n == 11 and number[0] in "01"):
-        return PHONE
-    return NUMBER
+# --- what may be read ahead while the caller still speaks -------------------------------
+
+_RA_TOKEN = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS) + r"|[^\W_]+|\S")
+_EMAIL_CUES = frozenset({"email", "emails", "mail", "address", "addresses"})
+_CHUNK = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS) + r"|\S+")
+_JOIN_WORDS = frozenset({"dot", "underscore", "dash", "hyphen", "at", "period"})
+HOLD_WORDS = 2  # the last words are held back: they may begin an address ("john doe at")
+
+
+def read_ahead_text(text: str) -> str:
+    """What of a partial transcript (the caller still speaking) may be sent ahead: its
+    redaction, cut before anything that may be the start of personal data not yet
+    complete, and without its last :data:`HOLD_WORDS` words.
+
+    Cut before: the first figure or number word left after redaction (a number being
+    said is never sent in any form: "4-1-1-1", "forty one", "double four", "oh"); the
+    first letters spelled one by one ("j o h n"); the words joined by "dot", "at",
+    "underscore", "@" or a glued "." that are not yet a whole address, and the word
+    before them; and anything after "email", "address", "card", "number"... that no
+    placeholder has closed yet. Losing some read-ahead costs a little latency; sending a
+    half-said number would leak it."""
+    red = redact(text)
+    toks = [(m.start(), m.end(), m.group()) for m in _RA_TOKEN.finditer(red)]
+    cut = len(red)
+    cue = -1
+    for i, (start, _, tok) in enumerate(toks):
+        word = tok.casefold()
+        if tok in PLACEHOLDERS:
+            cue = -1  # what the cue announced is redacted: closed
+            continue
+        if cue < 0 and word in _EMAIL_CUES:
+            cue = toks[i][1]
+        if any(ch.isdecimal() for ch in tok) or (
+                unit_word(word) and not _interjection(toks, i)) or _spelled(toks, i):
+            cut = start
+            break
+        if word in _JOIN_WORDS or tok == "@" or (tok in "._" and _glued(toks, i)):
+            if word == "at" and len(toks) - i > 4:
+                continue  # "at" long before the end: "I'm at home and ..." is no address
+            cut = _word_before(toks, i)
+            break
+    if cue >= 0:
+        cut = min(cut, cue)
+    # The last words before the cut are held back too: they may begin an address.
+    chunks = [m.start() for m in _CHUNK.finditer(red, 0, cut)]
+    if len(chunks) <= HOLD_WORDS:
+        return ""
+    return red[:chunks[-HOLD_WORDS]].rstrip(" \t,-–—(")
+
+
+def _interjection(toks: list[tuple[int, int, str]], i: int) -> bool:
+    """"Oh," and "oh." are the interjection, not a zero (outside a run)."""
+    return toks[i][2].casefold() == "oh" and i + 1 < len(toks) and toks[i + 1][2] in ",.!?"
+
+
+def _spelled(toks: list[tuple[int, int, str]], i: int) -> bool:
+    """Whether token ``i`` is a single letter with another single letter next to it."""
+    def single(j: int) -> bool:
+        return 0 <= j < len(toks) and len(toks[j][2]) == 1 and toks[j][2].isalpha()
+    if not single(i):
+        return False
+    nxt = i + 1
+    if nxt < len(toks) and toks[nxt][2] in "-.,":
+        nxt += 1
+    return single(nxt)
+
+
+def _glued(toks: list[tuple[int, int, str]], i: int) -> bool:
+    return (0 < i < len(toks) - 1 and toks[i - 1][1] == toks[i][0]
+            and toks[i][1] == toks[i + 1][0] and toks[i + 1][2][0].isalnum())
+
+
+def _word_before(toks: list[tuple[int, int, str]], i: int) -> int:
+    """Where the word before token ``i`` starts (its glued pieces included)."""
+    j = i - 1
+    while j >= 0 and not toks[j][2][0].isalnum():
+        j -= 1
+    while j > 0 and toks[j - 1][1] == toks[j][0]:
+        j -= 1
+    return toks[j][0] if j >= 0 else 0

@@ -17,17 +17,20 @@ already carries ``server.max_calls`` calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from rejoinder.config import Config
 from rejoinder.core.errors import OverloadedError, SignalingError
 from rejoinder.providers.base import Stack
 from rejoinder.server.call import Call
+from rejoinder.store import CallLog, Recorder, open_recorder
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,13 @@ _ENDED_KEPT = 100
 class Server:
     """Owns the calls. One instance per process; the stack is shared by all calls."""
 
-    def __init__(self, config: Config, stack: Stack) -> None:
+    def __init__(self, config: Config, stack: Stack, recorder: Recorder | None = None) -> None:
         self.config = config
         self.stack = stack
         self.calls: dict[str, Call] = {}
+        self.recorder = recorder  # call records (rejoinder.store); None: kept in memory
+        self.call_logs: dict[str, CallLog] = {}
+        self._stopping = False
         self.ended: OrderedDict[str, list[dict[str, object]]] = OrderedDict()
 
     def media_addresses(self) -> list[str]:
@@ -59,6 +65,7 @@ class Server:
         app.router.add_get("/app.js", self.static)
         app.router.add_post("/api/offer", self.offer)
         app.router.add_get("/api/calls/{call_id}", self.call_record)
+        app.router.add_delete("/api/calls/{call_id}", self.delete_call_record)
         app.router.add_get("/api/health", self.health)
         app.on_shutdown.append(self._shutdown)
         return app
@@ -84,8 +91,48 @@ class Server:
         stats = getattr(self.stack.tts, "stats", None)
         return {"phrase_cache": stats()} if stats is not None else {}
 
+    async def _stored_record(self, call_id: str) -> web.Response:
+        assert self.recorder is not None
+        with contextlib.suppress(TimeoutError):  # the turns that just ended, if it is quick
+            await asyncio.wait_for(asyncio.shield(self.recorder.flush()), 0.5)
+        try:
+            record = await self.recorder.store.get_call(call_id)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("call store unavailable: %s", type(exc).__name__)
+            return web.json_response({"error": "the call store is unavailable",
+                                      "code": "store_unavailable"}, status=503)
+        if record is None:
+            return web.json_response({"error": "no such call", "code": "not_found"},
+                                     status=404)
+        return web.json_response({**record, "active": call_id in self.calls})
+
+    async def delete_call_record(self, request: web.Request) -> web.Response:
+        """Delete one call's record (personal data); a live call is recorded no further."""
+        call_id = request.match_info["call_id"]
+        self.ended.pop(call_id, None)
+        live = self.call_logs.pop(call_id, None) is not None
+        if self.recorder is None:
+            return web.json_response({"error": "no such call", "code": "not_found"},
+                                     status=404)
+        if live:
+            self.recorder.forget(call_id)
+        try:
+            deleted = await self.recorder.store.delete_call(call_id)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("call store unavailable: %s", type(exc).__name__)
+            return web.json_response({"error": "the call store is unavailable",
+                                      "code": "store_unavailable"}, status=503)
+        if not (deleted or live):
+            return web.json_response({"error": "no such call", "code": "not_found"},
+                                     status=404)
+        self.recorder.forget(call_id)  # and whatever of it is still queued
+        log.info("call %s record deleted on request", call_id)
+        return web.json_response({"call_id": call_id, "deleted": True})
+
     async def call_record(self, request: web.Request) -> web.Response:
         call_id = request.match_info["call_id"]
+        if self.recorder is not None:
+            return await self._stored_record(call_id)
         if call_id in self.calls:
             return web.json_response({"call_id": call_id, "active": True,
                                       "turns": self.calls[call_id].conversation.traces})
@@ -109,6 +156,11 @@ class Server:
             return _error(503, str(exc))
         call = Call(self.config, self.stack, self._forget)
         self.calls[call.id] = call
+        if self.recorder is not None:
+            record = self.recorder.call(call.id, transport="webrtc",
+                                        agent=self.config.agent.name)
+            self.call_logs[call.id] = record
+            call.observers.append(record.on_event)
         try:
             answer = await call.answer(sdp, self.media_addresses())
         except SignalingError as exc:
@@ -119,16 +171,22 @@ class Server:
             await asyncio.shield(call.close())
             raise
         log.info("call %s answered", call.id)
+        if call.id in self.call_logs:
+            self.call_logs[call.id].begin()
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": call.id})
 
     # -- lifecycle ------------------------------------------------------------------------
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        if (record := self.call_logs.pop(call.id, None)) is not None:
+            record.end("server_stopped" if self._stopping else
+                       "failed" if call.pc.connectionState == "failed" else "ended")
         self.ended[call.id] = call.conversation.traces
         while len(self.ended) > _ENDED_KEPT:
             self.ended.popitem(last=False)
 
     async def _shutdown(self, app: web.Application) -> None:
+        self._stopping = True
         await asyncio.gather(*(c.close() for c in list(self.calls.values())))
 
 
@@ -161,7 +219,8 @@ def _error(status: int, message: str) -> web.Response:
 async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | None = None,
                      bound: list[int] | None = None) -> None:
     """Serve until cancelled. ``bound`` receives the actual port (useful with port 0)."""
-    server = Server(config, stack)
+    recorder = await open_recorder(config.store)
+    server = Server(config, stack, recorder)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -177,3 +236,4 @@ async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | Non
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        await recorder.close()

@@ -40,6 +40,8 @@ class Call:
         self.config = config
         self.stack = stack
         self._on_closed = on_closed
+        # Also given every event the caller gets (the call's recorder).
+        self.observers: list[Callable[[dict[str, object]], None]] = []
         self.playout = Playout()
         self.conversation = Conversation(
             stack, config.agent.system_prompt, options=config.turn, playout=self.playout,
@@ -109,6 +111,8 @@ class Call:
 
     # -- events to the caller -----------------------------------------------------------
     def send_event(self, event: dict[str, object]) -> None:
+        for observe in self.observers:
+            observe(event)
         message = json.dumps(event, separators=(",", ":"))
         channel = self._channel
         if channel is not None and channel.readyState == "open":

@@ -15,7 +15,7 @@ from rejoinder.store.db import (
     database_url,
     default_sqlite_path,
 )
-from rejoinder.store.recorder import CallLog, Recorder
+from rejoinder.store.recorder import CallLog, Recorder, open_recorder
 
 __all__ = ["CallEnd", "CallLog", "CallStart", "Recorder", "Store", "ToolCallRecord",
-           "TurnRecord", "database_url", "default_sqlite_path"]
+           "TurnRecord", "database_url", "default_sqlite_path", "open_recorder"]

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
+from rejoinder.config import StoreOptions
 from rejoinder.core.clock import Clock
 from rejoinder.core.redact import redact
 from rejoinder.core.tasks import cancel_and_wait
@@ -39,8 +40,9 @@ class Recorder:
 
     def __init__(self, store: Store, *, queue_max: int = 10_000, keep_days: float = 0.0,
                  prune_interval_s: float = 3600.0, redact_text: bool = True,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, owns_store: bool = False) -> None:
         self.store = store
+        self.owns_store = owns_store
         self.queue_max = queue_max
         self.keep_days = keep_days
         self.prune_interval_s = prune_interval_s
@@ -79,6 +81,8 @@ class Recorder:
                           "unavailable for %.0f s)", len(self._queue), deadline)
         await cancel_and_wait(self._writer, what="store writer")
         self._writer = None
+        if self.owns_store:
+            await self.store.close()
 
     @property
     def pending(self) -> int:
@@ -176,6 +180,22 @@ class Recorder:
                 log.warning("call store: pruning failed (%s); trying again later",
                             type(exc).__name__)
             await self.clock.sleep(self.prune_interval_s)
+
+
+async def open_recorder(options: StoreOptions) -> Recorder:
+    """The store of ``options``, migrated to the newest schema, and its started recorder;
+    ``close()`` closes both."""
+    store = Store.from_options(options)
+    try:
+        await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+    recorder = Recorder(store, queue_max=options.queue_max, keep_days=options.keep_days,
+                        prune_interval_s=options.prune_interval_s,
+                        redact_text=options.redact, owns_store=True)
+    recorder.start()
+    return recorder
 
 
 class CallLog:

@@ -47,14 +47,15 @@ import numpy as np
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import ProviderError
-from rejoinder.core.redact import before_pending_number
-from rejoinder.core.tasks import cancel_and_wait
+from rejoinder.core.redact import read_ahead_text
+from rejoinder.core.tasks import cancel_all
+from rejoinder.observability.logs import call_id_var
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import LLM, ChatMessage, Stack
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
-from rejoinder.turn.reply import Reply
+from rejoinder.turn.reply import Reply, caller_error
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Conversation:
         self.playout = playout or Playout()
         self.playout.on_clause_start = self._on_clause_start
         self.greeting = greeting
-        self.stt = stack.stt.stream()  # the caller's utterance, transcribed as it comes
+        self.stt = stack.stt.session()  # the caller's utterance, transcribed as it comes
         self.traces: list[dict[str, object]] = []  # emitted turn records, in order
         #: speculative_starts, commits, wasted, restarts, interruptions,
         #: false_interruptions, backchannels, fillers
@@ -152,6 +153,7 @@ class Conversation:
     # -- the caller side ---------------------------------------------------------------
     async def run(self, frames: AsyncIterator[PCM]) -> None:
         """Consume caller frames (16 kHz mono int16, any length) until they end."""
+        call_id_var.set(self.call_id)  # every log line of this call carries its id
         vad = self.stack.vad.stream()
         inline = getattr(self.stack.vad, "inline", False)
         loop = asyncio.get_running_loop()
@@ -178,8 +180,7 @@ class Conversation:
             await self.close()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            await cancel_and_wait(task, what=task.get_name())
+        await cancel_all(self._tasks)  # all at once: none outlives a second cancellation
         reply, self._reply = self._reply, None
         if reply is not None:
             await reply.cancel()
@@ -356,7 +357,13 @@ class Conversation:
         self.playout.release(_HOLD_SPECULATIVE)
 
     async def _recheck(self, reply: Reply) -> None:
-        text = await self.stt.finish()
+        try:
+            text = await self.stt.finish()
+        except ProviderError as exc:  # the words cannot be checked: the turn fails
+            if self._reply is reply:
+                await reply.cancel()
+                self.reply_failed(reply, exc)
+            return
         await reply.transcript_ready.wait()
         if self._reply is not reply:
             return
@@ -390,8 +397,9 @@ class Conversation:
             return
         text = self.stt.partial()
         if self.stack.llm.redact:
-            # A number half said cannot be judged (redacted) yet: only the words before it.
-            text = before_pending_number(text)
+            # Nothing of a number, address or spelled word still being said: only the
+            # redacted words before it, less the last two (core.redact.read_ahead_text).
+            text = read_ahead_text(text)
         if not text or text == self._prefilled:
             return
         self._prefilled = text
@@ -435,12 +443,17 @@ class Conversation:
     async def _judge_interruption(self, reply: Reply, pause_id: int) -> None:
         """The caller paused after speaking over ``reply``: was it an interruption?"""
         o = self.opts
-        text = ""
+        text: str | None = ""
         if self._voiced / SAMPLE_RATE >= o.min_speech_s:
-            text = await self.stt.finish()
+            try:
+                text = await self.stt.finish()
+            except ProviderError as exc:  # words not known: the agent stops and listens
+                log.warning("turn %d: speech over the agent not transcribed (%s): %s",
+                            reply.turn, caller_error(exc)[0], exc)
+                text = None
         if self._interrupting is not reply or pause_id != self._pause_id or not self._paused:
             return  # decided meanwhile, or the caller went on (judged at their next pause)
-        if o.is_backchannel(text):
+        if text is not None and o.is_backchannel(text):
             self.stats["backchannels" if text else "false_interruptions"] += 1
             self._interrupting = None
             self._close_utterance()
@@ -488,22 +501,41 @@ class Conversation:
         self._finish(reply, outcome)
 
     def reply_failed(self, reply: Reply, exc: BaseException) -> None:
+        """The reply failed at some stage: the caller gets a code and a stable message
+        (:func:`caller_error`), the log the full detail, and the call goes on: the caller's
+        next utterance starts fresh."""
+        code, message = caller_error(exc)
         if isinstance(exc, ProviderError):
-            log.warning("turn %d failed: %s", reply.turn, exc)
+            log.warning("turn %d failed (%s): %s", reply.turn, code, exc)
         else:
-            log.error("turn %d failed", reply.turn, exc_info=exc)
-        reply.trace.error = str(exc)
-        self.events({"type": "error", "turn": reply.turn, "message": str(exc)})
+            log.error("turn %d failed (%s)", reply.turn, code, exc_info=exc)
+        reply.trace.error = code  # the record goes out too (trace event, /api/calls)
+        self.events({"type": "error", "turn": reply.turn, "code": code, "message": message})
         if self._reply is not reply:
             return
         self._reply = None
         self.playout.flush()
         self.playout.release(_HOLD_SPECULATIVE)
         self._turns = max(self._turns, reply.turn)
-        self._close_utterance()
+        if self._interrupting is reply:
+            # The caller is speaking over it: their words are the start of their next turn.
+            self._interrupting = None
+            self.playout.release(_HOLD_CALLER)
+            self._end_pause()
+        else:
+            self._restart_utterance()
         self._finish(reply, "failed")
 
     # -- bookkeeping -----------------------------------------------------------------------
+    def _restart_utterance(self) -> None:
+        """Close the utterance a failed reply answered. Speech the caller has begun since
+        is kept (with its pre-roll) as the start of the next one."""
+        keep = self._run + round(self.opts.preroll_s * SAMPLE_RATE) if self._run else 0
+        tail = np.concatenate(self._frames)[-keep:] if keep and self._frames else None
+        self._close_utterance()
+        if tail is not None:
+            self._ring, self._ring_len = [tail], len(tail)
+
     def _close_utterance(self) -> None:
         self._open = False
         self._prefilled = ""
