@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -16,31 +16,51 @@ T = TypeVar("T")
 _DONE = object()
 
 
-async def cancel_and_wait(task: asyncio.Task[object] | None, *, deadline: float = 2.0,
+async def cancel_and_wait(task: asyncio.Task[Any] | None, *, deadline: float = 2.0,
                           what: str = "task") -> None:
     """Cancel ``task`` and wait for it to finish, at most ``deadline`` seconds.
 
-    A cancellation of the *caller* that arrives while we wait is re-raised; the
-    cancellation we caused in ``task`` is not (it is the expected outcome).
+    Only a cancellation of the *caller* that arrives while we wait is raised (as in
+    asyncio's own ``uncancel`` counting); the cancellation we caused in ``task`` is the
+    expected outcome, and one the caller was already handling when it called us (cleanup
+    in the ``finally`` of a cancelled task) does not stop the cleanup at its first child.
     A task that ignores cancellation past the deadline is logged by name.
     """
-    if task is None or task.done():
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            log.debug("%s had failed: %r", what, task.exception())
+    if task is not None:
+        await _cancel({task: what}, deadline)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any] | None], *,
+                     deadline: float = 2.0) -> None:
+    """Cancel every task in ``tasks`` at once, then wait for them all, at most ``deadline``
+    seconds in all (see :func:`cancel_and_wait`). All are cancelled before the wait, so a
+    cancellation of the caller that arrives meanwhile cannot leave any of them running."""
+    await _cancel({t: t.get_name() for t in tasks if t is not None}, deadline)
+
+
+async def _cancel(tasks: dict[asyncio.Task[Any], str], deadline: float) -> None:
+    for task, what in tasks.items():
+        if task.done():
+            _report(task, what, "had failed")
+        else:
+            task.cancel()
+    pending = [t for t in tasks if not t.done()]
+    if not pending:
         return
-    task.cancel()
-    try:
-        await asyncio.wait_for(asyncio.shield(task), deadline)
-    except asyncio.CancelledError:
-        if not task.done():
-            raise  # we ourselves were cancelled while waiting
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except TimeoutError:
-        log.error("%s did not stop within %.1f s of cancellation", what, deadline)
-    except Exception as exc:  # the task failed while stopping; it is gone either way
-        log.debug("%s failed while stopping: %r", what, exc)
+    # ``asyncio.wait`` never raises the outcome of the tasks it waits for (unlike awaiting
+    # them, or ``wait_for``), so a CancelledError out of it is always the caller's own,
+    # requested while it waited: re-raised, never swallowed.
+    done, hung = await asyncio.wait(pending, timeout=deadline)
+    for task in done:
+        _report(task, tasks[task], "failed while stopping")
+    for task in hung:
+        log.error("%s did not stop within %.1f s of cancellation", tasks[task], deadline)
+
+
+def _report(task: asyncio.Task[Any], what: str, how: str) -> None:
+    """Retrieve a finished task's exception (the task is gone either way)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s %s: %r", what, how, task.exception())
 
 
 async def stream_from_thread(
