@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from rejoinder.core.errors import RejoinderError
+from rejoinder.core.errors import ProviderError, RejoinderError
 
 log = logging.getLogger("rejoinder")
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--jitter-frames", type=int, default=0,
                       help="the caller's own jitter buffer, in 20 ms frames (0: measure on"
                            " arrival)")
+    _transport_options(call)
 
     bench = sub.add_parser("bench", help="measure latency with simulated callers")
     bench.add_argument("--script", default="librivox",
@@ -62,21 +64,24 @@ def main(argv: list[str] | None = None) -> int:
                             " (turns --gap seconds apart), then exit")
     bench.add_argument("--gap", type=float, default=9.0, help="silence after each turn in"
                        " --write-wav")
+    _transport_options(bench)
 
-    cloud = sub.add_parser("cloudsim", help="run the simulated cloud providers",
-                           add_help=False)
-    cloud.add_argument("rest", nargs=argparse.REMAINDER)
+    # Listed here for --help; its options are its own parser's (cloudsim.service), which
+    # gets every argument after the word "cloudsim" untouched.
+    sub.add_parser("cloudsim", help="run the simulated cloud providers (see "
+                   "`rejoinder cloudsim --help`)", add_help=False)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["cloudsim"]:
+        from rejoinder.cloudsim.service import main as cloudsim_main
+
+        return cloudsim_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
-        if args.command == "cloudsim":
-            from rejoinder.cloudsim.service import main as cloudsim_main
-
-            return cloudsim_main(args.rest)
         return _call(args)
     except RejoinderError as exc:
         print(f"rejoinder: {exc}", file=sys.stderr)
@@ -105,18 +110,24 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.json)
 
     async def run() -> None:
+        _stop_on_sigterm()
         log.info("loading %s providers", args.stack)
         stack = await asyncio.to_thread(build_stack, config, args.stack)
-        _stop_on_sigterm()
-        await stack.warm([ChatMessage("system", config.agent.system_prompt)])
-        prime = getattr(stack.tts, "prime", None)
-        if prime is not None:  # the greeting and the filler cost nothing when first said
-            t = config.turn
-            await prime([*split_clauses(config.agent.greeting, t.clause_min_words),
-                         *split_clauses(t.filler, t.clause_min_words)])
-        log.info("providers warm")
-        try:
-            await run_server(config, stack)
+        try:  # from here on, every way out closes the stack (its HTTP sessions above all)
+            try:
+                await stack.warm([ChatMessage("system", config.agent.system_prompt)])
+                prime = getattr(stack.tts, "prime", None)
+                if prime is not None:  # the greeting and the filler cost nothing when said
+                    t = config.turn
+                    await prime([*split_clauses(config.agent.greeting, t.clause_min_words),
+                                 *split_clauses(t.filler, t.clause_min_words)])
+            except ProviderError as exc:
+                raise RejoinderError(f"a provider is not ready: {exc}") from exc
+            log.info("providers warm")
+            try:
+                await run_server(config, stack)
+            except OSError as exc:  # the address or port cannot be bound
+                raise RejoinderError(_bind_problem(server.host, server.port, exc)) from exc
         finally:
             await stack.close()
 
@@ -125,6 +136,17 @@ def _serve(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:  # SIGTERM
         log.info("stopped")
     return 0
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line for a server that cannot listen, naming the setting to change."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use (server.port, --port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine (server.host, --host)"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on port {port} (server.port, --port)"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -154,13 +176,31 @@ def _bench(args: argparse.Namespace) -> int:
     opts = BenchOptions(script=load_script(args.script), stack=args.stack, url=args.url,
                         concurrency=tuple(levels), profile=args.profile,
                         cloud_overrides=overrides, max_calls=args.max_calls, ramp_s=args.ramp,
-                        out=args.out)
+                        out=args.out, transport=args.transport,
+                        auth_token=_auth_token(args) if args.url else args.auth_token)
     results = run(opts, progress=lambda line: print(line, flush=True))
     paths = write_results(results, args.out)
     print()
     print(render_table(results))
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
+
+
+def _transport_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--transport", choices=["webrtc", "twilio"], default="webrtc",
+                        help="webrtc: like the web page; twilio: a phone call through the"
+                             " server's Twilio webhook and media stream (8 kHz mu-law)")
+    parser.add_argument("--auth-token", help="Twilio auth token to sign requests with"
+                        " (default: $REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN, as the server"
+                        " reads it; a bench that starts the server makes one up)")
+
+
+def _auth_token(args: argparse.Namespace) -> str | None:
+    import os
+
+    token: str | None = args.auth_token or os.environ.get(
+        "REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN")
+    return token
 
 
 def _stop_on_sigterm() -> None:
@@ -175,7 +215,7 @@ def _stop_on_sigterm() -> None:
 def _call(args: argparse.Namespace) -> int:
     from rejoinder.client.caller import place_call
     from rejoinder.client.measure import summarize
-    from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, read_wav, write_wav
+    from rejoinder.core.audio import SAMPLE_RATE, read_wav, write_wav
 
     logging.basicConfig(level=logging.WARNING)
     pcm = read_wav(args.wav, SAMPLE_RATE)
@@ -192,8 +232,17 @@ def _call(args: argparse.Namespace) -> int:
             print(f"  error [{event.get('turn')}]: {event.get('message')}", flush=True)
 
     print(f"calling {args.url} with {args.wav} ({len(pcm) / SAMPLE_RATE:.1f} s)", flush=True)
-    result = asyncio.run(place_call(args.url, pcm, tail_s=args.tail, min_gap_s=args.min_gap,
-                                    jitter_frames=args.jitter_frames, on_event=live))
+    if args.transport == "twilio":
+        from rejoinder.client.phone import place_phone_call
+
+        result = asyncio.run(place_phone_call(args.url, pcm, auth_token=_auth_token(args),
+                                              tail_s=args.tail, min_gap_s=args.min_gap))
+        for e in result.events:
+            print(f"  the server sent {e['message']} (Twilio would not accept it)")
+    else:
+        result = asyncio.run(place_call(args.url, pcm, tail_s=args.tail,
+                                        min_gap_s=args.min_gap,
+                                        jitter_frames=args.jitter_frames, on_event=live))
     print(f"\ncall {result.call_id}: voice-to-voice latency measured at the caller")
     print(f"{'turn':>4} {'v2v ms':>8}  server stages (ms after server end of speech)")
     for t in result.turns:
@@ -216,7 +265,7 @@ def _call(args: argparse.Namespace) -> int:
 
         audio = np.concatenate(result.received.chunks) if result.received.chunks else \
             np.zeros(0, dtype=np.int16)
-        write_wav(args.out, audio, OUT_RATE)
+        write_wav(args.out, audio, result.received.rate)
         print(f"agent audio written to {args.out}")
     if args.json:
         args.json.write_text(json.dumps({

@@ -1,4 +1,5 @@
-"""A simulated caller: plays a script over real WebRTC, reacting to what it hears.
+"""A simulated caller: plays a script over real WebRTC (or a simulated Twilio phone line),
+reacting to what it hears.
 
 The caller waits for the agent like a person would (speaks again ``gap_s`` after the
 reply ended, or interrupts ``interrupt_after_s`` after the reply began), records
@@ -19,6 +20,7 @@ import numpy as np
 from rejoinder.bench.scripts import Script
 from rejoinder.client.connection import Connection, Mic
 from rejoinder.client.measure import find_utterances
+from rejoinder.client.twilio import PHONE_RATE, PhoneCall, PhoneMic
 from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, resample
 from rejoinder.core.clock import Clock
 
@@ -53,7 +55,7 @@ class CallRecord:
 class _Ear:
     """Follows the agent audio as it arrives: burst starts and the last loud sample."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection | PhoneCall) -> None:
         self.conn = conn
         self.bursts: list[float] = []
         self.last_loud = -math.inf
@@ -77,11 +79,23 @@ class _Ear:
 
 
 async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
-                   clock: Clock | None = None) -> CallRecord:
-    """Place one call and play ``script``; raises CallFailed if refused or unreachable."""
+                   clock: Clock | None = None, transport: str = "webrtc",
+                   auth_token: str | None = None) -> CallRecord:
+    """Place one call and play ``script``; raises CallFailed if refused or unreachable.
+
+    ``transport``: "webrtc" (like the web page) or "twilio" (a phone call through the
+    server's Twilio webhook and media stream, signed with ``auth_token``; what counts
+    as heard is what the phone played).
+    """
     clock = clock or Clock()
-    mic = Mic(clock)
-    conn = Connection(mic)
+    mic: Mic | PhoneMic
+    conn: Connection | PhoneCall
+    if transport == "twilio":
+        mic = PhoneMic(clock)
+        conn, rate = PhoneCall(mic, auth_token=auth_token), PHONE_RATE
+    else:
+        mic = Mic(clock)
+        conn, rate = Connection(mic), OUT_RATE
     ear = _Ear(conn)
     spoken: list[tuple[int, int, int, int | None]] = []  # (turn, start, eos, pause)
     await conn.open(url)
@@ -92,12 +106,12 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
             if prev_eos is not None:
                 await _wait_for_cue(ear, clock, prev_eos, turn.gap_s, turn.interrupt_after_s,
                                     reply_timeout_s)
-            pcm48 = resample(turn.audio, SAMPLE_RATE, OUT_RATE)
-            first = mic.play(pcm48)
+            pcm = resample(turn.audio, SAMPLE_RATE, rate)
+            first = mic.play(pcm)
             found = find_utterances(turn.audio, SAMPLE_RATE, min_gap_s=10.0)
-            start_off = round(found[0].start_s * OUT_RATE) if found else 0
-            end_off = round(found[-1].end_s * OUT_RATE) if found else len(pcm48)
-            pause = None if turn.pause_at_s is None else first + round(turn.pause_at_s * OUT_RATE)
+            start_off = round(found[0].start_s * rate) if found else 0
+            end_off = round(found[-1].end_s * rate) if found else len(pcm)
+            pause = None if turn.pause_at_s is None else first + round(turn.pause_at_s * rate)
             spoken.append((i + 1, first + start_off, first + end_off, pause))
             # The mic plays in real time; if the connection stalls it never finishes.
             async with asyncio.timeout(len(turn.audio) / SAMPLE_RATE + 10.0):
@@ -107,7 +121,8 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
         assert prev_eos is not None
         await _wait_for_cue(ear, clock, prev_eos, 1.0, None, reply_timeout_s)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3.0):
+            # A phone call has no events channel: no server records to wait for.
+            async with asyncio.timeout(3.0 if transport == "webrtc" else 0.0):
                 while len(conn.traces()) < sum(not t.backchannel for t in script.turns):
                     conn.event_arrived.clear()
                     await conn.event_arrived.wait()
@@ -117,7 +132,7 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
     for (index, s, e, pause), turn in zip(spoken, script.turns, strict=False):
         start_t, eos_t = mic.time_of(s), mic.time_of(e - 1)
         assert start_t is not None and eos_t is not None
-        turns.append(SpokenTurn(index, start_t, eos_t + 1.0 / OUT_RATE,
+        turns.append(SpokenTurn(index, start_t, eos_t + 1.0 / rate,
                                 turn.interrupt_after_s is not None,
                                 None if pause is None else mic.time_of(pause),
                                 turn.backchannel, turn.say))

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -45,6 +46,8 @@ class BenchOptions:
     ramp_s: float = 0.2                  # between call starts
     out: Path = Path("bench-out")
     reply_timeout_s: float = 15.0
+    transport: str = "webrtc"            # webrtc | twilio (phone calls via Media Streams)
+    auth_token: str | None = None        # Twilio's, to sign with (generated when we start it)
 
 
 @dataclass
@@ -60,6 +63,9 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
         procs = _Procs()
         profile = None
         url = opts.url
+        if url is None and opts.transport == "twilio" and opts.auth_token is None:
+            # The server we start checks every signature, as it would facing Twilio.
+            opts = dataclasses.replace(opts, auth_token=secrets.token_hex(16))
         if url is None:
             env: dict[str, str] = {}
             if opts.stack == "cloud":
@@ -79,7 +85,8 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             progress(f"starting the server ({opts.stack} stack)")
             env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
             url, procs.server = stack.enter_context(server_process(
-                opts.stack if opts.stack != "cloud" else "local", opts.out / "server.log", env))
+                opts.stack if opts.stack != "cloud" else "local", opts.out / "server.log", env,
+                twilio_auth_token=opts.auth_token if opts.transport == "twilio" else None))
         if opts.stack == "cloud":
             from rejoinder.cloudsim.profile import load_profile
 
@@ -112,6 +119,7 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             "stack": opts.stack if opts.url is None else "external",
             "profile": None if profile is None else dataclasses.asdict(profile),
             "script": opts.script.name,
+            "transport": opts.transport,
             "command": " ".join(["rejoinder", "bench", *sys.argv[2:]]),
             "ideal_ms": ideal,
             "ideal_cached_ms": ideal_cached,
@@ -137,7 +145,8 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
             len(t.audio) / 16_000 + t.gap_s + opts.reply_timeout_s for t in opts.script.turns)
         try:
             async with asyncio.timeout(limit + 30.0):
-                record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s)
+                record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s,
+                                        transport=opts.transport, auth_token=opts.auth_token)
         except CallFailed as exc:
             counts["refused" if exc.status == 503 else "failed"] += 1
             errors.append(str(exc))
@@ -215,16 +224,22 @@ def _rss_mb(pid: int) -> float:
 
 @contextmanager
 def server_process(kind: str, log_path: Path, env: dict[str, str] | None = None,
-                   startup_timeout_s: float = 120.0
+                   startup_timeout_s: float = 120.0, twilio_auth_token: str | None = None
                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``rejoinder serve --stack kind`` in a child process on a free loopback port.
 
     Yields its URL once ``/api/health`` answers; its output goes to ``log_path``; it is
     terminated on exit. A child that exits or never answers raises RuntimeError.
+    With ``twilio_auth_token`` its phone path is on, at its own URL, unsigned requests
+    refused.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    if twilio_auth_token is not None:
+        env = {**(env or {}), "REJOINDER_TELEPHONY__PUBLIC_URL": f"http://127.0.0.1:{port}",
+               "REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN": twilio_auth_token,
+               "REJOINDER_TELEPHONY__ALLOW_UNSIGNED": "false"}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rejoinder", "serve", "--stack", kind,
