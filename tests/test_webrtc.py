@@ -47,25 +47,26 @@ async def test_two_turns_over_real_webrtc(serve):
 
 
 BAD_OFFERS = [
-    (b"not json", "body must be JSON"),
-    (b'["offer"]', "must be a JSON object"),
-    (b'{"type": "answer", "sdp": "v=0"}', '"type" must be "offer"'),
-    (b'{"type": "offer", "sdp": 42}', '"sdp" must be a non-empty string'),
-    (b'{"type": "offer", "sdp": "hello"}', "must start with v=0"),
+    (b"not json", "bad_json"),
+    (b'["offer"]', "bad_json"),
+    (b'{"type": "answer", "sdp": "v=0"}', "bad_field"),
+    (b'{"type": "offer", "sdp": 42}', "bad_field"),
+    (b'{"type": "offer", "sdp": "hello"}', "bad_field"),
     (b'{"type": "offer", "sdp": "v=0\\r\\nm=audio 9 UDP/TLS/RTP/SAVPF 111\\r\\nbogus"}',
-     "malformed SDP offer"),
+     "no_candidates"),
     (b'{"type": "offer", "sdp": "v=0\\r\\no=- 1 1 IN IP4 0.0.0.0\\r\\ns=-\\r\\nt=0 0\\r\\n"}',
-     "no audio media section"),
+     "no_candidates"),
 ]
 
 
 async def test_malformed_offers_get_a_clear_4xx_and_the_server_keeps_serving(serve):
     async with serve(_stack()) as url:
         async with aiohttp.ClientSession() as http:
-            for body, message in BAD_OFFERS:
-                async with http.post(url + "/api/offer", data=body) as resp:
+            for body, code in BAD_OFFERS:
+                async with http.post(url + "/api/offer", data=body,
+                                     headers={"Content-Type": "application/json"}) as resp:
                     assert resp.status == 400, body
-                    assert message in (await resp.json())["error"], body
+                    assert (await resp.json())["code"] == code, body
             async with http.get(url + "/api/health") as resp:
                 assert (await resp.json())["calls"] == 0
         result = await place_call(url, script_audio([("silence", 0.3), ("speech", 0.6),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rejoinder.core.errors import ConfigError
+from rejoinder.core.netloc import split_host, split_origin
 from rejoinder.turn.options import TurnOptions
 
 ENV_PREFIX = "REJOINDER_"
@@ -55,8 +56,36 @@ class ServerOptions:
     # decodes each packet on arrival and drops the rare late one (fine on LAN and most
     # paths; raise it where packets arrive out of order).
     jitter_buffer_frames: int = 0
+    # A call whose caller has not connected (ICE and DTLS) this long after the answer is
+    # closed and frees its slot: a caller that never comes must not hold one.
+    connect_timeout_s: float = 10.0
+    # A connected caller whose audio stops arriving for this long has gone (process
+    # killed, network lost) and the call is closed. Callers send audio all the time,
+    # silence included (a browser with DTX still sends a packet every 400 ms), so only
+    # a network outage this long drops a live caller: shorter frees slots sooner, longer
+    # rides out longer outages (Wi-Fi roaming, a mobile handover: typically 1-3 s).
+    media_timeout_s: float = 5.0
+    # Web page origins (scheme://host[:port]) that may start calls, besides the server's
+    # own; "*" for any. Requests without an Origin (programs, curl) are always allowed.
+    allowed_origins: list[str] = field(default_factory=list)
+    # Host names (name or name:port; "*" for any) the server answers to. Empty: when
+    # bound to a loopback address, only loopback names with the server's port (against
+    # DNS rebinding); when bound to any other address, any Host.
+    allowed_hosts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.connect_timeout_s <= 0:
+            raise ConfigError("server.connect_timeout_s", "must be positive")
+        if self.media_timeout_s <= 0:
+            raise ConfigError("server.media_timeout_s", "must be positive")
+        for origin in self.allowed_origins:
+            if origin not in ("*", "null") and split_origin(origin) is None:
+                raise ConfigError("server.allowed_origins",
+                                  f"{origin!r} is not an origin like https://example.org")
+        for host in self.allowed_hosts:
+            if host != "*" and split_host(host) is None:
+                raise ConfigError("server.allowed_hosts",
+                                  f"{host!r} is not a host name like example.org[:port]")
         if not 0 <= self.jitter_buffer_frames <= 15:
             raise ConfigError("server.jitter_buffer_frames", "must be between 0 and 15")
         if not 0 <= self.port <= 65535:

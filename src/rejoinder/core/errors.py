@@ -3,7 +3,7 @@
     RejoinderError
     ├── ConfigError          a bad configuration value; the message names the field
     ├── MissingExtraError    an optional dependency is not installed; names the extra
-    ├── SignalingError       a malformed or unacceptable WebRTC offer (HTTP 400)
+    ├── SignalingError       a refused signaling request (HTTP 4xx, with a code)
     ├── OverloadedError      the server refuses a call it cannot serve well (HTTP 503)
     └── ProviderError        a provider failed
         ├── ProviderTimeout  it did not answer in time (retryable)
@@ -32,11 +32,27 @@ class MissingExtraError(RejoinderError):
 
 
 class SignalingError(RejoinderError):
-    """The caller's offer cannot be used. The message is shown to the caller."""
+    """A signaling request the server refuses: a malformed or unusable offer, a refused
+    origin or host, a body that is not JSON.
+
+    ``message`` and ``code`` are what the caller sees: short, stable, and free of
+    internal detail. ``detail`` (what the parser or aiortc said) only goes to the log.
+    """
+
+    def __init__(self, code: str, message: str, *, status: int = 400, detail: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.detail = detail
 
 
 class OverloadedError(RejoinderError):
-    """No capacity for another call right now."""
+    """No capacity for another call right now (HTTP 503). ``code`` says which limit."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ProviderError(RejoinderError):

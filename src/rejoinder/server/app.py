@@ -10,8 +10,10 @@ LLM provider streams with, so one dependency does both jobs.
     GET  /api/health        {status, calls, max_calls, end_silence_s, pause_s, speculate,
                              turn_model, phrase_cache: {hits, misses, hit_rate, entries}}
 
-Errors are JSON ``{"error": message}``: 400 for a bad offer, 503 when the server
-already carries ``server.max_calls`` calls.
+Errors are JSON ``{"error": message, "code": code}``: a short, stable message and a
+code (README, "Signaling API"); the detail goes to the log with the call id. Every
+request passes the checks of :mod:`rejoinder.server.guard` (Host; Origin and content
+type where it changes state) before its handler runs.
 """
 
 from __future__ import annotations
@@ -20,23 +22,37 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from rejoinder.config import Config
 from rejoinder.core.errors import OverloadedError, SignalingError
+from rejoinder.observability.logs import call_id_var
 from rejoinder.providers.base import Stack
 from rejoinder.server.call import Call
+from rejoinder.server.guard import (
+    MAX_BODY_BYTES,
+    check_content_type,
+    check_host,
+    check_origin,
+    parse_offer,
+    read_json,
+)
 from rejoinder.store import CallLog, Recorder, open_recorder
 
 log = logging.getLogger(__name__)
 
 _WEB = resources.files("rejoinder") / "web"
-_MAX_OFFER_BYTES = 256 * 1024
 _ENDED_KEPT = 100
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# aiohttp's own refusals (unknown path, wrong method, ...) as codes, in the same shape.
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "too_large", 415: "unsupported_media_type"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Server:
@@ -60,7 +76,7 @@ class Server:
         return []
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_OFFER_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
         app.router.add_get("/", self.index)
         app.router.add_get("/app.js", self.static)
         app.router.add_post("/api/offer", self.offer)
@@ -69,6 +85,36 @@ class Server:
         app.router.add_get("/api/health", self.health)
         app.on_shutdown.append(self._shutdown)
         return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Host and Origin checks before any handler; every refusal and failure as a JSON
+        error with a code, never a traceback or a library's message."""
+        options = self.config.server
+        token = call_id_var.set("-")  # one connection serves several requests
+        try:
+            check_host(request, options.host, options.allowed_hosts)
+            if request.method not in _SAFE_METHODS:
+                check_origin(request, options.allowed_origins)
+            return await handler(request)
+        except SignalingError as exc:
+            log.info("%s %s refused (%s): %s%s", request.method, request.path, exc.code,
+                     exc.message, f"; {exc.detail}" if exc.detail else "")
+            return _error(exc.status, exc.code, exc.message)
+        except OverloadedError as exc:
+            log.warning("%s %s refused (%s): %s", request.method, request.path, exc.code, exc)
+            return _error(503, exc.code, str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _HTTP_CODES.get(exc.status, "http_error")
+            log.info("%s %s refused (%s)", request.method, request.path, code)
+            return _error(exc.status, code, exc.reason)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, "internal", "internal server error")
+        finally:
+            call_id_var.reset(token)
 
     # -- handlers -------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.Response:
@@ -139,21 +185,16 @@ class Server:
         if call_id in self.ended:
             return web.json_response({"call_id": call_id, "active": False,
                                       "turns": self.ended[call_id]})
-        return _error(404, f"no call {call_id!r}")
+        raise SignalingError("not_found", "no such call", status=404)
 
     async def offer(self, request: web.Request) -> web.Response:
-        try:
-            sdp = _parse_offer(await _read_json(request))
-            if len(self.calls) >= self.config.server.max_calls:
-                raise OverloadedError(
-                    f"server is at capacity ({self.config.server.max_calls} concurrent calls);"
-                    " try again later")
-        except SignalingError as exc:
-            log.info("offer refused: %s", exc)
-            return _error(400, str(exc))
-        except OverloadedError as exc:
-            log.warning("offer refused: %s", exc)
-            return _error(503, str(exc))
+        check_content_type(request)
+        sdp = parse_offer(await read_json(request))
+        limit = self.config.server.max_calls
+        if len(self.calls) >= limit:
+            raise OverloadedError(
+                "at_capacity",
+                f"server is at capacity ({limit} concurrent calls); try again later")
         call = Call(self.config, self.stack, self._forget)
         self.calls[call.id] = call
         if self.recorder is not None:
@@ -162,11 +203,14 @@ class Server:
             self.call_logs[call.id] = record
             call.observers.append(record.on_event)
         try:
-            answer = await call.answer(sdp, self.media_addresses())
-        except SignalingError as exc:
-            log.info("offer refused: %s", exc)
+            # Answering includes ICE gathering; it must not hold the slot for longer
+            # than a caller gets to connect.
+            async with asyncio.timeout(self.config.server.connect_timeout_s):
+                answer = await call.answer(sdp, self.media_addresses())
+        except TimeoutError:
             await call.close()
-            return _error(400, str(exc))
+            raise OverloadedError("answer_timeout",
+                                  "the server could not answer in time; try again") from None
         except BaseException:
             await asyncio.shield(call.close())
             raise
@@ -190,30 +234,8 @@ class Server:
         await asyncio.gather(*(c.close() for c in list(self.calls.values())))
 
 
-async def _read_json(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except web.HTTPRequestEntityTooLarge:
-        raise SignalingError(f"offer larger than {_MAX_OFFER_BYTES} bytes") from None
-    except ValueError:
-        raise SignalingError('body must be JSON: {"sdp": "...", "type": "offer"}') from None
-
-
-def _parse_offer(body: Any) -> str:
-    if not isinstance(body, dict):
-        raise SignalingError('body must be a JSON object: {"sdp": "...", "type": "offer"}')
-    if body.get("type") != "offer":
-        raise SignalingError(f'"type" must be "offer", got {body.get("type")!r}')
-    sdp = body.get("sdp")
-    if not isinstance(sdp, str) or not sdp.strip():
-        raise SignalingError('"sdp" must be a non-empty string')
-    if not sdp.lstrip().startswith("v=0"):
-        raise SignalingError('"sdp" is not an SDP session description (must start with v=0)')
-    return sdp
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
 
 
 async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | None = None,
@@ -225,8 +247,8 @@ async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | Non
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
-    sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
-    port = sockets[0].getsockname()[1] if sockets else config.server.port
+    addresses = runner.addresses
+    port = int(addresses[0][1]) if addresses else config.server.port
     if bound is not None:
         bound.append(port)
     log.info("serving on http://%s:%d", config.server.host, port)

@@ -1,4 +1,10 @@
-"""One call on the server: its peer connection, its conversation, its event channel."""
+"""One call on the server: its peer connection, its conversation, its event channel.
+
+A call holds one of the server's slots until it is closed, so every way a caller can
+fail to arrive or disappear ends it: no connection within ``connect_timeout_s`` of the
+answer, no audio from a connected caller for ``media_timeout_s``, ICE or DTLS failure,
+or the caller's track ending.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from rejoinder.config import Config
+from rejoinder.core.clock import Clock
 from rejoinder.core.errors import SignalingError
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.logs import call_id_var
@@ -35,10 +42,12 @@ log = logging.getLogger(__name__)
 class Call:
     """A caller connected over WebRTC. ``close()`` is idempotent."""
 
-    def __init__(self, config: Config, stack: Stack, on_closed: Callable[[Call], None]) -> None:
+    def __init__(self, config: Config, stack: Stack, on_closed: Callable[[Call], None],
+                 clock: Clock | None = None) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.config = config
         self.stack = stack
+        self.clock = clock or Clock()
         self._on_closed = on_closed
         # Also given every event the caller gets (the call's recorder).
         self.observers: list[Callable[[dict[str, object]], None]] = []
@@ -51,7 +60,10 @@ class Call:
         self._channel: Any = None
         self._backlog: deque[str] = deque(maxlen=200)
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._heard_at = 0.0  # clock time of the caller's latest audio frame
         self.closed = asyncio.Event()
 
     async def answer(self, sdp: str, media_addresses: list[str]) -> RTCSessionDescription:
@@ -63,20 +75,47 @@ class Call:
         pc.on("connectionstatechange", self._on_state)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            # No trickle ICE: the offer carries every candidate there will be. Saying so
+            # lets ICE fail as soon as its checks do, instead of waiting for more.
+            await pc.addIceCandidate(None)
         except Exception as exc:  # aiortc raises ValueError, KeyError, ... on bad SDP
-            raise SignalingError(f"malformed SDP offer: {exc}") from exc
+            raise _unusable(exc) from exc
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
         if not audio:
-            raise SignalingError("the offer has no audio media section")
-        audio[0].sender.replaceTrack(AgentTrack(self.playout))
-        set_jitter_buffer(audio[0].receiver, self.config.server.jitter_buffer_frames)
-        audio[0].direction = "sendrecv"
-        with pinned_host_addresses(media_addresses):
-            try:
+            raise SignalingError("no_audio", "the offer has no audio media section")
+        try:
+            audio[0].sender.replaceTrack(AgentTrack(self.playout))
+            set_jitter_buffer(audio[0].receiver, self.config.server.jitter_buffer_frames)
+            audio[0].direction = "sendrecv"
+            with pinned_host_addresses(media_addresses):
                 await pc.setLocalDescription(await pc.createAnswer())
-            except Exception as exc:
-                raise SignalingError(f"cannot answer this offer: {exc}") from exc
+        except Exception as exc:
+            raise _unusable(exc) from exc
+        self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.id}")
         return pc.localDescription
+
+    async def _watch(self) -> None:
+        """Close the call when the caller does not connect in time, or when its audio
+        stops (a caller whose process or network is gone sends no BYE)."""
+        options = self.config.server
+        try:
+            async with asyncio.timeout(options.connect_timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            log.info("caller did not connect within %.1f s", options.connect_timeout_s)
+            self.close_soon()
+            return
+        self._heard_at = self.clock.now()
+        while True:
+            quiet = self.clock.now() - self._heard_at
+            if quiet >= options.media_timeout_s:
+                log.info("no audio from the caller for %.1f s; the caller is gone", quiet)
+                self.close_soon()
+                return
+            await self.clock.sleep(options.media_timeout_s - quiet)
+
+    def _heard(self) -> None:
+        self._heard_at = self.clock.now()
 
     # -- aiortc callbacks ---------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -92,7 +131,7 @@ class Call:
         warm = asyncio.create_task(self.stack.llm.warm([ChatMessage(
             "system", self.config.agent.system_prompt)]))
         try:
-            await self.conversation.run(caller_frames(track))
+            await self.conversation.run(caller_frames(track, on_frame=self._heard))
         finally:
             await cancel_and_wait(warm, what="llm warm-up")
             self.close_soon()
@@ -106,6 +145,8 @@ class Call:
     def _on_state(self) -> None:
         state = self.pc.connectionState
         log.info("connection %s", state)
+        if state == "connected":
+            self._connected.set()
         if state in ("failed", "closed"):
             self.close_soon()
 
@@ -135,6 +176,7 @@ class Call:
 
     async def _close(self) -> None:
         try:
+            await cancel_and_wait(self._watchdog, what=f"call {self.id} watchdog")
             await cancel_and_wait(self._task, what=f"call {self.id} conversation")
             await self.conversation.close()
             await close_quietly(self.pc)
@@ -142,3 +184,9 @@ class Call:
             self.closed.set()
             log.info("call ended after %d turns", len(self.conversation.traces))
             self._on_closed(self)
+
+
+def _unusable(exc: Exception) -> SignalingError:
+    """aiortc's own words stay in the log; the caller gets a stable message."""
+    return SignalingError("bad_offer", "the offer could not be used",
+                          detail=f"{type(exc).__name__}: {str(exc)[:200]}")

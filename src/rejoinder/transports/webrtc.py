@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import fractions
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import aioice.ice
@@ -275,8 +275,10 @@ def frame_to_pcm(frame: av.AudioFrame) -> PCM:
     return out
 
 
-async def caller_frames(track: MediaStreamTrack) -> AsyncIterator[PCM]:
-    """The caller's audio as 16 kHz mono int16 chunks, until the track ends."""
+async def caller_frames(track: MediaStreamTrack, *,
+                        on_frame: Callable[[], None] | None = None) -> AsyncIterator[PCM]:
+    """The caller's audio as 16 kHz mono int16 chunks, until the track ends.
+    ``on_frame`` is called as each decoded frame arrives (the caller is still there)."""
     resampler: Resampler | None = None
     while True:
         try:
@@ -284,6 +286,8 @@ async def caller_frames(track: MediaStreamTrack) -> AsyncIterator[PCM]:
         except MediaStreamError:
             return
         assert isinstance(frame, av.AudioFrame)
+        if on_frame is not None:
+            on_frame()
         if resampler is None or resampler.in_rate != frame.sample_rate:
             resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
         pcm = resampler(frame_to_pcm(frame))
