@@ -272,7 +272,7 @@ class StandIn:
             self.refused.append("voice")
             return web.Response(status=403)
         self.webhook_params = {k: str(v) for k, v in form.items()}
-        stream = f"ws://{request.host}/twilio/media?leg=1"
+        stream = f"ws://{request.host}/twilio/media"
         return web.Response(content_type="text/xml", text=(
             '<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
             f'<Stream url="{stream}"><Parameter name="greeting" value="none"/></Stream>'
@@ -390,3 +390,85 @@ async def test_the_bench_caller_measures_a_phone_call(stand_in):
     echoed = [m["mark"]["name"] for _, m in server.received if m["event"] == "mark"]
     assert echoed[:2] == ["reply1", "reply2"]
     assert server.cleared_at is not None
+
+
+@pytest.fixture
+def stand_in_thread():
+    """The stand-in on its own loop in a thread, for commands that run their own loop."""
+    import threading
+
+    server = StandIn(TOKEN)
+    app = server.app()
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app.router.add_get("/api/health", health)
+    loop = asyncio.new_event_loop()
+    started: list[str] = []
+    ready = threading.Event()
+
+    async def serve() -> web.AppRunner:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        started.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+        return runner
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        runner = loop.run_until_complete(serve())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield server, started[0]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.mark.slow  # real time, end to end through the command
+def test_rejoinder_call_over_the_phone(stand_in_thread, tmp_path, capsys, monkeypatch):
+    from rejoinder.cli import main
+    from rejoinder.core.audio import read_wav, write_wav
+
+    server, url = stand_in_thread
+    wav, out = tmp_path / "ask.wav", tmp_path / "reply.wav"
+    write_wav(wav, np.concatenate([tone(0.6, rate=16_000), np.zeros(8000, np.int16)]), 16_000)
+    # The token as the server reads it from the environment, when --auth-token is not given.
+    monkeypatch.setenv("REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN", TOKEN)
+    code = main(["call", "--transport", "twilio", "--url", url, "--wav", str(wav),
+                 "--out", str(out), "--tail", "5"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert server.refused == []
+    v2v = [float(line.split()[1]) for line in printed.splitlines()
+           if line.strip().startswith("1 ")]
+    assert len(v2v) == 1 and 280.0 <= v2v[0] < 3000.0
+    assert len(read_wav(out, PHONE_RATE)) == 0.2 * PHONE_RATE  # the reply as played, 8 kHz
+
+
+@pytest.mark.slow  # real time, end to end through the command
+def test_rejoinder_bench_over_the_phone(stand_in_thread, tmp_path, capsys):
+    from rejoinder.cli import main
+
+    server, url = stand_in_thread
+    script = tmp_path / "phone.toml"
+    script.write_text('name = "phone"\nlead_s = 0.3\n'
+                      '[[turn]]\nsay = "tone:0.6"\n[[turn]]\nsay = "tone:0.6"\ngap_s = 0.5\n')
+    code = main(["bench", "--transport", "twilio", "--auth-token", TOKEN, "--url", url,
+                 "--script", str(script), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["meta"]["transport"] == "twilio"
+    turns = results["runs"][0]["turns"]
+    assert [t["replied"] for t in turns] == [True, True]
+    assert all(280.0 <= t["v2v_ms"] < 3000.0 for t in turns)
+    assert server.refused == []

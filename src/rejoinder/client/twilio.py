@@ -133,7 +133,9 @@ async def answer(http: aiohttp.ClientSession, base_url: str, identity: CallIdent
     """Ring the server: POST the voice webhook and read its TwiML."""
     url = base_url.rstrip("/") + VOICE_PATH
     params = identity.webhook_params()
-    headers = {SIGNATURE_HEADER: sign(auth_token, url, params)} if auth_token else {}
+    headers = {"User-Agent": "TwilioProxy/1.1"}
+    if auth_token:
+        headers[SIGNATURE_HEADER] = sign(auth_token, url, params)
     try:
         async with http.post(url, data=params, headers=headers) as resp:
             body = await resp.text()

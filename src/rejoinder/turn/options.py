@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rejoinder.core.bounds import check_numbers
 from rejoinder.core.errors import ConfigError
 
 # Words that, alone, are the caller listening rather than taking the turn. "yes" and "no"
@@ -25,6 +26,22 @@ UNFINISHED_WORDS = (
 # A transcript ending on these has trailed off: "I was wondering if...", "Boston to -".
 _CLOSING = frozenset(".?!…\"')")
 _TRAILING = re.compile(r"(\.\.\.|…|-|–|—|,)\s*$")
+
+# The bounds of every numeric option (the finer rules follow in ``__post_init__``). A
+# timer over 10 s is a mistake, often milliseconds written as seconds: a caller left in
+# silence that long has hung up. The word and message counts stop at sizes no call reaches.
+_SECONDS = ("pause_s", "end_silence_s", "max_silence_s", "finished_silence_s",
+            "model_after_s", "reask_s", "quiet_tail_s", "min_speech_s", "barge_in_min_s",
+            "backchannel_max_s", "preroll_s", "filler_after_s")
+_RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(_SECONDS, (0.0, 10.0)),
+    **dict.fromkeys(("vad_threshold", "confirm_p", "hold_p", "question_end_p"), (0.0, 1.0)),
+    "quiet_dbfs": (-120.0, 0.0),  # 16-bit silence is -96 dBFS
+    "unpunctuated_words": (0, 100),
+    "max_history_messages": (2, 1000),
+    "clause_min_words": (1, 50),
+    "max_reply_sentences": (1, 100),
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ class TurnOptions:
     filler: str = "One moment."    # turn is confirmed (0: never)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "turn", _RANGES)  # first: NaN would blame the wrong field below
         for name in ("vad_threshold", "confirm_p", "hold_p"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"turn.{name}", "must be between 0 and 1")
