@@ -128,10 +128,10 @@ class LLMOptions:
     redact: bool = True
 
     def __post_init__(self) -> None:
-        if self.provider not in ("local", "openai"):
         # OpenAI's temperature range; a first token later than 10 minutes never comes.
         check_numbers(self, "llm", {"temperature": (0.0, 2.0), "max_tokens": (1, 100_000),
                                     "timeout_s": (0.0, 600.0)})
+        if self.provider not in ("local", "openai"):
             raise ConfigError("llm.provider", f"{self.provider!r} is not 'local' or 'openai'")
         if self.provider == "openai":
             if not self.base_url.startswith(("http://", "https://")):
@@ -156,10 +156,10 @@ class STTOptions:
     api_key: str = ""
 
     def __post_init__(self) -> None:
+        check_numbers(self, "stt", {})
         _remote_or_local("stt", self.provider, self.url)
 
     def __repr__(self) -> str:
-        check_numbers(self, "stt", {})
         return f"STTOptions(provider={self.provider!r}, url={self.url!r})"
 
 
@@ -171,12 +171,12 @@ class TTSOptions:
     sample_rate: int = 24_000  # of the remote service's PCM16 stream
 
     def __post_init__(self) -> None:
+        check_numbers(self, "tts", {"sample_rate": (8_000, 48_000)})
         _remote_or_local("tts", self.provider, self.url)
         if not 8_000 <= self.sample_rate <= 48_000:
             raise ConfigError("tts.sample_rate", "must be between 8000 and 48000")
 
     def __repr__(self) -> str:
-        check_numbers(self, "tts", {"sample_rate": (8_000, 48_000)})
         return f"TTSOptions(provider={self.provider!r}, url={self.url!r})"
 
 
@@ -215,6 +215,9 @@ class StoreOptions:
     redact: bool = True
 
     def __post_init__(self) -> None:
+        check_numbers(self, "store", {"keep_days": (0.0, 36_500.0),
+                                      "prune_interval_s": (0.0, 7 * 86_400.0),
+                                      "queue_max": (1, 10_000_000)})
         if self.url and not self.url.startswith(("sqlite", "postgresql", "postgres:")):
             raise ConfigError("store.url", "must be a sqlite:// or postgresql:// URL")
         if self.url and self.path:
@@ -226,9 +229,6 @@ class StoreOptions:
         if self.queue_max < 1:
             raise ConfigError("store.queue_max", "must be at least 1")
 
-        check_numbers(self, "store", {"keep_days": (0.0, 36_500.0),
-                                      "prune_interval_s": (0.0, 7 * 86_400.0),
-                                      "queue_max": (1, 10_000_000)})
     def __repr__(self) -> str:  # a PostgreSQL URL may carry a password
         return f"StoreOptions(url={'***' if self.url else ''!r}, path={self.path!r}, " \
                f"keep_days={self.keep_days!r})"
@@ -258,6 +258,7 @@ def load_config(path: str | Path | None = None,
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("(file)", f"{path} is not valid TOML: {exc}") from exc
     env = os.environ if env is None else env
+    known = _settings()
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
@@ -271,18 +272,6 @@ def load_config(path: str | Path | None = None,
     return config
 
 
-class _EnvValue(str):
-    """A string from the environment, converted to the field's type when built."""
-
-    known = _settings()
-
-def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "(file)", "must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
 def _settings() -> list[str]:
     """Every setting as its environment variable spells it, less the prefix, lower case:
     "server__max_calls"."""
@@ -306,6 +295,17 @@ def _unknown_variable(key: str, setting: str, known: list[str]) -> None:
                 "(settings are %s<SECTION>__<FIELD>)%s", key, ENV_PREFIX, hint)
 
 
+class _EnvValue(str):
+    """A string from the environment, converted to the field's type when built."""
+
+
+def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "(file)", "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
         name = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(name, f"unknown field (known: {', '.join(sorted(fields))})")
