@@ -20,7 +20,8 @@ caller again) when the VAD hears the caller before the end, else an *early end*.
 cut off if it has either kind. The first confirmation in (or early before) the *end* silence
 gives the **end-of-turn delay**, from the true end of speech (``start_s``); ``vad_lag`` is
 how far the VAD's last voiced frame lags that end (part of the delay). Run it with
-``python -m rejoinder.bench.turneval MANIFEST|build [--json OUT]``.
+``python -m rejoinder.bench.turneval MANIFEST|build [--json OUT]`` (``--phone``: as heard over
+a phone line).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import numpy as np
 
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
+from rejoinder.core.telephony import phone_path
 from rejoinder.providers.base import ChatMessage
 from rejoinder.turn.engine import words_unfinished
 from rejoinder.turn.level import LevelGate
@@ -158,22 +160,25 @@ def _done(opts: TurnOptions, model: bool, p: float | None, silence: int) -> bool
 
 def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOptions], *,
              use_model: bool, model_latency_s: float,
-             words_latency_s: float = 0.24) -> list[dict[str, Any]]:
+             words_latency_s: float = 0.24, phone: bool = False,
+             vad_rate: int = SAMPLE_RATE) -> list[dict[str, Any]]:
     """Replay every item of the manifest through each policy of ``options``; a report (a
     dict) per policy. With ``hold_unfinished``, Whisper transcribes the utterance at each
     pause. The model's answer and Whisper's transcript for a stretch of audio are computed
     once and shared by the policies (a sweep costs little more than one policy); the words
-    check on a transcript runs per policy, since its options may differ."""
+    check on a transcript runs per policy, since its options may differ. ``phone``: every
+    item goes through the phone path first (8 kHz mu-law, ``core/telephony.phone_path``);
+    ``vad_rate`` 8000: Silero runs in its 8 kHz mode (``SileroOptions.sample_rate``)."""
     variants = [options] if isinstance(options, TurnOptions) else list(options)
     options = variants[0]
     from rejoinder.config import DEFAULT_SYSTEM_PROMPT
-    from rejoinder.providers.local.silero import SileroVAD
+    from rejoinder.providers.local.silero import SileroOptions, SileroVAD
     from rejoinder.providers.local.smart_turn import SmartTurn
     from rejoinder.providers.local.smollm import SmolLM
     from rejoinder.providers.local.whisper import WhisperSTT
 
     manifest = Path(manifest_path)
-    vad = SileroVAD()
+    vad = SileroVAD(SileroOptions(sample_rate=vad_rate))
     model = SmartTurn() if use_model else None
     words = options.hold_unfinished and options.speculate
     stt = WhisperSTT() if words else None
@@ -215,6 +220,8 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
     try:
         for item in turnset.load(manifest):
             pcm = read_wav(manifest.parent / item.file)
+            if phone:
+                pcm = phone_path(pcm)
             stream, gate = vad.stream(), LevelGate(options.quiet_dbfs)
             flags, audible = [], []
             try:
@@ -258,6 +265,7 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
             "manifest": str(manifest),
             "policy": policy + "".join(f" {k}={v}" for k, v in changed.items()),
             "options": dataclasses.asdict(opts), "model_latency_s": model_latency_s,
+            "audio": "phone" if phone else "16k", "vad_rate": vad_rate,
             "words_latency_s": words_latency_s if stt is not None else None,
             "predict_calls": len(times),
             "predict_ms_mean": 1000 * float(np.mean(times)) if times else None,
@@ -352,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-latency-s", type=float, default=0.11)
     ap.add_argument("--words-latency-s", type=float, default=0.24,
                     help="pause to speculative transcript (bench median, stt_final - vad_end)")
+    ap.add_argument("--phone", action="store_true",
+                    help="hear each item through the phone path (16 -> 8 kHz mu-law -> 16 kHz)")
+    ap.add_argument("--vad-rate", type=int, choices=(8000, SAMPLE_RATE), default=SAMPLE_RATE,
+                    help="Silero's mode (8000 for phone calls)")
     ap.add_argument("--no-words", action="store_true",
                     help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
@@ -378,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest, [replace(opts, model="smart-turn" if m else "none", **change)
                        for change in sweep],
             use_model=m, model_latency_s=args.model_latency_s,
-            words_latency_s=args.words_latency_s)]
+            words_latency_s=args.words_latency_s, phone=args.phone, vad_rate=args.vad_rate)]
     sys.stdout.write(table(reports) + "\n")
     if args.json:
         args.json.write_text(json.dumps({r["policy"]: r for r in reports}, indent=1))
