@@ -276,8 +276,8 @@ class PhoneCall:
     """One call from the phone's side, the same surface as ``connection.Connection``:
     ``open``, ``close``, ``received`` (what was played), ``call_id`` (the CallSid).
 
-    ``sent`` and ``marks_echoed`` keep what went to the server, for tests and diagnosis;
-    ``protocol_errors`` what the server sent that Twilio would not accept.
+    ``marks_echoed`` keeps the marks sent back (time, name) and ``protocol_errors`` what
+    the server sent that Twilio would not accept, for tests and diagnosis.
     """
 
     def __init__(self, mic: PhoneMic, *, auth_token: str | None = None,
@@ -294,7 +294,6 @@ class PhoneCall:
         self.events: list[dict[str, Any]] = []  # Media Streams carry no server events
         self.event_arrived = asyncio.Event()
         self.wall_offset = self.clock.wall() - self.clock.now()
-        self.sent: list[tuple[float, dict[str, Any]]] = []
         self.marks_echoed: list[tuple[float, str]] = []
         self.protocol_errors: list[str] = []
         self.hung_up = asyncio.Event()  # the server closed the stream
@@ -373,7 +372,6 @@ class PhoneCall:
                 message = {"event": message["event"], "sequenceNumber": str(self._seq),
                            **{k: v for k, v in message.items() if k != "event"},
                            "streamSid": self.stream_sid}
-            self.sent.append((self.clock.now(), message))
             await self._ws.send_str(json.dumps(message))
 
     async def _talk(self) -> None:
