@@ -82,8 +82,10 @@ _LABEL = r"[^\W_][\w-]*"
 _JOIN = rf"(?:\.|{_SP}(?:dot|underscore|dash|hyphen){_SP})"
 _WORDS = (r"(?<![\w.+'’-])(?<!dot )(?<!underscore )(?<!dash )(?<!hyphen )"
           rf"[\w+-]+(?:{_JOIN}[\w+-]+)*+")
-_SPELLED = (r"(?<![\w.'’-])(?<!\b\w )(?<!\b\w, )(?<!\b\w\. )"
-            r"[^\W_](?:(?: |[-.]|[,.] )[^\W_](?!\w))++")
+_SPELLED = (r"(?<![\w.'’-])(?<![\s,.-]\w )(?<!^\w )(?<![\s,.-]\w, )(?<!^\w, )"
+            r"(?<![\s,.-]\w\. )(?<!^\w\. )(?<!dot )(?<!underscore )"
+            r"(?<!dash )(?<!hyphen )"
+            rf"[^\W_](?:(?: |[-.]|[,.] |{_SP}(?:dot|underscore|dash|hyphen){_SP})[^\W_](?!\w))++")
 _EMAIL = re.compile(
     rf"(?:(?:{_SPELLED}|{_WORDS}){_SP}?|(?<!\w)(?=at\b))"
     rf"(?:(?<=[\w ,\t])@{_SP}?{_LABEL}(?:{_DOT}{_LABEL})+"  # written "@": any domain
