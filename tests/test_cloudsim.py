@@ -24,7 +24,13 @@ from rejoinder.cloudsim.profile import DEFAULT_REPLY, LLMProfile, Profile
 from rejoinder.cloudsim.service import build_parser, profile_from_args
 from rejoinder.cloudsim.stack import cloud_stack
 from rejoinder.core.audio import SAMPLE_RATE, rms_dbfs
-from rejoinder.core.errors import ConfigError, ProviderError, ProviderStreamError, ProviderTimeout
+from rejoinder.core.errors import (
+    ConfigError,
+    ProviderError,
+    ProviderStreamError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from rejoinder.providers.base import ChatMessage
 from rejoinder.providers.openai.llm import OpenAILLM
 from rejoinder.providers.remote import RemoteSTT, RemoteTTS
@@ -270,9 +276,9 @@ async def test_remote_tts_reassembles_samples_split_across_chunks(
 async def test_remote_clients_translate_connection_failures() -> None:
     stt, tts = RemoteSTT("http://127.0.0.1:9"), RemoteTTS("http://127.0.0.1:9")
     try:
-        with pytest.raises(ProviderStreamError, match="connection"):
+        with pytest.raises(ProviderUnavailable, match="connection"):
             await stt.transcribe(np.zeros(160, dtype=np.int16))
-        with pytest.raises(ProviderStreamError):
+        with pytest.raises(ProviderUnavailable):
             [c async for c in tts.synthesize("Hi.")]
     finally:
         await stt.close()

@@ -6,7 +6,8 @@
     ├── SignalingError       a refused signaling request (HTTP 4xx, with a code)
     ├── OverloadedError      the server refuses a call it cannot serve well (HTTP 503)
     └── ProviderError        a provider failed
-        ├── ProviderTimeout  it did not answer in time (retryable)
+        ├── ProviderTimeout  it did not answer in time, or its stream stalled (retryable)
+        ├── ProviderUnavailable  it cannot be reached, or says it cannot serve now (retryable)
         └── ProviderStreamError  the stream broke midway
 """
 
@@ -56,7 +57,13 @@ class OverloadedError(RejoinderError):
 
 
 class ProviderError(RejoinderError):
+    """``kind``: which provider ("stt", "llm", "tts", "turn"; set by the provider base
+    classes); ``failure``: "failed", "timeout" or "unavailable". The message is for logs
+    only: it may name internal URLs and vendor exceptions."""
+
     retryable = False
+    kind = "provider"
+    failure = "failed"
 
     def __init__(self, provider: str, message: str) -> None:
         super().__init__(f"{provider}: {message}")
@@ -65,6 +72,12 @@ class ProviderError(RejoinderError):
 
 class ProviderTimeout(ProviderError):
     retryable = True
+    failure = "timeout"
+
+
+class ProviderUnavailable(ProviderError):
+    retryable = True
+    failure = "unavailable"
 
 
 class ProviderStreamError(ProviderError):
@@ -72,10 +85,9 @@ class ProviderStreamError(ProviderError):
 
 
 def error_code(exc: BaseException) -> str:
-    """A short code for ``exc`` that carries none of its text: "llm.timeout",
-    "tts.stream", "stt.failed", or "internal" for anything not a provider's."""
+    """A short code for ``exc`` that carries none of its text: the provider's kind and
+    the failure's class ("llm_timeout", "stt_unavailable", "tts_failed"), or "internal"
+    for anything not a provider's."""
     if isinstance(exc, ProviderError):
-        kind = "timeout" if isinstance(exc, ProviderTimeout) else \
-            "stream" if isinstance(exc, ProviderStreamError) else "failed"
-        return f"{exc.provider}.{kind}"
+        return f"{exc.kind}_{exc.failure}"
     return "internal"

@@ -2,8 +2,12 @@
 
 A provider implements one method (``_transcribe``, ``_stream``, ``_synthesize``,
 or a VAD stream's ``_probability``). The public method of the base class owns
-what every provider needs the same way: a time limit on the first result,
-translation of unexpected errors into :class:`ProviderError`, and a debug log.
+what every provider needs the same way: a time limit on the first result and on
+every gap between results after it (``stream_idle_timeout_s``: a stream that stalls
+midway raises :class:`ProviderTimeout` instead of leaving the caller in silence),
+translation of unexpected errors into :class:`ProviderError` tagged with the
+provider's ``kind`` (so that a caller is told ``llm_timeout``, never the message),
+and a debug log.
 Blocking engines (local models) run in worker threads so the event loop never
 waits on inference. An LLM only ever receives the caller's words with personal data
 redacted (:mod:`rejoinder.core.redact`), unless its ``redact`` is switched off.
@@ -31,18 +35,35 @@ Role = Literal["system", "user", "assistant"]
 T = TypeVar("T")
 
 
-async def guarded(name: str, timeout_s: float, call: Awaitable[T], what: str) -> T:
+#: Default longest gap between two items of a provider stream (config: ``stream_idle_timeout_s``
+#: of ``[llm]``, ``[stt]``, ``[tts]``). A healthy service streams many items a second.
+STREAM_IDLE_TIMEOUT_S = 5.0
+
+
+def _tagged(exc: ProviderError, kind: str) -> ProviderError:
+    """``exc`` with its provider ``kind`` set, unless an inner provider set it already."""
+    if exc.kind == ProviderError.kind:
+        exc.kind = kind
+    return exc
+
+
+async def guarded(name: str, timeout_s: float, call: Awaitable[T], what: str, *,
+                  kind: str = ProviderError.kind) -> T:
     """Await one provider answer within ``timeout_s``; anything unexpected becomes a
-    :class:`ProviderError` of provider ``name`` (``what``: the answer, for messages)."""
+    :class:`ProviderError` of provider ``name`` and ``kind`` (``what``: the answer, for
+    messages)."""
     try:
         async with asyncio.timeout(timeout_s):
             return await call
     except TimeoutError as exc:
-        raise ProviderTimeout(name, f"no {what} within {timeout_s} s") from exc
-    except (ProviderError, asyncio.CancelledError):
+        raise _tagged(ProviderTimeout(name, f"no {what} within {timeout_s} s"), kind) from exc
+    except ProviderError as exc:
+        _tagged(exc, kind)
+        raise
+    except asyncio.CancelledError:
         raise
     except Exception as exc:
-        raise ProviderError(name, f"{what} failed: {exc!r}") from exc
+        raise _tagged(ProviderError(name, f"{what} failed: {exc!r}"), kind) from exc
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,8 @@ class STTStream(Protocol):
     The turn engine pushes every frame of the utterance (with its VAD verdict), asks for
     ``finish()`` when the caller pauses (it may be asked again if they go on: the session
     keeps the whole utterance), and calls ``reset()`` once a reply to it is committed.
+    ``push`` never waits for inference; the engine gets its session from
+    :meth:`STT.session`, which puts the time limit on ``finish()``.
     """
 
     async def push(self, frame: PCM, speech: bool | None = None) -> None: ...
@@ -166,6 +189,29 @@ class BufferedSTTStream:
         self._final = None
 
 
+class _GuardedSTTStream:
+    """A provider's session with the base class's limit on ``finish()``: the transcript
+    comes within ``stream_idle_timeout_s`` of the request, or :class:`ProviderTimeout`."""
+
+    def __init__(self, inner: STTStream, stt: STT) -> None:
+        self.inner = inner
+        self._stt = stt
+
+    async def push(self, frame: PCM, speech: bool | None = None) -> None:
+        await self.inner.push(frame, speech)
+
+    async def finish(self) -> str:
+        stt = self._stt
+        return await guarded(stt.name, stt.stream_idle_timeout_s, self.inner.finish(),
+                             "transcript", kind=stt.kind)
+
+    def partial(self) -> str:
+        return self.inner.partial()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
 class STT(ABC):
     """Speech to text for one finished utterance (16 kHz mono int16)."""
 
@@ -174,10 +220,15 @@ class STT(ABC):
     punctuates = False
 
     name = "stt"
-    timeout_s = 10.0
+    kind = "stt"
+    timeout_s = 10.0  # one whole-utterance request
+    #: A session's final transcript, from the moment it is asked for (``finish()``): the
+    #: caller is waiting in silence for it.
+    stream_idle_timeout_s = STREAM_IDLE_TIMEOUT_S
 
     async def transcribe(self, audio: PCM) -> str:
-        text = await guarded(self.name, self.timeout_s, self._transcribe(audio), "transcript")
+        text = await guarded(self.name, self.timeout_s, self._transcribe(audio), "transcript",
+                             kind=self.kind)
         return text.strip()
 
     @abstractmethod
@@ -187,6 +238,12 @@ class STT(ABC):
         """A session for one caller (engines that transcribe incrementally override this)."""
         return BufferedSTTStream(self)
 
+    @final
+    def session(self) -> STTStream:
+        """:meth:`stream` as the turn engine uses it: ``finish()`` time-limited
+        (``stream_idle_timeout_s``), its errors translated and tagged ``stt``."""
+        return _GuardedSTTStream(self.stream(), self)
+
     async def warm(self) -> None:
         await self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.int16))
 
@@ -195,43 +252,48 @@ class TurnModel(ABC):
     """An end-of-turn model: P(the caller has finished) from the audio of their turn so far."""
 
     name = "turn-model"
+    kind = "turn"
     timeout_s = 1.0
 
     async def probability(self, audio: PCM) -> float:
         return float(await guarded(self.name, self.timeout_s, self._probability(audio),
-                                   "end-of-turn answer"))
+                                   "end-of-turn answer", kind=self.kind))
 
     @abstractmethod
     async def _probability(self, audio: PCM) -> float: ...
 
 
 class _Streaming:
-    """Shared first-item time limit for streaming providers."""
+    """Shared time limits for streaming providers: the first item within
+    ``first_item_timeout_s``, every later one within ``stream_idle_timeout_s`` of the one
+    before (only the wait for the provider counts, not the consumer's own work)."""
 
     name = "provider"
+    kind = ProviderError.kind
     first_item_timeout_s = 10.0
+    stream_idle_timeout_s = STREAM_IDLE_TIMEOUT_S
 
     async def _guard(self, items: AsyncIterator[object], what: str) -> AsyncGenerator[object, None]:
+        limit, gap = self.first_item_timeout_s, f"no {what} within"
         try:
-            first = True
             while True:
                 try:
-                    if first:
-                        async with asyncio.timeout(self.first_item_timeout_s):
-                            item = await anext(items)
-                        first = False
-                    else:
+                    async with asyncio.timeout(limit):
                         item = await anext(items)
                 except StopAsyncIteration:
                     return
+                limit, gap = self.stream_idle_timeout_s, f"stream stalled: no {what} for"
                 yield item
         except TimeoutError as exc:
-            raise ProviderTimeout(
-                self.name, f"no {what} within {self.first_item_timeout_s} s") from exc
-        except (ProviderError, asyncio.CancelledError, GeneratorExit):
+            raise _tagged(ProviderTimeout(self.name, f"{gap} {limit} s"), self.kind) from exc
+        except ProviderError as exc:
+            _tagged(exc, self.kind)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
-            raise ProviderError(self.name, f"{what} stream failed: {exc!r}") from exc
+            raise _tagged(ProviderError(self.name, f"{what} stream failed: {exc!r}"),
+                          self.kind) from exc
         finally:
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
@@ -251,6 +313,7 @@ class LLM(_Streaming):
     """
 
     name = "llm"
+    kind = "llm"
     redact = True  # replace personal data in user messages before the model sees them
     turn_end_timeout_s = 0.5  # ``turn_end_p`` is on the way to the reply: short, or nothing
 
@@ -291,8 +354,10 @@ class LLM(_Streaming):
     async def prefill(self, messages: list[ChatMessage]) -> None:
         """Read ``messages`` ahead of the real request (whose prompt will start the same:
         the caller's words so far), for models that keep a prompt cache; the rest ignore
-        it. Called while the caller still speaks. Implementations override ``_prefill``."""
-        await self._prefill(self.outgoing(messages))
+        it. Called while the caller still speaks. Implementations override ``_prefill``.
+        Limited like a first token (``first_item_timeout_s``)."""
+        await guarded(self.name, self.first_item_timeout_s,
+                      self._prefill(self.outgoing(messages)), "prefill", kind=self.kind)
 
     async def _prefill(self, messages: list[ChatMessage]) -> None:
         return None
@@ -305,7 +370,8 @@ class LLM(_Streaming):
         ``_turn_end_p``; it runs in the same slot as the reply that follows, so it must be
         short (one token's worth of work over a cached prefix)."""
         return await guarded(self.name, self.turn_end_timeout_s,
-                             self._turn_end_p(self.outgoing(messages)), "turn end")
+                             self._turn_end_p(self.outgoing(messages)), "turn end",
+                             kind=self.kind)
 
     async def _turn_end_p(self, messages: list[ChatMessage]) -> float | None:
         return None
@@ -315,6 +381,7 @@ class TTS(_Streaming):
     """Text to speech that streams int16 mono chunks at ``sample_rate``."""
 
     name = "tts"
+    kind = "tts"
     sample_rate = 22_050
 
     async def synthesize(self, text: str) -> AsyncIterator[PCM]:
@@ -351,10 +418,16 @@ class Stack:
         if self.turn is not None:
             await self.turn.probability(np.zeros(SAMPLE_RATE, dtype=np.int16))
 
-    async def close(self) -> None:
+    async def close(self, deadline_s: float = 5.0) -> None:
+        """Close every provider, each within ``deadline_s`` (one that hangs is logged by
+        name and left behind)."""
         for p in (self.vad, self.stt, self.llm, self.tts, self.turn):
             close = getattr(p, "close", None)
-            if close is not None:
+            if p is not None and close is not None:
                 result = close()
                 if asyncio.iscoroutine(result):
-                    await result
+                    try:
+                        async with asyncio.timeout(deadline_s):
+                            await result
+                    except TimeoutError:
+                        log.error("%s did not close within %.1f s", p.name, deadline_s)

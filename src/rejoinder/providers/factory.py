@@ -6,6 +6,7 @@ Voice activity detection and the end-of-turn model (``turn.model``) always run l
 ``kind="fake"`` replaces every local provider with a fixed-latency fake (no models; for
 trying the page and for tests) and ends turns on silence alone. Every TTS is wrapped in a
 :class:`PhraseCache`; every LLM redacts the caller's words unless ``llm.redact`` is off.
+Every STT, LLM and TTS gets its section's ``stream_idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ def build_stack(config: Config, kind: str = "local") -> Stack:
         vad = _vad(kind)
         loaded.callback(_close, vad)
         stt = _stt(config, kind)
+        stt.stream_idle_timeout_s = config.stt.stream_idle_timeout_s
         loaded.callback(_close, stt)
         llm = _llm(config, kind)
+        llm.stream_idle_timeout_s = config.llm.stream_idle_timeout_s
         loaded.callback(_close, llm)
-        tts = PhraseCache(_tts(config, kind))
+        inner = _tts(config, kind)
+        inner.stream_idle_timeout_s = config.tts.stream_idle_timeout_s
+        tts = PhraseCache(inner)
+        tts.stream_idle_timeout_s = inner.stream_idle_timeout_s
         loaded.callback(_close, tts)
         turn = _turn_model(config, kind)
         loaded.pop_all()

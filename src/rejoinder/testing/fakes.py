@@ -35,8 +35,10 @@ class Latency:
     first_s: float = 0.0
     per_item_s: float = 0.0
     jitter_s: float = 0.0   # uniform 0..jitter added to every wait
-    fail: str | None = None  # None | "timeout" (never answers) | "drop" (stream breaks)
-    fail_after: int = 0      # items delivered before a "drop"
+    # None | "timeout" (never answers) | "drop" (the stream breaks) | "stall" (the stream
+    # goes silent: no more items, no error, no end)
+    fail: str | None = None
+    fail_after: int = 0      # items delivered before a "drop" or a "stall"
     seed: int = 0
 
 
@@ -53,6 +55,10 @@ class _Waits:
 
     async def hang_if_asked(self) -> None:
         if self.latency.fail == "timeout":
+            await self.clock.sleep(math.inf)
+
+    async def stall_if_asked(self, delivered: int) -> None:
+        if self.latency.fail == "stall" and delivered >= self.latency.fail_after:
             await self.clock.sleep(math.inf)
 
     def drop_if_asked(self, delivered: int) -> None:
@@ -106,6 +112,7 @@ class FakeSTT(STT):
     async def _transcribe(self, audio: PCM) -> str:
         await self._waits.hang_if_asked()
         await self._waits.wait(self._waits.latency.first_s)
+        await self._waits.stall_if_asked(0)
         self._waits.drop_if_asked(0)
         self.calls += 1
         if callable(self.script):
@@ -153,6 +160,7 @@ class FakeLLM(LLM):
             for i, word in enumerate(words):
                 if i:
                     await self._waits.wait(self._waits.latency.per_item_s)
+                await self._waits.stall_if_asked(i)
                 self._waits.drop_if_asked(i)
                 self.tokens_sent += 1
                 yield word if i == 0 else " " + word
@@ -205,6 +213,7 @@ class FakeTTS(TTS):
         for i, start in enumerate(range(0, total, step)):
             if i:
                 await self._waits.wait(self.chunk_s * self.rtf)
+            await self._waits.stall_if_asked(i)
             self._waits.drop_if_asked(i)
             yield audio[start:start + step]
 
@@ -228,6 +237,7 @@ class FakeTurnModel(TurnModel):
         await self._waits.hang_if_asked()
         self.asked.append(len(audio))
         await self._waits.wait(self._waits.latency.first_s)
+        await self._waits.stall_if_asked(0)
         self._waits.drop_if_asked(0)
         return self._p(audio) if callable(self._p) else self._p
 

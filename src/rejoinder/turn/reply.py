@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rejoinder.core.audio import FRAME_SAMPLES, OUT_RATE, SAMPLE_RATE, Resampler
+from rejoinder.core.errors import ProviderError, error_code
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage
@@ -28,6 +29,20 @@ if TYPE_CHECKING:
 _SENTENCE_MARKS = frozenset(".!?…")
 _Clause = tuple[str, bool]  # (text, is a filler)
 _LEAD_LEVEL = 100  # |sample| at or below this (-50 dBFS) before a reply's first sound is cut
+_WHO = {"stt": "Speech recognition", "llm": "The language model", "tts": "Speech synthesis",
+        "turn": "The end-of-turn model"}
+_WHAT = {"timeout": "did not answer in time", "unavailable": "is unavailable"}
+
+
+def caller_error(exc: BaseException) -> tuple[str, str]:
+    """What the caller is told of a failed turn: a stable code (``llm_timeout``, see
+    :func:`error_code`) and a short message. Never the exception's text: it may name
+    internal URLs and vendor exceptions, and goes only to the log."""
+    code = error_code(exc)
+    if not isinstance(exc, ProviderError):
+        return code, "The server could not answer this turn."
+    who = _WHO.get(exc.kind, "A provider")
+    return code, f"{who} {_WHAT.get(exc.failure, 'failed')}; this turn was not answered."
 
 
 class Reply:
@@ -93,6 +108,7 @@ class Reply:
             await self.confirmed.wait()  # a speculative reply never commits on its own
             conv.reply_done(self, "empty" if self.empty else "completed")
         except* Exception as eg:
+            self.transcript_ready.set()  # no transcript is coming: nobody waits for one
             conv.reply_failed(self, eg.exceptions[0])
 
     async def _transcribe(self) -> bool:

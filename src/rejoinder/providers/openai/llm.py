@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from rejoinder.core.errors import ProviderError, ProviderStreamError
+from rejoinder.core.errors import ProviderError, ProviderStreamError, ProviderUnavailable
 from rejoinder.providers.base import LLM, ChatMessage
+from rejoinder.providers.remote._http import UNAVAILABLE_STATUSES, connection_error
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class OpenAILLM(LLM):
             async with self._client().post(self.url, json=body, headers=self._headers) as resp:
                 if resp.status != 200:
                     detail = (await resp.text())[:300]
-                    raise ProviderError(self.name, f"HTTP {resp.status} from {self.url}: {detail}")
+                    cls = (ProviderUnavailable if resp.status in UNAVAILABLE_STATUSES
+                           else ProviderError)
+                    raise cls(self.name, f"HTTP {resp.status} from {self.url}: {detail}")
                 async for line in resp.content:
                     text = line.decode("utf-8", "replace").strip()
                     if not text.startswith("data:"):
@@ -72,8 +75,7 @@ class OpenAILLM(LLM):
                     if delta:
                         yield delta
         except aiohttp.ClientError as exc:
-            raise ProviderStreamError(self.name, f"connection to {self.url} failed: {exc}") \
-                from exc
+            raise connection_error(self.name, self.url, exc) from exc
 
     async def warm(self, messages: list[ChatMessage]) -> None:
         """Remote servers keep their own caches; opening the connection is enough."""

@@ -1,10 +1,16 @@
-"""What the remote providers share: one lazily created aiohttp session with fixed headers."""
+"""What the remote providers share: one lazily created aiohttp session with fixed headers,
+and the translation of HTTP failures into the project's errors."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import aiohttp
+
+from rejoinder.core.errors import ProviderError, ProviderStreamError, ProviderUnavailable
+
+#: Statuses that say "not now" (overloaded, rate-limited, a gateway without its backend).
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class HTTPClient:
@@ -39,3 +45,18 @@ async def error_detail(resp: aiohttp.ClientResponse) -> str:
     except aiohttp.ClientError:
         body = "(no body)"
     return f"HTTP {resp.status} from {resp.url}: {body}"
+
+
+async def status_error(name: str, resp: aiohttp.ClientResponse) -> ProviderError:
+    """The error for a response that is not 200: :class:`ProviderUnavailable` for the
+    statuses that mean "not now", :class:`ProviderError` for the rest."""
+    cls = ProviderUnavailable if resp.status in UNAVAILABLE_STATUSES else ProviderError
+    return cls(name, await error_detail(resp))
+
+
+def connection_error(name: str, url: str, exc: aiohttp.ClientError) -> ProviderError:
+    """A failed request: :class:`ProviderUnavailable` if the service could not be reached
+    at all (refused, no route, name not resolved), else the stream broke midway."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ProviderUnavailable(name, f"connection to {url} failed: {exc!r}")
+    return ProviderStreamError(name, f"connection to {url} failed: {exc!r}")

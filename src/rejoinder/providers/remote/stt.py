@@ -9,9 +9,9 @@ import aiohttp
 import numpy as np
 
 from rejoinder.core.audio import PCM, SAMPLE_RATE
-from rejoinder.core.errors import ProviderError, ProviderStreamError
+from rejoinder.core.errors import ProviderError
 from rejoinder.providers.base import STT
-from rejoinder.providers.remote._http import HTTPClient, error_detail
+from rejoinder.providers.remote._http import HTTPClient, connection_error, status_error
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,13 @@ class RemoteSTT(STT):
         try:
             async with self._http.session().post(self.url, data=body, headers=headers) as resp:
                 if resp.status != 200:
-                    raise ProviderError(self.name, await error_detail(resp))
+                    raise await status_error(self.name, resp)
                 try:
                     payload = await resp.json(content_type=None)
                 except ValueError:
                     raise ProviderError(self.name, "the response is not JSON") from None
         except aiohttp.ClientError as exc:
-            raise ProviderStreamError(self.name, f"connection to {self.url} failed: {exc!r}") \
-                from exc
+            raise connection_error(self.name, self.url, exc) from exc
         text = payload.get("text") if isinstance(payload, dict) else None
         if not isinstance(text, str):
             raise ProviderError(self.name, 'the response has no "text" string')

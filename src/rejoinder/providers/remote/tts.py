@@ -9,9 +9,9 @@ import aiohttp
 import numpy as np
 
 from rejoinder.core.audio import PCM
-from rejoinder.core.errors import ProviderError, ProviderStreamError
+from rejoinder.core.errors import ProviderError
 from rejoinder.providers.base import TTS
-from rejoinder.providers.remote._http import HTTPClient, error_detail
+from rejoinder.providers.remote._http import HTTPClient, connection_error, status_error
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class RemoteTTS(TTS):
         try:
             async with self._http.session().post(self.url, json=body) as resp:
                 if resp.status != 200:
-                    raise ProviderError(self.name, await error_detail(resp))
+                    raise await status_error(self.name, resp)
                 rate = resp.headers.get("X-Sample-Rate")
                 if rate is not None and rate != str(self.sample_rate):
                     raise ProviderError(self.name, f"the server sent {rate} Hz audio, "
@@ -55,8 +55,7 @@ class RemoteTTS(TTS):
                     log.warning("%s: the audio stream ended mid-sample; dropped one byte",
                                 self.name)
         except aiohttp.ClientError as exc:
-            raise ProviderStreamError(self.name, f"audio stream from {self.url} failed: "
-                                                 f"{exc!r}") from exc
+            raise connection_error(self.name, self.url, exc) from exc
 
     async def warm(self) -> None:
         """Open the connection pool; a remote service keeps itself warm."""
