@@ -17,6 +17,9 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
+import math
 import os
 import tomllib
 import types
@@ -26,11 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rejoinder.core.bounds import check_numbers
 from rejoinder.core.errors import ConfigError
 from rejoinder.core.netloc import split_host, split_origin
 from rejoinder.turn.options import TurnOptions
 
 ENV_PREFIX = "REJOINDER_"
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant on a phone call. Answer in one or two short "
@@ -74,6 +80,9 @@ class ServerOptions:
     allowed_hosts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "server", {
+            "port": (0, 65535), "max_calls": (1, 10_000), "jitter_buffer_frames": (0, 15),
+            "connect_timeout_s": (0.0, 300.0), "media_timeout_s": (0.0, 300.0)})
         if self.connect_timeout_s <= 0:
             raise ConfigError("server.connect_timeout_s", "must be positive")
         if self.media_timeout_s <= 0:
@@ -120,6 +129,9 @@ class LLMOptions:
     redact: bool = True
 
     def __post_init__(self) -> None:
+        # OpenAI's temperature range; a first token later than 10 minutes never comes.
+        check_numbers(self, "llm", {"temperature": (0.0, 2.0), "max_tokens": (1, 100_000),
+                                    "timeout_s": (0.0, 600.0)})
         if self.provider not in ("local", "openai"):
             raise ConfigError("llm.provider", f"{self.provider!r} is not 'local' or 'openai'")
         if self.provider == "openai":
@@ -147,6 +159,7 @@ class STTOptions:
     stream_idle_timeout_s: float = 5.0  # the transcript, from when the turn asks for it
 
     def __post_init__(self) -> None:
+        check_numbers(self, "stt", {})
         _remote_or_local("stt", self.provider, self.url)
         _idle_limit("stt", self.stream_idle_timeout_s)
 
@@ -163,6 +176,7 @@ class TTSOptions:
     stream_idle_timeout_s: float = 5.0  # longest wait for the next chunk of audio
 
     def __post_init__(self) -> None:
+        check_numbers(self, "tts", {"sample_rate": (8_000, 48_000)})
         _remote_or_local("tts", self.provider, self.url)
         _idle_limit("tts", self.stream_idle_timeout_s)
         if not 8_000 <= self.sample_rate <= 48_000:
@@ -214,6 +228,9 @@ class StoreOptions:
     redact: bool = True
 
     def __post_init__(self) -> None:
+        check_numbers(self, "store", {"keep_days": (0.0, 36_500.0),
+                                      "prune_interval_s": (0.0, 7 * 86_400.0),
+                                      "queue_max": (1, 10_000_000)})
         if self.url and not self.url.startswith(("sqlite", "postgresql", "postgres:")):
             raise ConfigError("store.url", "must be a sqlite:// or postgresql:// URL")
         if self.url and self.path:
@@ -254,12 +271,41 @@ def load_config(path: str | Path | None = None,
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("(file)", f"{path} is not valid TOML: {exc}") from exc
     env = os.environ if env is None else env
+    known = _settings()
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and "__" in key:
-            section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
-            raw.setdefault(section, {})[name] = _EnvValue(value)
+        if not key.startswith(ENV_PREFIX):
+            continue
+        setting = key[len(ENV_PREFIX):].lower()
+        if setting not in known:
+            _unknown_variable(key, setting, known)
+            continue
+        section, _, name = setting.partition("__")
+        raw.setdefault(section, {})[name] = _EnvValue(value)
     config: Config = _build(Config, raw, "")
     return config
+
+
+def _settings() -> list[str]:
+    """Every setting as its environment variable spells it, less the prefix, lower case:
+    "server__max_calls"."""
+    return [f"{section}__{f.name}"
+            for section, hint in typing.get_type_hints(Config).items()
+            for f in dataclasses.fields(hint)]
+
+
+def _unknown_variable(key: str, setting: str, known: list[str]) -> None:
+    """A ``REJOINDER_`` variable that is no setting. One that has the section separator
+    ("__") is a setting misspelt: an error, as in the file. One without is warned about
+    (other tools may own such names) and ignored; both name the likely intended one."""
+    flat = {name.replace("__", "_"): name for name in known}
+    guess = flat.get(setting) or next(iter(
+        difflib.get_close_matches(setting, known, n=1, cutoff=0.75)), None)
+    hint = f"; did you mean {ENV_PREFIX}{guess.upper()}?" if guess else ""
+    if "__" in setting:
+        raise ConfigError(setting.replace("__", ".", 1),
+                          f"unknown setting, from the environment variable {key}{hint}")
+    log.warning("environment variable %s is not a setting and is ignored "
+                "(settings are %s<SECTION>__<FIELD>)%s", key, ENV_PREFIX, hint)
 
 
 class _EnvValue(str):
@@ -312,7 +358,10 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
         if hint is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # "nan" and "inf" parse, and pass range checks
+                raise ConfigError(name, f"must be a finite number, not {value}")
+            return number
         if hint is str:
             if not isinstance(value, str):
                 raise ValueError(value)
