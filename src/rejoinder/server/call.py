@@ -91,8 +91,14 @@ class Call:
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             raise _unusable(exc) from exc
-        self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.id}")
+        self.watch()
         return pc.localDescription
+
+    def watch(self) -> None:
+        """Start the watchdog (once): from now on the caller has ``connect_timeout_s`` to
+        connect, and then must keep sending audio."""
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.id}")
 
     async def _watch(self) -> None:
         """Close the call when the caller does not connect in time, or when its audio
