@@ -12,18 +12,26 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from rejoinder.client.connection import CallFailed, Connection, Mic
 from rejoinder.client.measure import Received, Utterance, find_utterances, onset_after
 from rejoinder.core.audio import OUT_RATE, PCM, SAMPLE_RATE, resample
 from rejoinder.core.clock import Clock
+from rejoinder.core.tasks import cancel_all
 
 log = logging.getLogger(__name__)
+
+# How the caller notices a server that went away: GET /api/health every second; two
+# misses in a row (a refused connection misses at once) end the call, 1-3 s after.
+HEALTH_INTERVAL_S = 1.0
+HEALTH_TIMEOUT_S = 2.0
+HEALTH_MISSES = 2
 
 __all__ = ["CallFailed", "CallResult", "TurnResult", "place_call"]
 
@@ -60,6 +68,11 @@ async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: floa
 
     After the WAV ends, waits until the server has reported as many turns as the WAV
     has utterances (or ``tail_s`` seconds), plus time for the last reply to play.
+
+    Raises :class:`CallFailed` within a few seconds if the server goes away mid-call (see
+    :func:`watch_server`): the agent is silent between replies, so silence alone says
+    nothing, and playing the rest of the WAV into a dead connection would end in a
+    report of unanswered turns instead of the truth.
     """
     clock = Clock()
     utterances = find_utterances(pcm16k, SAMPLE_RATE, min_gap_s=min_gap_s)
@@ -71,14 +84,10 @@ async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: floa
     conn = Connection(mic, jitter_frames=jitter_frames, on_event=on_event)
     try:
         await conn.open(url)
-        await mic.idle.wait()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(tail_s):
-                while len(conn.traces()) < len(utterances):
-                    conn.event_arrived.clear()
-                    await conn.event_arrived.wait()
-        # Let the last reply finish playing: wait for 1.5 s of received silence.
-        await _until_quiet(conn.received, clock, quiet_s=1.5, limit_s=tail_s)
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as http:
+            await _unless_lost(_converse(conn, mic, len(utterances), tail_s, clock),
+                               watch_server(lambda: _answers(http, url), conn.lost))
     finally:
         await conn.close()
 
@@ -87,6 +96,66 @@ async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: floa
 
     return _results(conn.call_id, utterances, time_of, conn.received, conn.events,
                     conn.wall_offset)
+
+
+async def _converse(conn: Connection, mic: Mic, utterances: int, tail_s: float,
+                    clock: Clock) -> None:
+    await mic.idle.wait()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(tail_s):
+            while len(conn.traces()) < utterances:
+                conn.event_arrived.clear()
+                await conn.event_arrived.wait()
+    # Let the last reply finish playing: wait for 1.5 s of received silence.
+    await _until_quiet(conn.received, clock, quiet_s=1.5, limit_s=tail_s)
+
+
+async def watch_server(answers: Callable[[], Awaitable[bool]], lost: asyncio.Event, *,
+                       interval_s: float = HEALTH_INTERVAL_S,
+                       misses: int = HEALTH_MISSES) -> str:
+    """Return, with the reason, once the server is gone: ``lost`` is set (the peer
+    connection failed or the server closed it) or ``answers()`` (is the server still
+    there?) is false ``misses`` times in a row, asked every ``interval_s`` seconds.
+
+    Both are needed: a server process that dies sends no goodbye, and WebRTC takes about
+    30 s to declare the peer gone (ICE consent); the HTTP port answers at once."""
+    missed = 0
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await lost.wait()
+        if lost.is_set():
+            return "the server closed the call or the connection failed"
+        if await answers():
+            missed = 0
+            continue
+        missed += 1
+        if missed >= misses:
+            return f"the server stopped answering ({missed} checks {interval_s:g} s apart)"
+
+
+async def _unless_lost(call: Coroutine[Any, Any, None], watch: Coroutine[Any, Any, str]) -> None:
+    """Run ``call`` while ``watch`` watches the server; raise CallFailed if it is lost."""
+    talking = asyncio.create_task(call, name="caller")
+    watching = asyncio.create_task(watch, name="server watch")
+    try:
+        await asyncio.wait((talking, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_all((talking, watching))
+    if talking.done() and not talking.cancelled():
+        talking.result()  # finished (or failed) on its own: its outcome stands
+        return
+    raise CallFailed(f"connection to the server lost: {watching.result()}")
+
+
+async def _answers(http: aiohttp.ClientSession, url: str) -> bool:
+    """Whether the server answers ``GET /api/health`` (any answer below 500: the process
+    is there; a refused connection, a timeout or a proxy's 502 say it is not)."""
+    try:
+        async with http.get(url.rstrip("/") + "/api/health") as resp:
+            return resp.status < 500
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 async def _until_quiet(received: Received, clock: Clock, quiet_s: float, limit_s: float) -> None:

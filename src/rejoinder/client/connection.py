@@ -131,12 +131,14 @@ class Connection:
         self._pc: RTCPeerConnection | None = None
         self._listener: asyncio.Task[None] | None = None
         self.event_arrived = asyncio.Event()
+        self.lost = asyncio.Event()  # the peer connection failed, or the server closed it
 
     async def open(self, url: str) -> None:
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         channel = pc.createDataChannel("events")
         channel.on("message", self._on_message)
         pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_state)
         sender = pc.addTrack(self.mic)
         for t in pc.getTransceivers():
             if t.sender is sender:
@@ -167,6 +169,10 @@ class Connection:
         self.event_arrived.set()
         if self.on_event is not None:
             self.on_event(event)
+
+    def _on_state(self) -> None:
+        if self._pc is not None and self._pc.connectionState in ("failed", "closed"):
+            self.lost.set()
 
     def _on_track(self, remote: MediaStreamTrack) -> None:
         if remote.kind == "audio" and self._listener is None:
