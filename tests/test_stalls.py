@@ -197,3 +197,46 @@ def test_a_reply_that_fails_while_the_caller_speaks_over_it_leaves_their_words_t
     # The second utterance: 0.2 s of pre-roll, 1.5 s of speech, the 0.1 s pause.
     assert stt.lengths == [OWN_AUDIO, round(1.8 * SAMPLE_RATE)]
     assert ear.first_loud_after(8.5) is not None
+
+
+def test_an_stt_that_stalls_when_the_turn_is_checked_again_fails_the_turn():
+    """A short sound in the pause makes the engine check the transcript again when the
+    turn is confirmed; that second transcription never comes: the turn fails 5 s later
+    (not held for ever, its audio never played) and the next one is answered."""
+    stt = _stt(FakeSTT(["what time is it"], Latency(first_s=0.1)),
+               FakeSTT(["never"], Latency(fail="stall")),
+               FakeSTT(["what time is it now"], Latency(first_s=0.1)))
+    # Speech ends at 1.5 s; a 60 ms sound at 1.66 s; the turn is confirmed 0.3 s after it.
+    script = [("silence", 0.5), ("speech", 1.0), ("silence", 0.16), ("speech", 0.06),
+              ("silence", 7.0), ("speech", 1.0)]
+    conv, ear, events = run_virtual(converse(
+        fake_stack(stt=stt, llm=SeriesLLM(_ok_llm())), script))
+    assert [t["outcome"] for t in conv.traces] == ["failed", "completed"]
+    ((t, event),) = _errors(events)
+    assert t == approx(7.02)
+    _check_error_event(event, 1, "stt_timeout")
+    # The check covered the utterance up to the confirmation; the next one only its own.
+    assert stt.lengths == [OWN_AUDIO, round(1.72 * SAMPLE_RATE), OWN_AUDIO]
+    assert ear.first_loud_after(1.5) > 8.72  # turn 1 was never heard; turn 2 was
+    assert [m.content for m in conv.history if m.role == "user"] == ["what time is it now"]
+
+
+def test_speech_over_the_agent_that_cannot_be_transcribed_interrupts_it(caplog):
+    """The words over the agent are needed to tell a backchannel from an interruption; if
+    the STT fails on them, the agent stops and listens (it is not left held), and the
+    caller's turn is answered."""
+    stt = _stt(FakeSTT(["what time is it"], Latency(first_s=0.1)),
+               FakeSTT(["lost"], Latency(first_s=0.1, fail="drop")),
+               FakeSTT(["tell me more"], Latency(first_s=0.1)))
+    llm = FakeLLM(["One two three four five six seven eight nine ten.", "Sure."],
+                  Latency(first_s=0.2))
+    # The reply (2.5 s of audio) starts at 1.95 s; the caller talks over it 2.5-3.0 s.
+    script = [("silence", 0.5), ("speech", 1.0), ("silence", 1.0), ("speech", 0.5)]
+    with caplog.at_level("WARNING"):
+        conv, ear, events = run_virtual(converse(fake_stack(stt=stt, llm=llm), script))
+    assert [t["outcome"] for t in conv.traces] == ["interrupted", "completed"]
+    assert conv.stats["interruptions"] == 1 and _errors(events) == []
+    assert "not transcribed" in caplog.text
+    assert ear.last_loud_before(3.2) < 2.6  # held at the barge-in, never resumed
+    assert conv.history[-2:] == [ChatMessage("user", "tell me more"),
+                                 ChatMessage("assistant", "Sure.")]
