@@ -308,3 +308,55 @@ def test_each_kind_gets_its_sections_idle_limit():
     defaults = build_stack(load_config(env={}), "fake")
     assert (defaults.llm.stream_idle_timeout_s, defaults.stt.stream_idle_timeout_s,
             defaults.tts.stream_idle_timeout_s) == (5.0, 5.0, 5.0)
+
+
+@pytest.fixture
+async def stalling_server():
+    """Answers 200, sends one token (or 100 ms of audio), then nothing, and never ends."""
+    release = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {"choices": [{"delta": {"content": "Well"}}]}
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await release.wait()
+        return resp
+
+    async def tts(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"X-Sample-Rate": "24000"})
+        await resp.prepare(request)
+        await resp.write(np.zeros(2400, "<i2").tobytes())
+        await release.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/tts", tts)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    release.set()
+    await runner.cleanup()
+
+
+async def test_remote_streams_that_stall_after_their_first_item_time_out(stalling_server):
+    llm, tts = OpenAILLM(stalling_server + "/v1", "m"), RemoteTTS(stalling_server)
+    llm.stream_idle_timeout_s = tts.stream_idle_timeout_s = 0.2
+    deltas: list[str] = []
+    chunks: list[PCM] = []
+    try:
+        with pytest.raises(ProviderTimeout, match="stalled") as llm_error:
+            async for delta in llm.stream(HI):
+                deltas.append(delta)
+        with pytest.raises(ProviderTimeout, match="stalled") as tts_error:
+            async for chunk in tts.synthesize("Hello."):
+                chunks.append(chunk)
+    finally:
+        await llm.close()
+        await tts.close()
+    assert deltas == ["Well"] and sum(len(c) for c in chunks) == 2400
+    assert (error_code(llm_error.value), error_code(tts_error.value)) == (
+        "llm_timeout", "tts_timeout")
