@@ -185,6 +185,11 @@ def test_any_text_is_answered_and_redacting_again_changes_nothing():
     "GB82" + "A" * 100_000,
     "AB12 " * 20_000,
     "double " * 20_000 + "five",
+    "j, dot, " * 12_000,  # a spelled address that never ends
+    "x at y." * 14_000,
+    "a b, " * 20_000,
+    "four " * 20_000,
+    "forty one, " * 9_000,
 ])
 def test_long_adversarial_input_finishes_fast(text):
     start = time.perf_counter()

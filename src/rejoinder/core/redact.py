@@ -81,19 +81,20 @@ _LABEL = r"[^\W_][\w-]*"
 # letters spelled one by one. No match starts inside such a chain (the lookbehinds).
 _JOIN = rf"(?:\.|{_SP}(?:dot|underscore|dash|hyphen){_SP})"
 _WORDS = (r"(?<![\w.+'’-])(?<!dot )(?<!underscore )(?<!dash )(?<!hyphen )"
-          rf"[\w+-]+(?:{_JOIN}[\w+-]+)*+")
+          rf"[\w+-]+(?:{_JOIN}[\w+-]+){{0,12}}+")
 _SPELLED = (r"(?<![\w.'’-])(?<![\s,.-]\w )(?<!^\w )(?<![\s,.-]\w, )(?<!^\w, )"
             r"(?<![\s,.-]\w\. )(?<!^\w\. )(?<!dot )(?<!underscore )"
             r"(?<!dash )(?<!hyphen )"
-            rf"[^\W_](?:(?: |[-.]|[,.] |{_SP}(?:dot|underscore|dash|hyphen){_SP})[^\W_](?!\w))++")
+            rf"[^\W_](?:(?: |[-.]|[,.] |{_SP}(?:dot|underscore|dash|hyphen){_SP})"
+            r"[^\W_](?!\w)){1,64}+")
 _EMAIL = re.compile(
     rf"(?:(?:{_SPELLED}|{_WORDS}){_SP}?|(?<!\w)(?=at\b))"
-    rf"(?:(?<=[\w ,\t])@{_SP}?{_LABEL}(?:{_DOT}{_LABEL})+"  # written "@": any domain
-    rf"|(?<!\w)(?P<at>at){_SP}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT_END})",  # spoken: known TLD
+    rf"(?:(?<=[\w ,\t])@{_SP}?{_LABEL}(?:{_DOT}{_LABEL}){{1,8}}"  # written "@": any domain
+    rf"|(?<!\w)(?P<at>at){_SP}{_LABEL}(?:{_DOT}{_LABEL}){{0,8}}{_DOT_END})",  # spoken: known TLD
     re.IGNORECASE)
 # A domain with no "@" or "at" before it, written or spoken.
 _DOMAIN = re.compile(
-    rf"(?<![\w.@'’-])(?<!dot )(?<!dot, )({_LABEL})((?:(?:\.|{_SP}dot{_SP}){_LABEL})*)"
+    rf"(?<![\w.@'’-])(?<!dot )(?<!dot, )({_LABEL})((?:(?:\.|{_SP}dot{_SP}){_LABEL}){{0,8}})"
     rf"(?:\.{_TLD_WRITTEN}|{_SP}dot{_SP}{_TLD_SPOKEN})(?![\w@]|\.\w)",
     re.IGNORECASE)
 _IBAN = re.compile(r"(?<![^\W_])[A-Z]{2}[ ]?\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?"
@@ -111,23 +112,28 @@ _STOP = frozenset({"a", "address", "an", "and", "as", "at", "be", "but", "by", "
 
 # The cheap test first: could any pattern match at all?
 _DIGITISH = re.compile(r"\d|[^\W\d_]+", re.IGNORECASE)
-_DOT_HINT = re.compile(r"\.\w|\bdot\b", re.IGNORECASE)
+_DOT_HINT = re.compile(r"\.|\b(?:dot|period)\b", re.IGNORECASE)
+_AT_WORD = re.compile(r"\bat\b", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     """``text`` with emails, web addresses, IBANs and long digit runs replaced."""
-    if not might_hold_personal_data(text):
-        return text
-    text = _sub_emails(text)
-    text = _DOMAIN.sub(_domain, text)
-    text = _IBAN.sub(_iban, text)
-    return redact_runs(text)
+    if _DOT_HINT.search(text):  # every address has a dot, written or spoken
+        if "@" in text or _AT_WORD.search(text):
+            text = _sub_emails(text)
+        text = _DOMAIN.sub(_domain, text)
+    if _enough_digits(text):
+        text = _IBAN.sub(_iban, text)
+        text = redact_runs(text)
+    return text
 
 
 def might_hold_personal_data(text: str) -> bool:
     """False when :func:`redact` certainly leaves ``text`` as it is (a quick test)."""
-    if "@" in text or _DOT_HINT.search(text):
-        return True
+    return bool(_DOT_HINT.search(text)) or _enough_digits(text)
+
+
+def _enough_digits(text: str) -> bool:
     digits = 0
     for m in _DIGITISH.finditer(text):
         tok = m.group()
