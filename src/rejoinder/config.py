@@ -12,6 +12,7 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [tts]      provider ("local" | "remote"), url, api_key, sample_rate
     [log]      level, json
     [store]    url, path, keep_days, prune_interval_s, queue_max, redact
+    [telemetry] otlp_endpoint, service_name, pii
 """
 
 from __future__ import annotations
@@ -248,6 +249,25 @@ class StoreOptions:
 
 
 @dataclass(frozen=True)
+class TelemetryOptions:
+    """OpenTelemetry traces of each turn (``rejoinder.observability.tracing``); off unless
+    ``otlp_endpoint`` is set, and then the OpenTelemetry SDK is loaded ([telemetry] extra)."""
+
+    # An OTLP/HTTP traces endpoint, e.g. "http://127.0.0.1:4318/v1/traces". Empty: off.
+    otlp_endpoint: str = ""
+    service_name: str = "rejoinder"
+    # Transcripts on the turn spans, under rejoinder.pii.* keys. Personal data: off unless
+    # the trace backend may hold what callers say.
+    pii: bool = False
+
+    def __post_init__(self) -> None:
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ConfigError("telemetry.otlp_endpoint", "must be an http(s):// URL")
+        if not self.service_name:
+            raise ConfigError("telemetry.service_name", "must not be empty")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
@@ -257,6 +277,7 @@ class Config:
     tts: TTSOptions = field(default_factory=TTSOptions)
     log: LogOptions = field(default_factory=LogOptions)
     store: StoreOptions = field(default_factory=StoreOptions)
+    telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
 
 
 def load_config(path: str | Path | None = None,

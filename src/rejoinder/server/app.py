@@ -9,6 +9,7 @@ LLM provider streams with, so one dependency does both jobs.
     GET  /api/calls/{id}    the turn records of a live or recently ended call
     GET  /api/health        {status, calls, max_calls, end_silence_s, pause_s, speculate,
                              turn_model, phrase_cache: {hits, misses, hit_rate, entries}}
+    GET  /metrics           Prometheus text format (rejoinder.observability.metrics)
 
 Errors are JSON ``{"error": message, "code": code}``: a short, stable message and a
 code (README, "Signaling API"); the detail goes to the log with the call id. Every
@@ -30,7 +31,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rejoinder.config import Config
 from rejoinder.core.errors import OverloadedError, SignalingError
+from rejoinder.observability.hub import Observability
 from rejoinder.observability.logs import call_id_var
+from rejoinder.observability.metrics import CONTENT_TYPE_LATEST
 from rejoinder.providers.base import Stack
 from rejoinder.server.call import Call
 from rejoinder.server.guard import (
@@ -66,6 +69,8 @@ class Server:
         self.call_logs: dict[str, CallLog] = {}
         self._stopping = False
         self.ended: OrderedDict[str, list[dict[str, object]]] = OrderedDict()
+        self.observability = Observability(config, stack, active_calls=lambda: len(self.calls),
+                                           recorder=recorder)
 
     def media_addresses(self) -> list[str]:
         s = self.config.server
@@ -83,6 +88,7 @@ class Server:
         app.router.add_get("/api/calls/{call_id}", self.call_record)
         app.router.add_delete("/api/calls/{call_id}", self.delete_call_record)
         app.router.add_get("/api/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         app.on_shutdown.append(self._shutdown)
         return app
 
@@ -132,6 +138,10 @@ class Server:
                                   "speculate": self.config.turn.speculate,
                                   "turn_model": self.config.turn.model,
                                   **self._stack_stats()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.observability.metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _stack_stats(self) -> dict[str, object]:
         stats = getattr(self.stack.tts, "stats", None)
@@ -197,6 +207,7 @@ class Server:
                 f"server is at capacity ({limit} concurrent calls); try again later")
         call = Call(self.config, self.stack, self._forget)
         self.calls[call.id] = call
+        call.observers.extend(self.observability.attach(call.id, call.conversation.stats))
         if self.recorder is not None:
             record = self.recorder.call(call.id, transport="webrtc",
                                         agent=self.config.agent.name)
@@ -222,6 +233,7 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        self.observability.detach(call.id)
         if (record := self.call_logs.pop(call.id, None)) is not None:
             record.end("server_stopped" if self._stopping else
                        "failed" if call.pc.connectionState == "failed" else "ended")
@@ -232,6 +244,7 @@ class Server:
     async def _shutdown(self, app: web.Application) -> None:
         self._stopping = True
         await asyncio.gather(*(c.close() for c in list(self.calls.values())))
+        self.observability.close()  # the last spans are exported
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -24,6 +24,7 @@ from rejoinder.core.clock import Clock
 from rejoinder.core.errors import SignalingError
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.logs import call_id_var
+from rejoinder.observability.measured import MeasuredTurns
 from rejoinder.providers.base import ChatMessage, Stack
 from rejoinder.transports.webrtc import (
     AgentTrack,
@@ -51,6 +52,9 @@ class Call:
         self._on_closed = on_closed
         # Also given every event the caller gets (the call's recorder).
         self.observers: list[Callable[[dict[str, object]], None]] = []
+        # The caller's latency measurements, checked against the turns it was sent.
+        self.measured = MeasuredTurns()
+        self.observers.append(self.measured.on_event)
         self.playout = Playout()
         self.conversation = Conversation(
             stack, config.agent.system_prompt, options=config.turn, playout=self.playout,
@@ -145,6 +149,7 @@ class Call:
     def _on_datachannel(self, channel: Any) -> None:
         self._channel = channel
         channel.on("open", self._flush_backlog)
+        channel.on("message", self.on_caller_message)
         if channel.readyState == "open":
             self._flush_backlog()
 
@@ -166,6 +171,14 @@ class Call:
             channel.send(message)
         else:
             self._backlog.append(message)
+
+    def on_caller_message(self, message: object) -> None:
+        """A message on the events channel: a valid ``measured`` one goes to the
+        observers (the call's record, metrics, spans); anything else is ignored."""
+        event = self.measured.accept(message)
+        if event is not None:
+            for observe in self.observers:
+                observe(event)
 
     def _flush_backlog(self) -> None:
         while self._backlog and self._channel is not None:

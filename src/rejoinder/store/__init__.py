@@ -11,6 +11,7 @@ from rejoinder.store.db import (
     CallStart,
     Store,
     ToolCallRecord,
+    TurnMeasured,
     TurnRecord,
     database_url,
     default_sqlite_path,
@@ -18,4 +19,4 @@ from rejoinder.store.db import (
 from rejoinder.store.recorder import CallLog, Recorder, open_recorder
 
 __all__ = ["CallEnd", "CallLog", "CallStart", "Recorder", "Store", "ToolCallRecord",
-           "TurnRecord", "database_url", "default_sqlite_path", "open_recorder"]
+           "TurnMeasured", "TurnRecord", "database_url", "default_sqlite_path", "open_recorder"]

@@ -71,9 +71,19 @@ class TurnRecord:
     error_code: str | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    caller_v2v_ms: float | None = None
 
 
-Write = CallStart | CallEnd | TurnRecord
+@dataclass
+class TurnMeasured:
+    """The caller's measured latency of a turn whose record was already queued."""
+
+    call_id: str
+    turn: int
+    caller_v2v_ms: float
+
+
+Write = CallStart | CallEnd | TurnRecord | TurnMeasured
 
 
 def default_sqlite_path() -> Path:
@@ -151,6 +161,11 @@ class Store:
                     await conn.execute(CallRow.__table__.update().where(  # type: ignore[attr-defined]
                         CallRow.id == item.call_id).values(
                         ended_at=item.ended_at, outcome=item.outcome))
+                elif isinstance(item, TurnMeasured):  # the first measurement stays
+                    await conn.execute(TurnRow.__table__.update().where(  # type: ignore[attr-defined]
+                        TurnRow.call_id == item.call_id, TurnRow.turn == item.turn,
+                        TurnRow.caller_v2v_ms.is_(None)).values(
+                        caller_v2v_ms=item.caller_v2v_ms))
                 else:
                     result = await conn.execute(ins(TurnRow).values(
                         call_id=item.call_id, seq=item.seq, turn=item.turn,
@@ -158,7 +173,7 @@ class Store:
                         user_text=item.user_text, agent_text=item.agent_text,
                         interrupted=item.interrupted, heard_text=item.heard_text,
                         speculation=item.speculation, tts_cached=item.tts_cached,
-                        error_code=item.error_code,
+                        error_code=item.error_code, caller_v2v_ms=item.caller_v2v_ms,
                         **{f"{s}_ms": item.stages_ms.get(s) for s in STAGE_COLUMNS},
                     ).on_conflict_do_nothing(index_elements=["call_id", "seq"]))
                     if result.rowcount and item.tool_calls:
@@ -226,6 +241,7 @@ def _turn_json(t: Any, tools: list[dict[str, object]]) -> dict[str, object]:
         "error_code": t["error_code"],
         "ms_after_speech_end": {s: t[f"{s}_ms"] for s in STAGE_COLUMNS
                                 if t[f"{s}_ms"] is not None},
+        "caller_v2v_ms": t["caller_v2v_ms"],
         "tool_calls": tools,
     }
 

@@ -86,6 +86,9 @@ class TurnRow(Base):
     first_clause_ms: Mapped[float | None] = mapped_column(Float)
     tts_first_audio_ms: Mapped[float | None] = mapped_column(Float)
     first_audio_sent_ms: Mapped[float | None] = mapped_column(Float)
+    # Voice-to-voice latency as the caller measured it (their "measured" message); NULL
+    # when the caller sent none (revision 0002).
+    caller_v2v_ms: Mapped[float | None] = mapped_column(Float)
 
 
 class ToolCallRow(Base):

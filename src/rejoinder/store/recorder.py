@@ -25,7 +25,7 @@ from rejoinder.config import StoreOptions
 from rejoinder.core.clock import Clock
 from rejoinder.core.redact import redact
 from rejoinder.core.tasks import cancel_and_wait
-from rejoinder.store.db import CallEnd, CallStart, Store, TurnRecord, Write
+from rejoinder.store.db import CallEnd, CallStart, Store, TurnMeasured, TurnRecord, Write
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,8 @@ class CallLog:
         self._agent: dict[int, list[str]] = {}
         self._heard: dict[int, str] = {}
         self._errors: dict[int, str] = {}
+        self._measured: dict[int, float] = {}  # caller's v2v of turns not yet finished
+        self._finished: set[int] = set()
 
     @property
     def call_id(self) -> str:
@@ -250,6 +252,14 @@ class CallLog:
             self._errors[turn] = code if isinstance(code, str) else "error"
         elif kind == "trace":
             self._finish_turn(turn, event)
+        elif kind == "measured":  # the caller's latency (validated by the call)
+            v2v = event.get("v2v_ms")
+            if not isinstance(v2v, int | float):
+                return
+            if turn in self._finished:
+                self.recorder.put(TurnMeasured(self.call_id, turn, float(v2v)))
+            else:
+                self._measured.setdefault(turn, float(v2v))
 
     def _finish_turn(self, turn: int, trace: dict[str, object]) -> None:
         self.begin()
@@ -279,7 +289,9 @@ class CallLog:
             error_code=error,
             stages_ms={k: float(v) for k, v in stages.items() if isinstance(v, int | float)}
             if isinstance(stages, dict) else {},
+            caller_v2v_ms=self._measured.pop(turn, None),
         ))
+        self._finished.add(turn)
         self._seq += 1
 
 

@@ -98,6 +98,11 @@ class SmolLM(LLM):
         #: llama.cpp's timings of the last request that ran to the end: prompt_n (tokens
         #: evaluated), cache_n (prompt tokens reused from the cache), predicted_n, ... .
         self.last_timings: dict[str, Any] = {}
+        #: Prompt tokens of the requests that ran to the end, in total: evaluated, and
+        #: reused from the prefix cache (``prompt_cache_stats``; the /metrics counters).
+        self._prompt_evaluated = 0
+        self._prompt_cached = 0
+        self._stats_lock = threading.Lock()
         self.options = o = options or SmolLMOptions()
         try:
             import xllamacpp
@@ -191,6 +196,7 @@ class SmolLM(LLM):
         queue: asyncio.Queue[str | _End] = asyncio.Queue()
         stop = threading.Event()
         failure: list[BaseException] = []
+        final: dict[str, Any] = {}
 
         def put(item: str | _End) -> None:
             try:
@@ -212,7 +218,7 @@ class SmolLM(LLM):
                         put(content)
                 timings = chunk.get("timings")
                 if timings is not None:
-                    self.last_timings = timings
+                    self.last_timings = final["timings"] = timings
                     if log.isEnabledFor(logging.DEBUG):
                         _log_timings(timings)
             except Exception as exc:  # a malformed chunk; raised in the consumer
@@ -227,6 +233,8 @@ class SmolLM(LLM):
             except BaseException as exc:
                 failure.append(exc)
             finally:
+                if "timings" in final:
+                    self._count_prompt(final["timings"])
                 put(_End(failure[0] if failure else None))
 
         loop.run_in_executor(self._executor, work)
@@ -274,6 +282,16 @@ class SmolLM(LLM):
             if t["id"] == o.end_token_id:
                 return math.exp(t["logprob"])
         return 0.0  # not among the top _TOP_N: at most the last one's, a few percent at most
+
+    def prompt_cache_stats(self) -> dict[str, int]:
+        """Prompt tokens evaluated and reused from the prefix cache, in total."""
+        with self._stats_lock:
+            return {"evaluated": self._prompt_evaluated, "cached": self._prompt_cached}
+
+    def _count_prompt(self, timings: dict[str, Any]) -> None:
+        with self._stats_lock:  # worker threads, one per slot
+            self._prompt_evaluated += int(timings.get("prompt_n") or 0)
+            self._prompt_cached += int(timings.get("cache_n") or 0)
 
     def close(self) -> None:
         """Stop taking requests; the native server is freed once running ones have stopped."""
