@@ -87,8 +87,9 @@ def check_origin(request: web.Request, allowed: Sequence[str]) -> None:
             return
     elif origin.strip() in allowed:  # e.g. "null", only when listed
         return
-    raise SignalingError("forbidden_origin", "calls from this web page's origin are not allowed",
-                         status=403, detail=f"Origin {origin!r}")
+    raise SignalingError("forbidden_origin",
+                         "requests from this web page's origin are not allowed", status=403,
+                         detail=f"Origin {origin[:100]!r}")
 
 
 # -- Body ------------------------------------------------------------------------------
