@@ -248,6 +248,10 @@ HAND_WRITTEN = [
     Case("email", "J-O-H-N at gmail.com", "john"),
     Case("email", "my email is john underscore doe at gmail dot com", "john_doe"),
     Case("email", "Sure, jane dot smith, at, example, dot com.", "jane.smith"),
+    Case("email", "my email is johndoe gmail.com", "johndoe"),
+    Case("email", "My e-mail address is John Doe gmail dot com.", "john.doe"),
+    Case("email", "Email: jdoe@acme.co", "jdoe"),
+    Case("account", "my passport number is A12345678", "12345678"),
     Case("iban", "GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765432"),
     Case("iban", "DE89 3704 0044 0532 0130 00", "DE89370400440532013000"),
     Case("iban", "de89370400440532013000", "DE89370400440532013000"),
@@ -399,5 +403,6 @@ NEGATIVE = [
     "I'll send an email later.", "My email address changed.", "Let me find my card.",
     "My number changed last week.", "The card expires in March.", "I have two questions.",
     "Is it open on Sunday?", "Four score and seven years ago.", "It's 7 o'clock.",
-    "The 3 of us left at 11.", "Call 911!",
+    "The 3 of us left at 11.", "Call 911!", "I am at home. Com on, let's go.",
+    "We're at work. Co-workers too.", "My PIN is 1234.",
 ]

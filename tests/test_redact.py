@@ -95,6 +95,13 @@ REDACTED = [
     ("go to example dot co dot uk", "go to [web address]"),
     ("see www.example.com", "see [web address]"),
     ("it's on example.org", "it's on [web address]"),
+    ("my email is johndoe gmail.com", "my email is [email]"),  # the "at" lost
+    ("My email address changed, see example.org",
+     "My email address changed, see [web address]"),
+    ("My e-mail address is John Doe gmail dot com.", "My e-mail address is [email]."),
+    # an id of letters and 7 digits or more
+    ("my passport is A1234567", "my passport is [number]"),
+    ("tracking 1Z999AA10123456784", "tracking [number]"),
     # an IBAN misheard (check fails) or grouped with hyphens
     ("GB82 WEST 1234 5698 7654 33", "[iban]"),
     # a 16-figure number that fails Luhn is still a long run: redacted, not called a card
@@ -121,6 +128,8 @@ KEPT = [
     "Look at this dot, it's on the dot.",
     "Meet me at the station.",
     "the dot com era",
+    "I am at home. Com on, let's go.",
+    "We're at work. Co-workers too.",
     "Between 9 and 5, 7 days a week.",
     "221B Baker Street",
     "flight 370",

@@ -26,7 +26,8 @@ keeping every other character as it was:
     harmless, so it is redacted whatever its shape. Not personal data, and left as they
     are: a run after a currency sign, grouped in thousands (``1,250,000``) or followed by
     "thousand"/"million", a date (``12-25-2024``), a decimal (``3.14159265``), up to three
-    years ("2023, 2024"), and digits glued to letters (``4th``, ``221B``, ``a1b2c3``).
+    years ("2023, 2024"), and digits glued to letters (``4th``, ``221B``, ``a1b2c3``) but
+    for a word of 7 digits or more (``A1234567``, a tracking code: ``[number]``).
 
 Known false positives, accepted: a spoken count to seven ("one, two, three, ...") and a
 bare domain. Not covered: names, street addresses, dates (of birth too: the agent needs
@@ -74,8 +75,9 @@ _TLD_WRITTEN = (r"(?:com|org|net|edu|gov|info|biz|io|ai|app|dev|me|co|us|uk|ca|a
 _TLD_SPOKEN = r"(?:com|org|net|edu|gov|info|biz|io|co|uk|ca|au|nz|ie|de|fr|eu|nl|jp)"
 _SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu"})
 _SP = r"(?:[ \t]*,[ \t]*|[ \t]+)"  # a space, or a comma with spaces round it
-_DOT = rf"(?:[ \t]*\.[ \t]*|{_SP}(?:dot|period){_SP})"
-_DOT_END = rf"(?:\.{_TLD_WRITTEN}|[ \t]*\.[ \t]*{_TLD_SPOKEN}|{_SP}dot{_SP}{_TLD_SPOKEN})(?!\w)"
+# A written "." only glued: "I'm at home. Com..." and "at work. Co-workers" are no address.
+_DOT = rf"(?:\.|{_SP}(?:dot|period){_SP})"
+_DOT_END = rf"(?:\.{_TLD_WRITTEN}|{_SP}dot{_SP}{_TLD_SPOKEN})(?!\w)"
 _LABEL = r"[^\W_][\w-]*"
 # The local part: words joined by a written ".", or a spoken "dot"/"underscore"/"dash"; or
 # letters spelled one by one. No match starts inside such a chain (the lookbehinds).
@@ -97,6 +99,8 @@ _DOMAIN = re.compile(
     rf"(?<![\w.@'’-])(?<!dot )(?<!dot, )({_LABEL})((?:(?:\.|{_SP}dot{_SP}){_LABEL}){{0,8}})"
     rf"(?:\.{_TLD_WRITTEN}|{_SP}dot{_SP}{_TLD_SPOKEN})(?![\w@]|\.\w)",
     re.IGNORECASE)
+_CUED_LOCAL = re.compile(r"\b(?:e-?mail|address)(?:[ \t]+(?:is|was))?[ \t]*[:,]?[ \t]+"
+                         r"([\w.+-]+(?:[ \t]+[\w.+-]+)?)[ \t]+$", re.IGNORECASE)
 _IBAN = re.compile(r"(?<![^\W_])[A-Z]{2}[ ]?\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?"
                    r"(?![^\W_])", re.IGNORECASE)
 
@@ -121,7 +125,7 @@ def redact(text: str) -> str:
     if _DOT_HINT.search(text):  # every address has a dot, written or spoken
         if "@" in text or _AT_WORD.search(text):
             text = _sub_emails(text)
-        text = _DOMAIN.sub(_domain, text)
+        text = _sub_domains(text)
     if _enough_digits(text):
         text = _IBAN.sub(_iban, text)
         text = redact_runs(text)
@@ -170,12 +174,33 @@ def _sub_emails(text: str) -> str:
     return "".join(out)
 
 
-def _domain(m: re.Match[str]) -> str:
+def _sub_domains(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _DOMAIN.finditer(text):
+        start, placeholder = m.start(), _domain(m)
+        if placeholder is None:
+            continue
+        # "my email is johndoe gmail.com": after "email" or "address", the words before
+        # a domain are the local part whose "at" the recogniser lost.
+        cue = _CUED_LOCAL.search(text, max(pos, start - 60), start)
+        if cue is not None:
+            start, placeholder = cue.start(1), EMAIL
+        out.append(text[pos:start])
+        out.append(placeholder)
+        pos = m.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _domain(m: re.Match[str]) -> str | None:
     words = [w for w in re.split(r"[\s.,]+", m.group().casefold()) if w]
     labels = [w for w in words if w != "dot"]
     spoken = len(labels) < len(words)
     if spoken and labels[0] in _STOP | {"polka", "one", "each", "every", "that"}:
-        return m.group()  # "the dot com era", "on the dot"
+        return None  # "the dot com era", "on the dot"
     if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
         labels.pop()  # example.co.uk
     if len(labels) >= 3 and labels[0] != "www":

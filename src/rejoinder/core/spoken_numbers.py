@@ -101,6 +101,10 @@ def _runs(text: str) -> Iterator[tuple[int, int, str]]:
     n = len(toks)
     i = 0
     while i < n:
+        if kinds[i] == "other" and sum(ch.isdecimal() for ch in toks[i][2]) >= MIN_DIGITS:
+            yield toks[i][0], toks[i][1], NUMBER  # "A1234567", "1Z999AA10123456784"
+            i += 1
+            continue
         if kinds[i] not in ("fig", "word") or not _can_start(toks, i):
             i += 1
             continue
