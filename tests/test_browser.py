@@ -39,6 +39,7 @@ FAKE_REPLY = "This is a fake reply from the test stack."
 
 # Installed by .ci/run; a missing one is a setup error and fails the tests, never a skip.
 from playwright import sync_api  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 
 def _get_json(url: str) -> Any:
@@ -213,6 +214,17 @@ def test_call_measures_voice_to_voice_latency(server: str, page: Any,
     deadline = time.monotonic() + 10
     while _get_json(server + "/api/health")["calls"] and time.monotonic() < deadline:
         time.sleep(0.1)
+
+    # The page posted each measurement back: kept with its turn's record, and observed.
+    record = _get_json(f"{server}/api/calls/{state['callId']}")
+    stored = {t["turn"]: t["caller_v2v_ms"] for t in record["turns"]}
+    for turn in (first, second):
+        assert stored[turn["turn"]] == pytest.approx(turn["latencyMs"], abs=0.05), record
+    with urllib.request.urlopen(server + "/metrics", timeout=2) as resp:
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    counts = [s.value for s in families["rejoinder_caller_v2v_ms"].samples
+              if s.name == "rejoinder_caller_v2v_ms_count"]
+    assert counts and counts[0] >= 2
     assert _get_json(server + "/api/health")["calls"] == 0
 
 

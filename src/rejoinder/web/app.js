@@ -307,7 +307,17 @@ function assignLatency(t, o) {
   state.latencies.push({ turn: t.turn, ms: t.latencyMs, eos: o.eos, onset: o.onset });
   render(t);
   renderSummary();
-  if (call) sampleJitterBuffer(call, t);
+  if (call) {
+    postMeasured(call, t);
+    sampleJitterBuffer(call, t);
+  }
+}
+
+// The server keeps the caller's own measurement with the turn's record and in its metrics
+// (rejoinder_caller_v2v_ms).
+function postMeasured(c, t) {
+  if (!c.channel || c.channel.readyState !== "open") return;
+  c.channel.send(JSON.stringify({ type: "measured", turn: t.turn, v2v_ms: t.latencyMs }));
 }
 
 // The browser's own share of "network + playout": the average delay of its jitter buffer
