@@ -13,6 +13,7 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [log]      level, json
     [store]    url, path, keep_days, prune_interval_s, queue_max, redact
     [telemetry] otlp_endpoint, service_name, pii
+    [analytics] enabled, max_concurrent, max_attempts, retry_backoff_s, fields, ...
 """
 
 from __future__ import annotations
@@ -268,6 +269,37 @@ class TelemetryOptions:
 
 
 @dataclass(frozen=True)
+class AnalyticsOptions:
+    """Post-call analytics (``rejoinder.analytics``): after a call ends, a background job
+    extracts a summary, intent, sentiment, lead score, escalation flag and slots from its
+    stored (redacted) transcript with the configured LLM."""
+
+    # On by default: what a call was about is what an operator looks for first. With the
+    # embedded model it runs on its own model instance, one thread at the lowest CPU
+    # priority (nice 19), so live calls win the cores; it never runs during a call it reads.
+    enabled: bool = True
+    max_concurrent: int = 1  # jobs at once (the embedded model: that many slots)
+    max_attempts: int = 3  # a job that failed this often is marked failed
+    retry_backoff_s: float = 30.0  # the pause after a failed attempt; doubles each time
+    max_tokens: int = 400  # of the model's answer (the JSON)
+    threads: int = 1  # CPU threads of the embedded model's analytics instance
+    # Extra fields this agent wants: "name" (a string), "name:boolean", "name:integer",
+    # or "name:a|b|c" (one of the words); each null when the call does not say.
+    fields: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "analytics", {
+            "max_concurrent": (1, 16), "max_attempts": (1, 20),
+            "retry_backoff_s": (0.0, 86_400.0), "max_tokens": (64, 4096), "threads": (1, 64)})
+        from rejoinder.analytics.fields import parse_fields
+
+        try:
+            parse_fields(self.fields)
+        except ValueError as exc:
+            raise ConfigError("analytics.fields", str(exc)) from None
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
@@ -278,6 +310,7 @@ class Config:
     log: LogOptions = field(default_factory=LogOptions)
     store: StoreOptions = field(default_factory=StoreOptions)
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
+    analytics: AnalyticsOptions = field(default_factory=AnalyticsOptions)
 
 
 def load_config(path: str | Path | None = None,

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, TypeVar, final
+from typing import Any, Literal, Protocol, TypeVar, final
 
 import numpy as np
 
@@ -375,6 +375,23 @@ class LLM(_Streaming):
 
     async def _turn_end_p(self, messages: list[ChatMessage]) -> float | None:
         return None
+
+    @final
+    async def complete_json(self, messages: list[ChatMessage], schema: dict[str, Any],
+                            max_tokens: int) -> str:
+        """The whole reply to ``messages``, JSON meant to match ``schema``: held to it by
+        constrained decoding where the implementation can (``_stream_json``), a plain reply
+        otherwise; the caller validates it either way. Timed like ``stream``."""
+        parts: list[str] = []
+        stream = self._stream_json(self.outgoing(messages), schema, max_tokens)
+        async with aclosing(self._guard(stream, "token")) as deltas:
+            async for delta in deltas:
+                parts.append(str(delta))
+        return "".join(parts)
+
+    def _stream_json(self, messages: list[ChatMessage], schema: dict[str, Any],
+                     max_tokens: int) -> AsyncIterator[str]:
+        return self._stream(messages)
 
 
 class TTS(_Streaming):

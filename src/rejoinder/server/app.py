@@ -29,6 +29,8 @@ from importlib import resources
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from rejoinder.analytics.jobs import AnalyticsJobs, api_view
+from rejoinder.analytics.worker import AnalyticsWorker, open_analytics
 from rejoinder.config import Config
 from rejoinder.core.errors import OverloadedError, SignalingError
 from rejoinder.observability.hub import Observability
@@ -61,11 +63,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Server:
     """Owns the calls. One instance per process; the stack is shared by all calls."""
 
-    def __init__(self, config: Config, stack: Stack, recorder: Recorder | None = None) -> None:
+    def __init__(self, config: Config, stack: Stack, recorder: Recorder | None = None,
+                 analytics: AnalyticsWorker | None = None) -> None:
         self.config = config
         self.stack = stack
         self.calls: dict[str, Call] = {}
         self.recorder = recorder  # call records (rejoinder.store); None: kept in memory
+        self.analytics = analytics  # post-call analytics jobs; None: off
         self.call_logs: dict[str, CallLog] = {}
         self._stopping = False
         self.ended: OrderedDict[str, list[dict[str, object]]] = OrderedDict()
@@ -160,7 +164,12 @@ class Server:
         if record is None:
             return web.json_response({"error": "no such call", "code": "not_found"},
                                      status=404)
-        return web.json_response({**record, "active": call_id in self.calls})
+        try:
+            job = await AnalyticsJobs(self.recorder.store).get(call_id)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("call store unavailable: %s", type(exc).__name__)
+            job = {"status": "unavailable"}
+        return web.json_response({**record, "active": call_id in self.calls, **api_view(job)})
 
     async def delete_call_record(self, request: web.Request) -> web.Response:
         """Delete one call's record (personal data); a live call is recorded no further."""
@@ -237,6 +246,8 @@ class Server:
         if (record := self.call_logs.pop(call.id, None)) is not None:
             record.end("server_stopped" if self._stopping else
                        "failed" if call.pc.connectionState == "failed" else "ended")
+            if self.analytics is not None:  # after the call, never during it
+                self.analytics.submit(call.id)
         self.ended[call.id] = call.conversation.traces
         while len(self.ended) > _ENDED_KEPT:
             self.ended.popitem(last=False)
@@ -255,7 +266,8 @@ async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | Non
                      bound: list[int] | None = None) -> None:
     """Serve until cancelled. ``bound`` receives the actual port (useful with port 0)."""
     recorder = await open_recorder(config.store)
-    server = Server(config, stack, recorder)
+    analytics = open_analytics(config, stack, recorder)
+    server = Server(config, stack, recorder, analytics)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -271,4 +283,6 @@ async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | Non
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        if analytics is not None:
+            await analytics.close()
         await recorder.close()

@@ -249,6 +249,13 @@ class SmolLM(LLM):
         finally:
             stop.set()
 
+    def _stream_json(self, messages: list[ChatMessage], schema: dict[str, Any],
+                     max_tokens: int) -> AsyncIterator[str]:
+        """Decoding held to ``schema`` (llama.cpp turns it into a grammar): the reply always
+        parses, unless ``max_tokens`` cuts it short. Greedy: the same call, the same answer."""
+        return self._requests({**self.request(messages), "max_tokens": max_tokens,
+                               "temperature": 0.0, "json_schema": schema})
+
     async def _prefill(self, messages: list[ChatMessage]) -> None:
         """Evaluate the prompt, and generate one token: the slot's cache then holds it, and
         the real request evaluates only what differs. ``max_tokens`` 1 ends the request in

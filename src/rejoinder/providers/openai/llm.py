@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -50,9 +51,11 @@ class OpenAILLM(LLM):
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0))
         return self._session
 
-    async def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    async def _stream(self, messages: list[ChatMessage],
+                      options: dict[str, Any] | None = None) -> AsyncIterator[str]:
         body = {"model": self.model, "messages": to_openai_messages(messages), "stream": True,
-                "temperature": self.temperature, "max_tokens": self.max_tokens}
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                **(options or {})}
         try:
             async with self._client().post(self.url, json=body, headers=self._headers) as resp:
                 if resp.status != 200:
@@ -76,6 +79,15 @@ class OpenAILLM(LLM):
                         yield delta
         except aiohttp.ClientError as exc:
             raise connection_error(self.name, self.url, exc) from exc
+
+    def _stream_json(self, messages: list[ChatMessage], schema: dict[str, Any],
+                     max_tokens: int) -> AsyncIterator[str]:
+        """Structured outputs (``response_format`` json_schema; vLLM, llama.cpp server,
+        Ollama and OpenAI take it)."""
+        return self._stream(messages, {
+            "temperature": 0.0, "max_tokens": max_tokens,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "call_analytics", "strict": True, "schema": schema}}})
 
     async def warm(self, messages: list[ChatMessage]) -> None:
         """Remote servers keep their own caches; opening the connection is enough."""
