@@ -8,7 +8,8 @@ the server receives a call). Commands:
 - ``vad``: how often Silero VAD's per-frame decision (at the engine's threshold) differs,
   in its 16 kHz mode on the upsampled audio and in its 8 kHz mode;
 - ``split MANIFEST``: turnset.py's manifest as ``manifest-tune.json`` and
-  ``manifest-held-out.json``, split by the same rule, for ``turneval``.
+  ``manifest-held-out.json``, split by the same rule, for ``turneval``;
+- ``turns LABEL=TURNEVAL.json ...``: ``turneval --json`` reports scored per split.
 
 Utterances, split so that nothing reported as held out was used to choose a fix:
 
@@ -20,7 +21,7 @@ Utterances, split so that nothing reported as held out was used to choose a fix:
 
 WER is word-level edit distance over the reference's word count, after lowercasing, dropping
 punctuation and reading numbers as words (``normalise``). Run it with
-``python -m rejoinder.bench.narrowband wer|vad|split [MANIFEST] [--json OUT]``.
+``python -m rejoinder.bench.narrowband wer|vad|split|turns [ARGS] [--json OUT]``.
 """
 
 from __future__ import annotations
@@ -134,6 +135,16 @@ def normalise(text: str) -> list[str]:
     return [_ABBREVIATIONS.get(w, w) for w in text.split()]
 
 
+def emphasise(pcm: PCM, a: float) -> PCM:
+    """First-order pre-emphasis ``y[n] = x[n] - a x[n-1]``, at the input's RMS level."""
+    x = pcm.astype(np.float32)
+    y = x.copy()
+    y[1:] -= np.float32(a) * x[:-1]
+    y *= np.std(x) / max(float(np.std(y)), 1e-6)
+    out: PCM = np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+    return out
+
+
 def measure_wer(items: list[Utterance], transcribe: Callable[[PCM], str],
                 paths: dict[str, Callable[[PCM], PCM]]) -> list[dict[str, Any]]:
     """Per utterance and path: the transcript and its word errors."""
@@ -198,8 +209,9 @@ def vad_flags(pcm: PCM, threshold: float, rate: int = 16_000) -> list[bool]:
 
 def compare_vad(items: list[Utterance], threshold: float) -> list[dict[str, Any]]:
     """Per split and Silero mode on the phone path (16 kHz on the upsampled audio, or 8 kHz):
-    frames whose decision differs from the 16 kHz recording's, and how far the last voiced
-    frame moved (frames; negative: the phone path's speech ends sooner)."""
+    frames whose decision differs from the 16 kHz recording's, utterances whose first voiced
+    frame comes later (and the most frames later), and how far the last voiced frame moved
+    (frames; negative: the phone path's speech ends sooner)."""
     rows: list[dict[str, Any]] = []
     for item in items:
         reference = np.array(vad_flags(item.pcm, threshold))
@@ -210,6 +222,7 @@ def compare_vad(items: list[Utterance], threshold: float) -> list[dict[str, Any]
                          "frames": len(flags), "voiced_16k": int(reference.sum()),
                          "voiced_phone": int(flags.sum()),
                          "differ": int((flags != reference).sum()),
+                         "start_shift": _first(flags) - _first(reference),
                          "end_shift": _last(flags) - _last(reference)})
     out = []
     for split in ("tune", "held-out"):
@@ -217,14 +230,21 @@ def compare_vad(items: list[Utterance], threshold: float) -> list[dict[str, Any]
             chosen = [r for r in rows if r["split"] == split and r["vad_rate"] == rate]
             if not chosen:
                 continue
+            starts = np.array([r["start_shift"] for r in chosen])
             shifts = np.array([r["end_shift"] for r in chosen])
             out.append({"split": split, "vad_rate": rate, "utterances": len(chosen),
                         **{k: sum(r[k] for r in chosen)
                            for k in ("frames", "voiced_16k", "voiced_phone", "differ")},
+                        "starts_later": int((starts > 0).sum()),
+                        "start_shift_max": int(starts.max()),
                         "ends_sooner": int((shifts < 0).sum()),
                         "end_shift_min": int(shifts.min()), "end_shift_max": int(shifts.max()),
                         "items": chosen})
     return out
+
+
+def _first(flags: np.ndarray) -> int:
+    return int(np.argmax(flags)) if flags.any() else 0
 
 
 def _last(flags: np.ndarray) -> int:
@@ -233,11 +253,13 @@ def _last(flags: np.ndarray) -> int:
 
 def vad_table(summary: list[dict[str, Any]]) -> str:
     lines = [f"{'split':<10}{'silero':>8}{'utts':>6}{'frames':>8}{'voiced 16k':>12}"
-             f"{'voiced phone':>14}{'differ':>8}{'ends sooner':>13}{'end shift':>12}"]
+             f"{'voiced phone':>14}{'differ':>8}{'starts later':>14}{'ends sooner':>13}"
+             f"{'end shift':>12}"]
     for s in summary:
         lines.append(f"{s['split']:<10}{s['vad_rate'] // 1000:>6}k{s['utterances']:>7}"
                      f"{s['frames']:>8}{s['voiced_16k']:>12}{s['voiced_phone']:>14}"
-                     f"{s['differ']:>8}{s['ends_sooner']:>13}"
+                     f"{s['differ']:>8}{s['starts_later']:>8} (<={s['start_shift_max']})"
+                     f"{s['ends_sooner']:>13}"
                      f"{s['end_shift_min']:>6}..{s['end_shift_max']:<4}")
     return "\n".join(lines)
 
@@ -266,20 +288,50 @@ def split_manifest(manifest: str | Path) -> dict[str, Path]:
     return out
 
 
+def turneval_by_split(reports: dict[str, Path]) -> str:
+    """A table of turneval runs (``--json`` files, by label) scored per split."""
+    from rejoinder.bench.turneval import _summary
+
+    lines = [f"{'audio':<14}{'policy':<20}{'split':<10}{'cut off':>14}{'in speech':>10}"
+             f"{'end delay mean/p50/p95':>24}{'vad lag':>9}"]
+    for label, path in reports.items():
+        for report in json.loads(path.read_text()).values():
+            for split in ("tune", "held-out", "all"):
+                items = [i for i in report["items"] if split in ("all", split_of(i["file"]))]
+                s = _summary(items)
+                d = s["delay_ms"]
+                lines.append(
+                    f"{label:<14}{report['policy'].split()[0]:<20}{split:<10}"
+                    f"{s['items_cut_off']:>5}/{s['items_with_pause']:<3}"
+                    f"{100 * (s['cut_off_rate'] or 0):5.1f}%{s['cutoffs_in_speech']:>10}"
+                    f"{d['mean']:>10.0f}/{d['p50']:.0f}/{d['p95']:.0f}"
+                    f"{s['vad_lag_ms_mean']:>9.0f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rejoinder.bench.narrowband",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("wer", "vad", "split"))
-    ap.add_argument("manifest", nargs="?", help="split: turnset.py's manifest.json")
+    ap.add_argument("command", choices=("wer", "vad", "split", "turns"))
+    ap.add_argument("manifest", nargs="*",
+                    help="split: turnset.py's manifest.json; turns: LABEL=TURNEVAL.json ...")
     ap.add_argument("--groups", default="librivox,commands,espeak",
                     help="comma-separated: librivox, commands, espeak")
+    ap.add_argument("--emphasis", type=float, default=0.0,
+                    help="wer: also the phone path with this pre-emphasis (a candidate fix)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     result: Any
+    if args.command == "turns":
+        pairs = [arg.partition("=") for arg in args.manifest or []]
+        if not pairs or any(not path for _, _, path in pairs):
+            ap.error("turns: LABEL=TURNEVAL.json,...")
+        sys.stdout.write(turneval_by_split({k: Path(v) for k, _, v in pairs}) + "\n")
+        return 0
     if args.command == "split":
-        if args.manifest is None:
+        if len(args.manifest) != 1:
             ap.error("split: give the manifest.json of turnset.py")
-        for split, path in split_manifest(args.manifest).items():
+        for split, path in split_manifest(args.manifest[0]).items():
             sys.stdout.write(f"{split}: {path}\n")
         return 0
     items = utterances(tuple(args.groups.split(",")))
@@ -293,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
 
         stt = WhisperSTT()
         paths: dict[str, Callable[[PCM], PCM]] = {"16k": lambda pcm: pcm, "phone": phone_path}
+        if args.emphasis:
+            a = args.emphasis
+            paths[f"phone+emph {a:g}"] = lambda pcm: emphasise(phone_path(pcm), a)
         try:
             rows = measure_wer(items, stt.decode, paths)
         finally:

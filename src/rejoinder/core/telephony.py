@@ -6,7 +6,9 @@ one incoming frame into one server frame (160 codes in, 320 samples of 16 kHz PC
 
 The codec is two lookup tables built once with numpy (65,536 entries to encode, 256 to
 decode), bit-exact with the standard library's ``audioop`` on every input; ``audioop`` is
-deprecated and gone in Python 3.13, so it cannot be the product's codec.
+deprecated and gone in Python 3.13, so it cannot be the product's codec. (The ITU's own
+G.191 code reads negative samples in ones' complement and encodes 508 of them one step
+apart; this module follows ``audioop``, the codec Python servers have used until now.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ PHONE_FRAME_BYTES = PHONE_RATE * PHONE_FRAME_MS // 1000  # 160: one byte per sam
 MULAW_SILENCE = 0xFF  # the code for +0 (0x00 is the loudest negative sample, -32124)
 
 # G.711 mu-law on 14-bit magnitudes (the 16-bit sample shifted right by 2), as ``audioop``
-# and Sun's reference code do: the magnitude is clipped to 8159, biased by 33, and the
+# does: the magnitude is clipped to 8159, biased by 33, and the
 # segment is the first whose end is at or above it (none, at the clip: the top code).
 _CLIP = 8159
 _BIAS = 33
