@@ -203,3 +203,9 @@ def test_phone_path_removes_what_a_phone_line_cannot_carry() -> None:
     tone = _tone(5000, 16_000, 1.0)
     out = phone_path(tone)[500:-500].astype(float)
     assert 20 * np.log10(np.std(out) / np.std(tone.astype(float))) < -60
+
+
+def test_phone_path_without_the_codec_is_the_band_alone() -> None:
+    tone = _tone(1000, 16_000, 1.0)
+    inner = slice(500, len(tone) - 500)
+    assert _snr_db(tone[inner], phone_path(tone, codec=False)[inner]) >= 60.0

@@ -42,7 +42,7 @@ import numpy as np
 
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, read_wav
-from rejoinder.core.telephony import phone_path
+from rejoinder.core.telephony import phone_path, ulaw_decode, ulaw_encode
 from rejoinder.testing.wer import word_errors
 
 TUNE_LIBRIVOX = ("0870", "0880")
@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated: librivox, commands, espeak")
     ap.add_argument("--emphasis", type=float, default=0.0,
                     help="wer: also the phone path with this pre-emphasis (a candidate fix)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="wer: also the 8 kHz band without mu-law, and mu-law at 16 kHz")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     result: Any
@@ -345,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
 
         stt = WhisperSTT()
         paths: dict[str, Callable[[PCM], PCM]] = {"16k": lambda pcm: pcm, "phone": phone_path}
+        if args.isolate:
+            paths["8k band only"] = lambda pcm: phone_path(pcm, codec=False)
+            paths["mu-law only"] = lambda pcm: ulaw_decode(ulaw_encode(pcm))
         if args.emphasis:
             a = args.emphasis
             paths[f"phone+emph {a:g}"] = lambda pcm: emphasise(phone_path(pcm), a)

@@ -164,13 +164,16 @@ class PhoneEncoder:
 _DECIMATOR_TAIL = 31  # half the decimator's filter (core/audio.py's _Decimator, 63 taps)
 
 
-def phone_path(pcm: PCM) -> PCM:
+def phone_path(pcm: PCM, codec: bool = True) -> PCM:
     """16 kHz audio as the server receives it over a phone line: down to 8 kHz, mu-law
-    encoded and decoded, up to 16 kHz; aligned with the input (the filters' delay removed)
-    and of the same length. For measurements (bench/narrowband.py, turneval --phone)."""
+    encoded and decoded (``codec`` False: not), up to 16 kHz; aligned with the input (the
+    filters' delay removed) and of the same length. For measurements (bench/narrowband.py,
+    turneval --phone)."""
     down = Resampler(SAMPLE_RATE, PHONE_RATE)
     narrow = down(np.concatenate([pcm, np.zeros(PATH_DELAY, dtype=np.int16)]))
-    wide = Upsampler()(ulaw_decode(ulaw_encode(narrow)))
+    if codec:
+        narrow = ulaw_decode(ulaw_encode(narrow))
+    wide = Upsampler()(narrow)
     out: PCM = wide[PATH_DELAY:PATH_DELAY + len(pcm)]
     return out
 

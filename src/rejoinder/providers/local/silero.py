@@ -41,8 +41,9 @@ class SileroOptions:
     model_path: Path | None = None  # an ONNX Silero VAD model; None: the one in the package
     preload: int = 1  # instances created at load, so the first calls do not pay for one
     max_idle: int = 8  # instances kept for reuse; more are freed when their stream ends
-    # 8000 for phone calls: the model's own narrowband mode, on the 16 kHz frames taken back
-    # down to 8 kHz (on the phone path its 16 kHz mode lost word ends: bench/narrowband.py).
+    # 8000: the model's narrowband mode, on the 16 kHz frames taken back down to 8 kHz. On
+    # phone audio it keeps the word ends that the 16 kHz mode cuts short, but hears some
+    # resumptions after a pause later (docs/benchmarks.md, "Telephony audio"): not a default.
     sample_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
