@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +45,8 @@ class Call:
 
     def __init__(self, config: Config, stack: Stack, on_closed: Callable[[Call], None],
                  clock: Clock | None = None) -> None:
-        self.id = uuid.uuid4().hex[:12]
+        # 128 random bits: a call id is the key to its record, so it must not be guessable.
+        self.id = secrets.token_hex(16)
         self.config = config
         self.stack = stack
         self.clock = clock or Clock()
