@@ -14,6 +14,7 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [store]    url, path, keep_days, prune_interval_s, queue_max, redact
     [telemetry] otlp_endpoint, service_name, pii
     [analytics] enabled, max_concurrent, max_attempts, retry_backoff_s, fields, ...
+    [review]   days, v2v_p95_ms, phrase_cache_min, restart_max, cold_start_tax_ms, ...
 """
 
 from __future__ import annotations
@@ -80,8 +81,24 @@ class ServerOptions:
     # bound to a loopback address, only loopback names with the server's port (against
     # DNS rebinding); when bound to any other address, any Host.
     allowed_hosts: list[str] = field(default_factory=list)
+    # The operator's token (dashboard, /api/calls, /api/review, /api/stats, /metrics), sent
+    # as "Authorization: Bearer <token>". Empty: those answer loopback clients only.
+    admin_token: str = ""
+    # Set: the call page and /api/offer need this key, or a call token "exp.signature"
+    # signed with it (rejoinder.server.operator). Empty: anyone who reaches the page calls.
+    call_key: str = ""
+
+    def __repr__(self) -> str:  # keep the token and the key out of logs and tracebacks
+        token, key = ("***" if v else "" for v in (self.admin_token, self.call_key))
+        return f"ServerOptions(host={self.host!r}, port={self.port!r}, " \
+               f"max_calls={self.max_calls!r}, admin_token={token!r}, call_key={key!r})"
 
     def __post_init__(self) -> None:
+        for name in ("admin_token", "call_key"):  # a short secret can be guessed
+            value = getattr(self, name)
+            if value and (len(value) < 16 or value != value.strip()):
+                raise ConfigError(f"server.{name}",
+                                  "must be at least 16 characters, without surrounding spaces")
         check_numbers(self, "server", {
             "port": (0, 65535), "max_calls": (1, 10_000), "jitter_buffer_frames": (0, 15),
             "connect_timeout_s": (0.0, 300.0), "media_timeout_s": (0.0, 300.0)})
@@ -300,6 +317,27 @@ class AnalyticsOptions:
 
 
 @dataclass(frozen=True)
+class ReviewOptions:
+    """The weekly review's thresholds (``rejoinder.store.review``; the dashboard)."""
+
+    days: float = 7.0  # the default range, ending now
+    v2v_p95_ms: float = 500.0  # p95 voice-to-voice at most this
+    phrase_cache_min: float = 0.30  # share of replies whose first clause came from the cache
+    llm_prefix_reuse_min: float = 0.75  # share of prompt tokens reused from the prefix cache
+    restart_max: float = 0.03  # cancel-and-restart: below this share of speculative turns
+    barge_in_stop_ms: float = 200.0  # caller speech over the agent to its audio stopping
+    tool_timeouts_max: int = 0
+    cold_start_tax_ms: float = 50.0  # first-turn p95 at most this over the later turns' p95
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "review", {
+            "days": (0.01, 3660.0), "v2v_p95_ms": (1.0, 60_000.0),
+            "phrase_cache_min": (0.0, 1.0), "llm_prefix_reuse_min": (0.0, 1.0),
+            "restart_max": (0.0, 1.0), "barge_in_stop_ms": (1.0, 60_000.0),
+            "tool_timeouts_max": (0, 1_000_000), "cold_start_tax_ms": (0.0, 60_000.0)})
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
@@ -311,6 +349,7 @@ class Config:
     store: StoreOptions = field(default_factory=StoreOptions)
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
     analytics: AnalyticsOptions = field(default_factory=AnalyticsOptions)
+    review: ReviewOptions = field(default_factory=ReviewOptions)
 
 
 def load_config(path: str | Path | None = None,
