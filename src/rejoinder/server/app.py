@@ -46,6 +46,7 @@ from rejoinder.server.guard import (
     parse_offer,
     read_json,
 )
+from rejoinder.server.operator import register as register_operator
 from rejoinder.store import CallLog, Recorder, open_recorder
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Server:
         app.router.add_get("/api/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.on_shutdown.append(self._shutdown)
+        self.operator = register_operator(app, self)  # access control, the dashboard
         return app
 
     @web.middleware

@@ -136,12 +136,19 @@ function iceGatheringComplete(pc, timeoutMs) {
   });
 }
 
+// With [server] call_key set, the page is opened as /?call_token=<exp>.<signature>
+// (minted by the embedding site's back end) and passes the token on with its offer.
+function callTokenHeader() {
+  const token = params.get("call_token");
+  return token ? { "X-Rejoinder-Call-Token": token } : {};
+}
+
 async function postOffer(sdp) {
   let resp;
   try {
     resp = await fetch("/api/offer", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...callTokenHeader() },
       body: JSON.stringify({ sdp, type: "offer" }),
     });
   } catch (err) {
