@@ -86,7 +86,7 @@ async def api(tmp_path) -> AsyncIterator[tuple[TestClient, Server, FakeLLM, list
 
 def _end_through_the_server(server: Server, call_id: str) -> None:
     """The server's own end-of-call path (what a closed Call reports)."""
-    call = SimpleNamespace(id=call_id, pc=SimpleNamespace(connectionState="closed"),
+    call = SimpleNamespace(id=call_id, transport=SimpleNamespace(failed=False),
                            conversation=SimpleNamespace(traces=[]))
     server._forget(call)  # type: ignore[arg-type]
 

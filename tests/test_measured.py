@@ -70,7 +70,7 @@ async def test_measured_latency_round_trip_into_the_turn_record(store: Store) ->
     seen: list[dict[str, object]] = []
     call.observers += [record.on_event, seen.append]
     channel = Channel()
-    call._on_datachannel(channel)
+    call.transport._on_datachannel(channel)  # type: ignore[attr-defined]
     try:
         # Turn 1: the page hears the reply (and says so) before the turn's record ends it.
         for e in _turn(1):
@@ -85,7 +85,7 @@ async def test_measured_latency_round_trip_into_the_turn_record(store: Store) ->
         await recorder.flush()
     finally:
         await recorder.close()
-        await call.pc.close()
+        await call.transport.close()
     assert [e for e in seen if e["type"] == "measured"] == [
         {"type": "measured", "turn": 1, "v2v_ms": 612.3},
         {"type": "measured", "turn": 2, "v2v_ms": 701.0}]
@@ -102,7 +102,7 @@ async def test_junk_and_unknown_turns_are_ignored_with_one_log_line(caplog) -> N
     seen: list[dict[str, object]] = []
     call.observers.append(seen.append)
     channel = Channel()
-    call._on_datachannel(channel)
+    call.transport._on_datachannel(channel)  # type: ignore[attr-defined]
     call.send_event({"type": "agent", "turn": 1, "text": "Hello!"})  # a greeting: no v2v
     for e in _turn(2):
         call.send_event(e)
@@ -129,7 +129,7 @@ async def test_junk_and_unknown_turns_are_ignored_with_one_log_line(caplog) -> N
         assert seen == []
         call.on_caller_message(_measured(2, 500))
         call.on_caller_message(_measured(2, 400))  # measured once
-    await call.pc.close()
+    await call.transport.close()
     assert seen == [{"type": "measured", "turn": 2, "v2v_ms": 500.0}]
     assert call.measured.ignored == len(junk) + 1
     assert len([r for r in caplog.records if r.name == "rejoinder.observability.measured"]) == 1

@@ -48,6 +48,7 @@ from rejoinder.server.guard import (
 )
 from rejoinder.server.operator import register as register_operator
 from rejoinder.store import CallLog, Recorder, open_recorder
+from rejoinder.transports.webrtc import WebRTCTransport
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,11 @@ class Server:
             raise OverloadedError(
                 "at_capacity",
                 f"server is at capacity ({limit} concurrent calls); try again later")
-        call = Call(self.config, self.stack, self._forget)
+        o = self.config.server
+        transport = WebRTCTransport(o.ice_servers, o.ice_username, o.ice_credential,
+                                    o.jitter_buffer_frames)
+        call = Call(self.config, self.stack, self._forget, transport=transport)
+        call_id_var.set(call.id)
         self.calls[call.id] = call
         call.observers.extend(self.observability.attach(call.id, call.conversation.stats))
         if self.recorder is not None:
@@ -228,7 +233,8 @@ class Server:
             # Answering includes ICE gathering; it must not hold the slot for longer
             # than a caller gets to connect.
             async with asyncio.timeout(self.config.server.connect_timeout_s):
-                answer = await call.answer(sdp, self.media_addresses())
+                answer = await transport.answer(sdp, self.media_addresses())
+            call.watch()
         except TimeoutError:
             await call.close()
             raise OverloadedError("answer_timeout",
@@ -247,7 +253,7 @@ class Server:
         self.observability.detach(call.id)
         if (record := self.call_logs.pop(call.id, None)) is not None:
             record.end("server_stopped" if self._stopping else
-                       "failed" if call.pc.connectionState == "failed" else "ended")
+                       "failed" if call.transport.failed else "ended")
             if self.analytics is not None:  # after the call, never during it
                 self.analytics.submit(call.id)
         self.ended[call.id] = call.conversation.traces

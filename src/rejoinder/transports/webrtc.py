@@ -1,5 +1,8 @@
 """WebRTC with aiortc: audio in and out of one peer connection, and its event channel.
 
+- :class:`WebRTCTransport` is the transport contract (:mod:`rejoinder.transports.base`)
+  over one peer connection: the offer/answer, the caller's track, the ``events`` data
+  channel, connection state; a sample counts as heard once it is pulled and sent.
 - :class:`AgentTrack` is the outgoing track: aiortc's sender pulls it, it paces
   itself at 20 ms per frame and hands over whatever the playout has, Opus-encoded.
   While the agent is silent it sends nothing (discontinuous transmission).
@@ -20,13 +23,20 @@ import contextlib
 import contextvars
 import fractions
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCRtpReceiver
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
@@ -34,6 +44,8 @@ from aiortc.utils import uint16_gt
 
 from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, PCM, SAMPLE_RATE, Resampler
 from rejoinder.core.clock import Clock
+from rejoinder.core.errors import SignalingError
+from rejoinder.transports.base import CallSide
 from rejoinder.turn.playout import Playout
 
 log = logging.getLogger(__name__)
@@ -307,3 +319,105 @@ async def close_quietly(pc: object, deadline: float = 2.0) -> None:
         log.error("peer connection did not close within %.1f s", deadline)
     except Exception as exc:
         log.warning("peer connection close failed: %r", exc)
+
+
+class WebRTCTransport:
+    """One caller's peer connection (:class:`~rejoinder.transports.base.Transport`).
+
+    Events wait in a short backlog until the caller's ``events`` channel opens."""
+
+    kind = "webrtc"
+    rate = OUT_RATE
+    confirms_heard = False  # the caller's jitter buffer is short: sent is heard
+
+    def __init__(self, ice_servers: Sequence[str] = (), ice_username: str = "",
+                 ice_credential: str = "", jitter_buffer_frames: int = 0) -> None:
+        self.pc = RTCPeerConnection(ice_configuration(ice_servers, ice_username,
+                                                      ice_credential))
+        self.jitter_buffer_frames = jitter_buffer_frames
+        self._call: CallSide | None = None
+        self._playout: Playout | None = None
+        self._channel: Any = None
+        self._backlog: deque[str] = deque(maxlen=200)
+        self._media = False
+
+    def start(self, call: CallSide, playout: Playout) -> None:
+        self._call, self._playout = call, playout
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def answer(self, sdp: str, media_addresses: Sequence[str]) -> RTCSessionDescription:
+        """Apply the caller's offer and return our answer (ICE gathering included)."""
+        assert self._playout is not None, "start() first"
+        pc = self.pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            # No trickle ICE: the offer carries every candidate there will be. Saying so
+            # lets ICE fail as soon as its checks do, instead of waiting for more.
+            await pc.addIceCandidate(None)
+        except Exception as exc:  # aiortc raises ValueError, KeyError, ... on bad SDP
+            raise _unusable(exc) from exc
+        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
+            raise SignalingError("no_audio", "the offer has no audio media section")
+        try:
+            audio[0].sender.replaceTrack(AgentTrack(self._playout))
+            set_jitter_buffer(audio[0].receiver, self.jitter_buffer_frames)
+            audio[0].direction = "sendrecv"
+            with pinned_host_addresses(media_addresses):
+                await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            raise _unusable(exc) from exc
+        description: RTCSessionDescription = pc.localDescription
+        return description
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.pc.connectionState == "failed")
+
+    def send_event(self, message: str) -> None:
+        channel = self._channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(message)
+        else:
+            self._backlog.append(message)
+
+    async def close(self, deadline_s: float = 2.0) -> None:
+        await close_quietly(self.pc, deadline_s)
+
+    # -- aiortc callbacks ---------------------------------------------------------------
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio" or self._media or self._call is None:
+            return
+        self._media = True
+        log.info("caller audio track started")
+        self._call.on_media(caller_frames(track, on_frame=self._call.on_frame))
+
+    def _on_datachannel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.on("open", self._flush_backlog)
+        if self._call is not None:
+            channel.on("message", self._call.on_caller_message)
+        if channel.readyState == "open":
+            self._flush_backlog()
+
+    def _flush_backlog(self) -> None:
+        while self._backlog and self._channel is not None:
+            self._channel.send(self._backlog.popleft())
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("connection %s", state)
+        if self._call is None:
+            return
+        if state == "connected":
+            self._call.on_connected()
+        if state in ("failed", "closed"):
+            self._call.on_lost()
+
+
+def _unusable(exc: Exception) -> SignalingError:
+    """aiortc's own words stay in the log; the caller gets a stable message."""
+    return SignalingError("bad_offer", "the offer could not be used",
+                          detail=f"{type(exc).__name__}: {str(exc)[:200]}")

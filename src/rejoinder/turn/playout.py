@@ -2,7 +2,9 @@
 
 The playout knows which reply (turn) and which clause every queued sample
 belongs to, so that barge-in can flush it at once and tell exactly which words
-the caller heard.
+the caller heard. It runs at the transport's own rate (48 kHz for WebRTC, 8 kHz for a
+phone line). A transport whose far end buffers audio (Twilio) counts as heard only what
+the far end confirmed (:meth:`Playout.confirm`); otherwise a pulled sample is heard.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rejoinder.core.audio import OUT_FRAME_SAMPLES, PCM
+from rejoinder.core.audio import FRAME_MS, OUT_RATE, PCM
 
 
 @dataclass
@@ -21,6 +23,7 @@ class _Clause:
     text: str
     queued: int = 0     # samples pushed so far
     played: int = 0     # samples pulled by the transport
+    first: int = 0      # the playout's pulled-sample count at its first sample
     complete: bool = False  # all of its audio has been pushed
     filler: bool = False    # a filler ("One moment."): spoken, but not part of the reply
 
@@ -34,9 +37,11 @@ class _Reply:
 class Playout:
     """A queue of agent audio at the output rate, labelled by turn and clause."""
 
-    def __init__(self, frame_samples: int = OUT_FRAME_SAMPLES,
-                 on_clause_start: Callable[[int, int, str], None] | None = None) -> None:
-        self.frame_samples = frame_samples
+    def __init__(self, rate: int = OUT_RATE,
+                 on_clause_start: Callable[[int, int, str], None] | None = None, *,
+                 confirmed: bool = False) -> None:
+        self.rate = rate
+        self.frame_samples = rate * FRAME_MS // 1000
         #: Called with (turn, clause index, clause text) when a clause's first frame is pulled.
         self.on_clause_start = on_clause_start
         #: Called whenever audio is queued (the transport may be waiting for it).
@@ -46,6 +51,12 @@ class Playout:
         self._queued = 0
         self._replies: dict[int, _Reply] = {}
         self._holds: set[str] = set()  # while any is set, nothing plays (audio stays queued)
+        #: Called by :meth:`flush` (a transport drops the audio its far end buffers).
+        self.on_flush: Callable[[], None] | None = None
+        self.pulled = 0  # samples pulled so far, all turns
+        # confirmed=True: heard is what the transport confirmed (None: what was pulled).
+        self._confirmed: int | None = 0 if confirmed else None
+        self.ended_clause = False  # the last pull played the end of a complete clause
 
     # -- producer side -------------------------------------------------------------
     def begin_clause(self, turn: int, text: str, *, filler: bool = False) -> int:
@@ -69,6 +80,7 @@ class Playout:
     # -- transport side ------------------------------------------------------------
     def pull(self) -> PCM | None:
         """The next frame of agent audio, or None when there is nothing to play."""
+        self.ended_clause = False
         if not self._chunks or self._holds:
             return None
         n = self.frame_samples
@@ -92,6 +104,7 @@ class Playout:
     def _advance(self, n: int) -> None:
         self._offset += n
         self._queued -= n
+        self.pulled += n
         if self._offset >= len(self._chunks[0][0]):
             self._chunks.popleft()
             self._offset = 0
@@ -101,10 +114,13 @@ class Playout:
         if reply is None:
             return
         c = reply.clauses[clause]
-        if c.played == 0 and self.on_clause_start is not None:
-            self.on_clause_start(turn, clause, c.text)
+        if c.played == 0:
+            c.first = self.pulled - n
+            if self.on_clause_start is not None:
+                self.on_clause_start(turn, clause, c.text)
         c.played += n
         reply.started = True
+        self.ended_clause = self.ended_clause or (c.complete and c.played >= c.queued)
 
     # -- questions and barge-in ----------------------------------------------------
     @property
@@ -138,25 +154,40 @@ class Playout:
         self._chunks.clear()
         self._offset = 0
         self._queued = 0
+        if self.on_flush is not None:
+            self.on_flush()
+
+    def confirm(self, pulled: int) -> None:
+        """The far end has played every sample pulled before ``pulled`` (a count of
+        :attr:`pulled`); only for a playout made with ``confirmed=True``."""
+        if self._confirmed is not None:
+            self._confirmed = max(self._confirmed, min(pulled, self.pulled))
+
+    def _heard_samples(self, c: _Clause) -> int:
+        if self._confirmed is None:
+            return c.played
+        return max(0, min(c.played, self._confirmed - c.first))
 
     def heard(self, turn: int) -> str:
         """The words of ``turn`` the caller has heard so far.
 
         Fully played clauses count whole; a clause cut midway counts the share of
-        its words matching the share of its audio that was played. Fillers do not count.
+        its words matching the share of its audio that was played (confirmed, on a
+        transport that confirms). Fillers do not count.
         """
         reply = self._replies.get(turn)
         if reply is None:
             return ""
         words: list[str] = []
         for c in reply.clauses:
-            if c.played == 0:
+            heard = self._heard_samples(c)
+            if heard == 0:
                 break
             clause_words = [] if c.filler else c.text.split()
-            if c.complete and c.played >= c.queued:
+            if c.complete and heard >= c.queued:
                 words += clause_words
                 continue
-            share = c.played / max(c.queued, 1)
+            share = heard / max(c.queued, 1)
             words += clause_words[: int(len(clause_words) * share)]
             break
         return " ".join(words)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rejoinder.core.audio import FRAME_SAMPLES, OUT_RATE, SAMPLE_RATE, Resampler
+from rejoinder.core.audio import FRAME_SAMPLES, SAMPLE_RATE, Resampler
 from rejoinder.core.errors import ProviderError, error_code
 from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.trace import TurnTrace
@@ -180,7 +180,7 @@ class Reply:
             index = playout.begin_clause(self.turn, text, filler=filler)
             if self.trace.tts_cached is None:  # the first clause: will the cache play it?
                 self.trace.tts_cached = tts.holds(text)
-            resample = Resampler(tts.sample_rate, OUT_RATE)
+            resample = Resampler(tts.sample_rate, playout.rate)  # once: to the transport's
             async for chunk in tts.synthesize(text):
                 self.trace.mark("tts_first_audio", conv.clock.now())
                 if lead:
