@@ -14,6 +14,7 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [store]    url, path, keep_days, prune_interval_s, queue_max, redact
     [telemetry] otlp_endpoint, service_name, pii
     [analytics] enabled, max_concurrent, max_attempts, retry_backoff_s, fields, ...
+    [telephony] public_url, twilio_auth_token, allow_unsigned, stream_token_ttl_s
     [review]   days, v2v_p95_ms, phrase_cache_min, restart_max, cold_start_tax_ms, ...
 """
 
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rejoinder.core.bounds import check_numbers
 from rejoinder.core.errors import ConfigError
@@ -338,6 +340,45 @@ class ReviewOptions:
 
 
 @dataclass(frozen=True)
+class TelephonyOptions:
+    """Phone calls through Twilio Media Streams (``/twilio/voice``, ``/twilio/media``)."""
+
+    # How Twilio reaches this server, e.g. "https://voice.example.org": the stream URL in
+    # the TwiML (wss:// from https://) and the URL Twilio signs. Required with an auth token.
+    public_url: str = ""
+    # The Twilio account's auth token (REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN): every
+    # webhook and stream must carry its X-Twilio-Signature. Empty: the phone routes are off.
+    twilio_auth_token: str = ""
+    # Local testing without Twilio: phone calls without an auth token, nothing signed.
+    allow_unsigned: bool = False
+    # The one-time token the TwiML gives a call's stream is good for this long.
+    stream_token_ttl_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "telephony", {"stream_token_ttl_s": (1.0, 600.0)})
+        if self.public_url:
+            parsed = urlsplit(self.public_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname \
+                    or parsed.query or parsed.fragment:
+                raise ConfigError("telephony.public_url",
+                                  "must be an http:// or https:// URL like https://example.org")
+        elif self.twilio_auth_token:
+            raise ConfigError("telephony.public_url",
+                              "is required with telephony.twilio_auth_token (Twilio signs it)")
+        if self.twilio_auth_token != self.twilio_auth_token.strip():
+            raise ConfigError("telephony.twilio_auth_token", "must not have surrounding spaces")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.twilio_auth_token) or self.allow_unsigned
+
+    def __repr__(self) -> str:  # keep the auth token out of logs and tracebacks
+        return f"TelephonyOptions(public_url={self.public_url!r}, twilio_auth_token=" \
+               f"{'***' if self.twilio_auth_token else ''!r}, " \
+               f"allow_unsigned={self.allow_unsigned!r})"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
@@ -349,6 +390,7 @@ class Config:
     store: StoreOptions = field(default_factory=StoreOptions)
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
     analytics: AnalyticsOptions = field(default_factory=AnalyticsOptions)
+    telephony: TelephonyOptions = field(default_factory=TelephonyOptions)
     review: ReviewOptions = field(default_factory=ReviewOptions)
 
 

@@ -47,6 +47,7 @@ from rejoinder.server.guard import (
     read_json,
 )
 from rejoinder.server.operator import register as register_operator
+from rejoinder.server.telephony import PhoneLine, log_state
 from rejoinder.store import CallLog, Recorder, open_recorder
 from rejoinder.transports.webrtc import WebRTCTransport
 
@@ -77,6 +78,7 @@ class Server:
         self.ended: OrderedDict[str, list[dict[str, object]]] = OrderedDict()
         self.observability = Observability(config, stack, active_calls=lambda: len(self.calls),
                                            recorder=recorder)
+        self.phone = PhoneLine(self)  # /twilio/voice, /twilio/media
 
     def media_addresses(self) -> list[str]:
         s = self.config.server
@@ -95,6 +97,7 @@ class Server:
         app.router.add_delete("/api/calls/{call_id}", self.delete_call_record)
         app.router.add_get("/api/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        self.phone.add_routes(app)
         app.on_shutdown.append(self._shutdown)
         self.operator = register_operator(app, self)  # access control, the dashboard
         return app
@@ -106,7 +109,8 @@ class Server:
         options = self.config.server
         token = call_id_var.set("-")  # one connection serves several requests
         try:
-            check_host(request, options.host, options.allowed_hosts)
+            if not self.phone.called_by_public_name(request):
+                check_host(request, options.host, options.allowed_hosts)
             if request.method not in _SAFE_METHODS:
                 check_origin(request, options.allowed_origins)
             return await handler(request)
@@ -285,6 +289,7 @@ async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | Non
     if bound is not None:
         bound.append(port)
     log.info("serving on http://%s:%d", config.server.host, port)
+    log_state(config.telephony)
     if ready is not None:
         ready.set()
     try:
