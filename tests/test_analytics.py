@@ -15,7 +15,13 @@ from sqlalchemy import select
 
 from rejoinder.analytics.fields import parse_fields
 from rejoinder.analytics.jobs import AnalyticsJobs, AnalyticsRow
-from rejoinder.analytics.schema import InvalidResult, json_schema, messages, validate
+from rejoinder.analytics.schema import (
+    InvalidResult,
+    answer_tokens,
+    json_schema,
+    messages,
+    validate,
+)
 from rejoinder.analytics.worker import AnalyticsWorker
 from rejoinder.config import AnalyticsOptions, Config, load_config
 from rejoinder.core.errors import ConfigError
@@ -357,7 +363,7 @@ async def test_the_embedded_model_with_the_grammar_answers_a_valid_form() -> Non
                       "Friday at seven, you can reach me on [phone number].\n"
                       "Agent: Done, a table for four on Friday at seven.")
         answer = await llm.complete_json(messages(transcript, extra),
-                                         json_schema(extra), options.max_tokens)
+                                         json_schema(extra), answer_tokens(extra))
         result = validate(answer, extra)  # parses and validates: the grammar held it
         assert result.summary and set(result.fields) == {"party_size", "plan"}
     finally:
@@ -389,3 +395,60 @@ async def test_revision_0003_adds_the_table_and_downgrades(tmp_path) -> None:
         assert "call_analytics" not in tables and "calls" in tables
     finally:
         await store.close()
+
+
+async def test_an_openai_compatible_server_is_asked_for_the_schema() -> None:
+    from aiohttp import web
+
+    from rejoinder.providers.openai.llm import OpenAILLM
+
+    seen: list[dict[str, Any]] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        seen.append(await request.json())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        text = json.dumps(GOOD)
+        for piece in (text[:20], text[20:]):
+            chunk = {"choices": [{"delta": {"content": piece}}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    llm = OpenAILLM(f"http://127.0.0.1:{port}/v1", "m")
+    try:
+        schema = json_schema()
+        answer = await llm.complete_json(
+            messages("Caller: my number is 555 123 4567"), schema, 500)
+        assert validate(answer).intent == "booking"
+        body = seen[0]
+        assert body["response_format"] == {"type": "json_schema", "json_schema": {
+            "name": "call_analytics", "strict": True, "schema": schema}}
+        assert (body["temperature"], body["max_tokens"]) == (0.0, 500)
+        assert "4567" not in json.dumps(body["messages"])  # redacted on the way out too
+    finally:
+        await llm.close()
+        await runner.cleanup()
+
+
+def test_the_labelled_set_and_its_scoring() -> None:
+    from rejoinder.bench.analytics import FIELDS, load_set, majority_baseline, score
+
+    items = load_set()
+    assert len(items) >= 20
+    assert {i["expected"]["intent"] for i in items} >= {
+        "booking", "complaint", "sales_inquiry", "wrong_number", "cancellation", "support"}
+    assert sum(i["expected"]["escalate"] for i in items) >= 3
+    right = score(validate(json.dumps(GOOD)), items[0]["expected"])  # booking-table
+    assert right == {f: True for f in FIELDS}
+    assert score(validate(json.dumps({**GOOD, "lead_score": 60})),
+                 items[0]["expected"])["lead_score"] is False  # 25 from 85: outside 20
+    assert score(None, items[0]["expected"]) == {f: False for f in FIELDS}
+    assert majority_baseline(items)["escalate"] >= 0.8  # most calls need no person

@@ -22,8 +22,8 @@ INTENTS = ("booking", "cancellation", "complaint", "sales_inquiry", "support",
 SENTIMENTS = ("positive", "neutral", "negative")
 URGENCIES = ("low", "medium", "high")
 
-SUMMARY_MAX = 300
-TEXT_MAX = 120
+SUMMARY_MAX = 200
+TEXT_MAX = 80
 #: The transcript sent, in characters: the embedded model's prompt budget is ~1,000 tokens.
 TRANSCRIPT_MAX_CHARS = 2_400
 
@@ -141,22 +141,38 @@ def validate(text: str, extra: Sequence[FieldSpec] = ()) -> CallAnalytics:
     return result
 
 
-SYSTEM_PROMPT = """You read a phone call between a caller and an agent and fill in a form \
-about it, as JSON.
-summary: one sentence saying what the caller wanted and what happened.
+SYSTEM_PROMPT = """You fill in a form about a phone call between a caller and an agent, \
+as JSON. An example.
+The call:
+Caller: Hello, do you have a double room free this Saturday? How much is it?
+Agent: Yes, a double room on Saturday is ninety euros.
+The form:
+{"summary": "The caller asked about a double room for Saturday and its price.", \
+"intent": "sales_inquiry", "sentiment": "neutral", "escalate": false, "lead_score": 60, \
+"slots": {"name": null, "callback_number": null, "reason": "room price for Saturday", \
+"urgency": "low"}}
+The fields.
+summary: one short sentence: what the caller wanted and what happened.
 intent: booking (make an appointment or reservation), cancellation (cancel or move one), \
-complaint (unhappy about a product or service), sales_inquiry (interested in buying: \
-prices, plans, a quote), support (help with something they have), wrong_number (meant to \
-call someone else), other.
+complaint (unhappy with a product or service), sales_inquiry (wants to buy: prices, plans, \
+a quote, a viewing), support (help with something they have), wrong_number (meant to call \
+someone else), other.
 sentiment: the caller's mood: positive, neutral or negative.
-escalate: true if the caller asks for a person, a manager or a supervisor, threatens to \
-leave or take legal action, or it is an emergency; otherwise false.
+escalate: true only if the caller asks for a person, a manager or a supervisor, threatens \
+to leave or take legal action, or it is an emergency.
 lead_score: 0 to 100, how likely the caller is to buy or book (0: no chance, 100: ready).
 slots.name: the caller's name if they said it, else null.
-slots.callback_number: the number to call back, copied exactly as written (for example \
-[phone number]), else null.
+slots.callback_number: the caller's number exactly as written, such as [phone number], \
+else null.
 slots.reason: the reason for the call in a few words.
 slots.urgency: low, medium or high."""
+
+
+def answer_tokens(extra: Sequence[FieldSpec] = ()) -> int:
+    """Tokens enough for the longest answer the schema allows (a token is at least one
+    character of ASCII text), so that decoding held to the schema is never cut short."""
+    strings = sum(f.kind == "string" for f in extra)
+    return SUMMARY_MAX + 3 * TEXT_MAX + strings * TEXT_MAX + 40 * len(extra) + 160
 
 
 def _describe(f: FieldSpec) -> str:

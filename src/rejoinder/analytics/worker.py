@@ -27,6 +27,7 @@ from rejoinder.analytics.fields import parse_fields
 from rejoinder.analytics.jobs import DONE, FAILED, PENDING, SKIPPED, AnalyticsJobs
 from rejoinder.analytics.schema import (
     InvalidResult,
+    answer_tokens,
     json_schema,
     messages,
     transcript_text,
@@ -60,6 +61,7 @@ class AnalyticsWorker:
         self.options = options
         self.fields = parse_fields(options.fields)
         self.schema = json_schema(self.fields)
+        self.max_tokens = answer_tokens(self.fields)
         self.clock = clock or Clock()
         self.owns_llm = owns_llm
         self._llm = llm if isinstance(llm, LLM) else None
@@ -220,7 +222,7 @@ class AnalyticsWorker:
                 return
             llm = await self._model()
             answer = await llm.complete_json(messages(transcript, self.fields), self.schema,
-                                             self.options.max_tokens)
+                                             self.max_tokens)
             result = validate(answer, self.fields)
         except asyncio.CancelledError:
             raise
@@ -280,9 +282,10 @@ def _embedded(options: AnalyticsOptions, redact: bool) -> LLM:
     from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
 
     prompt = 1536  # the form's instructions and a transcript of TRANSCRIPT_MAX_CHARS
+    answer = answer_tokens(parse_fields(options.fields))
     llm = SmolLM(SmolLMOptions(threads=options.threads, parallel=options.max_concurrent,
-                               max_tokens=options.max_tokens, temperature=0.0, nice=19,
-                               prompt_tokens=prompt, context=prompt + options.max_tokens,
+                               max_tokens=answer, temperature=0.0, nice=19,
+                               prompt_tokens=prompt, context=prompt + answer,
                                prompt_cache_mib=0))
     llm.redact = redact
     # A whole transcript is read before the first token, on one low-priority core.

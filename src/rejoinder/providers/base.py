@@ -390,8 +390,8 @@ class LLM(_Streaming):
         return "".join(parts)
 
     def _stream_json(self, messages: list[ChatMessage], schema: dict[str, Any],
-                     max_tokens: int) -> AsyncIterator[str]:
-        return self._stream(messages)
+                     max_tokens: int) -> AsyncIterator[Any]:
+        return self._stream(messages)  # no tools offered: text deltas only
 
 
 class TTS(_Streaming):
