@@ -79,14 +79,21 @@ function waterfall(turn, scale) {
     rows.push(["v2v", turn.caller_v2v_ms]);
   }
   const box = el("div", { class: "waterfall" });
+  const pct = (v) => (100 * Math.max(0, v)) / scale;
+  let reached = 0;  // the latest server stage so far: the darker part is this stage's own time
   for (const [stage, value] of rows) {
     const cls = stage === "v2v" ? "v2v" : "";
     const bar = el("div", { class: "bar" });
-    bar.style.width = `${Math.max(0.5, (100 * Math.max(0, value)) / scale)}%`;
+    bar.style.width = `${Math.max(0.5, pct(value))}%`;
+    const own = el("div", { class: "own" });
+    const from = stage === "v2v" ? value : Math.min(reached, value);
+    own.style.left = `${pct(from)}%`;
+    own.style.width = `${pct(value) - pct(from)}%`;
+    if (stage !== "v2v") reached = Math.max(reached, value);
     box.append(
       el("span", { class: `label ${cls}`, text: stage === "v2v"
         ? "voice-to-voice (caller)" : STAGE_NAMES[stage] }),
-      el("div", { class: `track ${cls}`, "data-stage": stage }, bar),
+      el("div", { class: `track ${cls}`, "data-stage": stage }, bar, own),
       el("span", { class: `value ${cls}`, text: ms(value) }));
   }
   return rows.length ? box : el("p", { class: "hint", text: "no stage times (the greeting)" });
