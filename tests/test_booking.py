@@ -187,3 +187,44 @@ async def test_tools_declare_side_effects_and_return_errors(tmp_path: Path) -> N
         {"error": "no booking has the reference BK-26DEC06-009"}
     assert "not a day" in (await by_name["find_slots"].invoke(
         {"service": "haircut", "day": "someday"}))["error"]
+
+
+def test_profile_in_config_sets_prompt_greeting_and_tools() -> None:
+    from rejoinder.agents import booking
+    from rejoinder.config import DEFAULT_SYSTEM_PROMPT, AgentOptions, load_config
+    from rejoinder.core.errors import ConfigError
+
+    agent = load_config(env={"REJOINDER_AGENT__PROFILE": "booking"}).agent
+    assert (agent.system_prompt, agent.greeting, agent.tools) == \
+        (booking.SYSTEM_PROMPT, booking.GREETING, "rejoinder.agents.booking.tools")
+    assert "reference" in agent.system_prompt
+    # What the configuration sets explicitly wins over the profile.
+    own = AgentOptions(profile="booking", greeting="Hi.", tools="my.tools")
+    assert (own.system_prompt, own.greeting, own.tools) == \
+        (booking.SYSTEM_PROMPT, "Hi.", "my.tools")
+    assert AgentOptions().system_prompt == DEFAULT_SYSTEM_PROMPT and AgentOptions().tools == ""
+    with pytest.raises(ConfigError, match="agent.profile.*no built-in agent 'bank'"):
+        AgentOptions(profile="bank")
+
+
+def test_serve_agent_option_runs_the_profile(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                             ) -> None:
+    import rejoinder.observability.logs as logs
+    import rejoinder.server.app as app
+    from rejoinder import cli
+    from rejoinder.config import Config
+
+    monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)
+    monkeypatch.setenv("REJOINDER_STORE__PATH", str(tmp_path / "calls.db"))
+    served: list[Config] = []
+
+    async def run_server(config: Config, stack: object) -> None:
+        served.append(config)
+
+    monkeypatch.setattr(app, "run_server", run_server)
+    assert cli.main(["serve", "--stack", "fake", "--agent", "booking", "--port", "0"]) == 0
+    assert served[0].agent.profile == "booking"
+    assert served[0].agent.tools == "rejoinder.agents.booking.tools"
+    assert cli.main(["serve", "--stack", "fake", "--agent", "bank"]) == 2
+    assert "no built-in agent 'bank'" in capsys.readouterr().err

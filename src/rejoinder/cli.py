@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument("--stack", choices=["local", "fake"], default="local",
                        help="local: embedded offline models; fake: fixed-latency fakes")
+    serve.add_argument("--agent", help="a built-in agent (its prompt, greeting and tools):"
+                       " booking", metavar="PROFILE")
 
     call = sub.add_parser("call", help="call a server with a WAV as the microphone")
     call.add_argument("--wav", type=Path, required=True, help="16-bit PCM WAV to speak")
@@ -100,7 +102,12 @@ def _serve(args: argparse.Namespace) -> int:
     from rejoinder.server.app import run_server
     from rejoinder.turn.clauses import split_clauses
 
-    config = load_config(args.config)
+    if args.agent:  # as [agent] profile, over the file (explicit prompt or tools still win)
+        import os
+
+        config = load_config(args.config, {**os.environ, "REJOINDER_AGENT__PROFILE": args.agent})
+    else:
+        config = load_config(args.config)
     server = config.server
     if args.host:
         server = dataclasses.replace(server, host=args.host)

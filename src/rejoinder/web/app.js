@@ -246,6 +246,9 @@ function onServerMessage(data) {
     case "error":
       t.error = String(ev.message);
       break;
+    case "tool":
+      onToolEvent(t, ev);
+      break;
     case "trace":
       t.trace = ev.ms_after_speech_end || {};
       t.outcome = ev.outcome || null;
@@ -261,11 +264,24 @@ function turnRecord(n) {
   if (!t) {
     t = { turn: n, user: null, userAt: null, agent: [], interrupted: false, heard: null,
           error: null, trace: null, outcome: null, latencyMs: null, onset: null, eos: null,
-          jitterBufferMs: null };
+          jitterBufferMs: null, tools: [] };
     state.turns.push(t);
     state.turns.sort((a, b) => a.turn - b.turn);
   }
   return t;
+}
+
+// A tool call as it happens: "started", then "ok", "error" or "timeout" (names and timings
+// only; arguments and results never reach the page).
+function onToolEvent(t, ev) {
+  const name = String(ev.name || "tool");
+  const status = String(ev.status || "");
+  const running = t.tools.find((c) => c.name === name && c.status === "started");
+  const c = running && status !== "started" ? running : { name, status, ms: null, prefetched: false };
+  if (c !== running) t.tools.push(c);
+  c.status = status;
+  if (typeof ev.ms === "number") c.ms = ev.ms;
+  c.prefetched = c.prefetched || ev.prefetched === true;
 }
 
 // -- latency ----------------------------------------------------------------------------------
@@ -492,6 +508,13 @@ function renderTranscript(t) {
     lines.push(el("li", { class: `line you${wentOn ? " abandoned" : ""}`, "data-turn": t.turn },
                   el("span", { class: "who" }, "you"), el("span", { class: "text" }, t.user),
                   wentOn ? el("span", { class: "note" }, "(you went on)") : null));
+  }
+  for (const c of t.tools) {
+    const done = { ok: "done", error: "failed", timeout: "timed out" }[c.status] || "running…";
+    const ms = c.ms === null ? "" : ` in ${c.ms.toFixed(0)} ms`;
+    lines.push(el("li", { class: `line tool ${c.status}`, "data-turn": t.turn },
+                  el("span", { class: "who" }, "tool"), el("span", { class: "text" }, c.name),
+                  el("span", { class: "note" }, `${done}${ms}${c.prefetched ? ", prefetched" : ""}`)));
   }
   if (t.agent.length || t.interrupted) {
     const text = el("span", { class: "text" });
