@@ -37,11 +37,11 @@ OPEN_WEEKDAYS = frozenset(range(6))  # Monday to Saturday
 HORIZON_DAYS = 28  # slots exist this far ahead of today
 
 # The seed: (service, minutes), (staff, services they do). Every service fits one slot.
-SERVICES = (("haircut", 30), ("beard trim", 30), ("colour", 30), ("blow-dry", 30),
-            ("manicure", 30))
-STAFF = (("Ana", ("haircut", "colour", "blow-dry")),
+SERVICES = (("haircut", 30), ("beard trim", 30), ("colour", 30), ("manicure", 30),
+            ("massage", 30))
+STAFF = (("Ana", ("haircut", "colour", "massage")),
          ("Ben", ("haircut", "beard trim")),
-         ("Chloe", ("colour", "manicure", "blow-dry")))
+         ("Chloe", ("colour", "manicure", "massage")))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
@@ -82,8 +82,8 @@ class Slot:
     staff: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"start": self.start.strftime("%Y-%m-%dT%H:%M"), "staff": self.staff,
-                "when": spoken_time(self.start)}
+        return {"day": f"{self.start:%Y-%m-%d}", "time": f"{self.start:%H:%M}",
+                "staff": self.staff, "when": spoken_time(self.start)}
 
 
 def reference_for(made_on: dt.date, seq: int) -> str:
@@ -142,20 +142,30 @@ def parse_day(text: str, today: dt.date) -> dt.date:
                            "2026-12-07, today, tomorrow or a weekday)") from None
 
 
-_START = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{1,2}):(\d{2})(?::\d{2})?")
+_CLOCK = re.compile(r"(\d{1,2})(?:[:.h](\d{2}))?\s*(?:o'?clock)?\s*([ap])?\.?\s*(?:m\.?)?")
 
 
-def parse_start(text: str) -> dt.datetime:
-    """``2026-12-07T10:30`` (a space for the T, a one-digit hour and seconds allowed)."""
-    match = _START.fullmatch(text.strip())
+def parse_time(text: str) -> dt.time:
+    """A time of day as a caller or an LLM says it: "14:00", "2 p.m.", "2pm", "4.30", "noon";
+    an hour from 1 to 7 without a.m. or p.m. is the afternoon (the salon's hours)."""
+    t = text.strip().lower()
+    if t in ("noon", "midday", "12 noon"):
+        return dt.time(12)
+    match = _CLOCK.fullmatch(t)
     try:
         if match is None:
             raise ValueError(text)
-        day, hour, minute = match.groups()
-        return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(int(hour), int(minute)))
+        hour, minute = int(match[1]), int(match[2] or 0)
+        if match[3] == "p" and hour < 12:
+            hour += 12
+        elif match[3] == "a" and hour == 12:
+            hour = 0
+        elif match[3] is None and 1 <= hour <= 7:
+            hour += 12
+        return dt.time(hour, minute)
     except ValueError:
-        raise BookingError(f"{text!r} is not a slot start (use the 'start' of a slot from "
-                           "find_slots, like 2026-12-07T10:30)") from None
+        raise BookingError(f"{text!r} is not a time of day (say it like 14:30 or 2:30 pm)"
+                           ) from None
 
 
 class BookingDB:
@@ -255,7 +265,7 @@ class BookingDB:
             return [r["name"] for r in conn.execute("SELECT name FROM services ORDER BY id")]
 
     def _service_id(self, conn: sqlite3.Connection, service: str) -> int:
-        wanted = service.strip().lower()
+        wanted = " ".join(service.lower().replace("color", "colour").split())
         rows = conn.execute("SELECT id, name FROM services ORDER BY id").fetchall()
         for row in rows:  # "haircuts", "a haircut", "colour appointment" all mean one
             name = row["name"]
@@ -264,58 +274,83 @@ class BookingDB:
         raise BookingError(f"we do not offer {service!r}; we offer "
                            + ", ".join(r["name"] for r in rows))
 
-    def _free(self, conn: sqlite3.Connection, service_id: int, day: dt.date,
-              staff: str | None, at: str | None = None) -> list[sqlite3.Row]:
+    def _free(self, conn: sqlite3.Connection, service_id: int, first: dt.date,
+              last: dt.date, staff: str | None, at: dt.time | None = None
+              ) -> list[sqlite3.Row]:
+        """Free slots from day ``first`` to ``last`` (at ``at`` only, if given), not past."""
         sql = ("SELECT slots.id, slots.start, staff.name FROM slots"
                " JOIN staff ON staff.id = slots.staff_id"
                " JOIN staff_services ss ON ss.staff_id = staff.id AND ss.service_id = ?"
                " WHERE slots.start >= ? AND slots.start < ? AND slots.start > ?"
                " AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.slot_id = slots.id"
                " AND b.status = 'booked')")
-        params: list[Any] = [service_id, f"{day:%Y-%m-%d}T",
-                             f"{day + dt.timedelta(days=1):%Y-%m-%d}T",
+        params: list[Any] = [service_id, f"{first:%Y-%m-%d}T",
+                             f"{last + dt.timedelta(days=1):%Y-%m-%d}T",
                              self.now().strftime("%Y-%m-%dT%H:%M")]
         if staff:
             sql += " AND lower(staff.name) = lower(?)"
             params.append(staff.strip())
         if at is not None:
-            sql += " AND slots.start = ?"
-            params.append(at)
+            sql += " AND substr(slots.start, 12) = ?"
+            params.append(f"{at:%H:%M}")
         return conn.execute(sql + " ORDER BY slots.start, staff.id", params).fetchall()
 
-    def find_slots(self, service: str, day: str, staff: str | None = None,
-                   limit: int = 5) -> list[Slot]:
-        """Free slots for ``service`` on ``day`` (with ``staff`` if named), earliest first,
-        one per start time."""
-        when = parse_day(day, self.now().date())
-        with self._read() as conn:
-            rows = self._free(conn, self._service_id(conn, service), when, staff)
+    @staticmethod
+    def _slots(rows: Sequence[sqlite3.Row], limit: int) -> list[Slot]:
+        """At most ``limit`` slots, one per start time (the first stylist free then)."""
         slots: list[Slot] = []
         for row in rows:
-            if slots and slots[-1].start == dt.datetime.fromisoformat(row["start"]):
+            start = dt.datetime.fromisoformat(row["start"])
+            if slots and slots[-1].start == start:
                 continue
-            slots.append(Slot(dt.datetime.fromisoformat(row["start"]), row["name"]))
+            slots.append(Slot(start, row["name"]))
             if len(slots) == limit:
                 break
         return slots
 
-    def book(self, service: str, start: str, name: str, phone: str = "",
+    def _days(self, day: str) -> tuple[dt.date, dt.date]:
+        """The days to search: the one named, or (none named) the next ``HORIZON_DAYS``."""
+        today = self.now().date()
+        if not day.strip():
+            return today, today + dt.timedelta(days=HORIZON_DAYS - 1)
+        when = parse_day(day, today)
+        return when, when
+
+    def find_slots(self, service: str, day: str = "", staff: str | None = None,
+                   limit: int = 5) -> list[Slot]:
+        """Free slots for ``service`` on ``day`` (the soonest ones if no day is named), with
+        ``staff`` if named, earliest first, one per start time."""
+        first, last = self._days(day)
+        with self._read() as conn:
+            rows = self._free(conn, self._service_id(conn, service), first, last, staff)
+        return self._slots(rows, limit)
+
+    def _take(self, conn: sqlite3.Connection, service_id: int, day: str, time: str,
+              staff: str | None) -> sqlite3.Row | list[dict[str, str]]:
+        """The free slot at ``day`` and ``time``, or (none free then) up to three other free
+        times that day, or the soonest ones (no day named)."""
+        first, last = self._days(day)
+        at = parse_time(time) if time.strip() else None
+        if day.strip() and at is not None:
+            free = self._free(conn, service_id, first, last, staff, at)
+            if free:
+                return free[0]
+        others = self._free(conn, service_id, first, last, staff)
+        return [s.as_dict() for s in self._slots(others, 3)]
+
+    def book(self, service: str, day: str, time: str, name: str = "", phone: str = "",
              staff: str | None = None) -> dict[str, Any]:
-        """Book the slot at ``start``; one transaction, so two callers never both get it.
-        A slot already taken is a result (``booked: false``, with other times that day),
-        not an error: the agent offers those."""
-        at = parse_start(start)
+        """Book the slot at ``day`` and ``time``, in one transaction, so two callers never
+        both get it. A time that is not free is a result (``booked: false``, with other free
+        times), not an error: the agent offers those."""
         if not name.strip():
-            raise BookingError("the booking needs the caller's name")
+            raise BookingError("the booking needs the caller's name: ask for it first")
         made_on = self.now().date()
         with self._write() as conn:
             service_id = self._service_id(conn, service)
-            free = self._free(conn, service_id, at.date(), staff, at.strftime("%Y-%m-%dT%H:%M"))
-            if not free:
-                others = [Slot(dt.datetime.fromisoformat(r["start"]), r["name"]).as_dict()
-                          for r in self._free(conn, service_id, at.date(), staff)[:3]]
-                return {"booked": False, "reason": "that time is not free", "free": others}
-            slot = free[0]
+            slot = self._take(conn, service_id, day, time, staff)
+            if isinstance(slot, list):
+                return {"booked": False, "reason": "that time is not free", "free": slot}
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM bookings WHERE"
                                " made_on = ?", (made_on.isoformat(),)).fetchone()[0]
             reference = reference_for(made_on, seq)
@@ -325,22 +360,21 @@ class BookingDB:
                           name.strip(), phone.strip()))
             return {"booked": True, "reference": reference, **self._describe(conn, reference)}
 
-    def reschedule(self, reference: str, start: str, staff: str | None = None
-                   ) -> dict[str, Any]:
-        """Move a booking to the slot at ``start`` (same service, same reference)."""
+    def reschedule(self, reference: str, day: str = "", time: str = "",
+                   staff: str | None = None) -> dict[str, Any]:
+        """Move a booking to the slot at ``day`` and ``time`` (same service, same reference;
+        a day alone keeps the time, a time alone keeps the day)."""
         ref = normalize_reference(reference)
-        at = parse_start(start)
         with self._write() as conn:
             row = self._booking(conn, ref)
-            free = self._free(conn, row["service_id"], at.date(), staff,
-                              at.strftime("%Y-%m-%dT%H:%M"))
-            if not free:
-                others = [Slot(dt.datetime.fromisoformat(r["start"]), r["name"]).as_dict()
-                          for r in self._free(conn, row["service_id"], at.date(), staff)[:3]]
-                return {"rescheduled": False, "reason": "that time is not free",
-                        "free": others}
+            current = dt.datetime.fromisoformat(conn.execute(
+                "SELECT start FROM slots WHERE id = ?", (row["slot_id"],)).fetchone()[0])
+            slot = self._take(conn, row["service_id"], day or f"{current:%Y-%m-%d}",
+                              time or f"{current:%H:%M}", staff)
+            if isinstance(slot, list):
+                return {"rescheduled": False, "reason": "that time is not free", "free": slot}
             conn.execute("UPDATE bookings SET slot_id = ? WHERE reference = ?",
-                         (free[0]["id"], ref))
+                         (slot["id"], ref))
             return {"rescheduled": True, "reference": ref, **self._describe(conn, ref)}
 
     def cancel(self, reference: str) -> dict[str, Any]:
@@ -350,22 +384,26 @@ class BookingDB:
             conn.execute("UPDATE bookings SET status = 'cancelled' WHERE reference = ?", (ref,))
             return {"cancelled": True, "reference": ref, **self._describe(conn, ref)}
 
-    def lookup(self, reference: str = "", phone: str = "") -> list[dict[str, Any]]:
-        """Bookings by reference, or the upcoming ones made with ``phone``."""
+    def lookup(self, reference: str = "", phone: str = "", name: str = ""
+               ) -> list[dict[str, Any]]:
+        """A booking by its reference, or the upcoming ones made with ``phone`` (its last
+        seven digits) or under ``name``."""
         with self._read() as conn:
-            if reference:
+            if reference.strip():
                 refs: Sequence[str] = [self._booking(conn, normalize_reference(reference),
                                                      active=False)["reference"]]
-            elif phone.strip():
-                digits = re.sub(r"\D", "", phone)
+            elif phone.strip() or name.strip():
+                digits = re.sub(r"\D", "", phone)[-7:]
+                wanted = " ".join(name.lower().split())
                 refs = [r["reference"] for r in conn.execute(
-                    "SELECT reference, phone FROM bookings JOIN slots ON slots.id = slot_id"
-                    " WHERE status = 'booked' AND slots.start > ? ORDER BY slots.start",
-                    (self.now().strftime("%Y-%m-%dT%H:%M"),))
-                    if digits and re.sub(r"\D", "", r["phone"]).endswith(digits[-7:])]
+                    "SELECT reference, phone, name FROM bookings JOIN slots ON"
+                    " slots.id = slot_id WHERE status = 'booked' AND slots.start > ?"
+                    " ORDER BY slots.start", (self.now().strftime("%Y-%m-%dT%H:%M"),))
+                    if (digits and re.sub(r"\D", "", r["phone"]).endswith(digits))
+                    or (wanted and " ".join(r["name"].lower().split()) == wanted)]
             else:
-                raise BookingError("give the booking reference or the phone number it was"
-                                   " made with")
+                raise BookingError("give the booking reference, or the name or phone number"
+                                   " it was made with")
             return [{"reference": ref, **self._describe(conn, ref)} for ref in refs]
 
     def _booking(self, conn: sqlite3.Connection, reference: str,
@@ -387,8 +425,9 @@ class BookingDB:
             " JOIN services ON services.id = bookings.service_id WHERE reference = ?",
             (reference,)).fetchone()
         start = dt.datetime.fromisoformat(row["start"])
-        return {"service": row["service"], "staff": row["staff"], "start": row["start"],
-                "when": spoken_time(start), "status": row["status"], "name": row["name"]}
+        return {"service": row["service"], "staff": row["staff"], "day": f"{start:%Y-%m-%d}",
+                "time": f"{start:%H:%M}", "when": spoken_time(start), "status": row["status"],
+                "name": row["name"]}
 
     def count(self, status: str = "booked") -> int:
         """Bookings in ``status`` (for tests and the example's README)."""

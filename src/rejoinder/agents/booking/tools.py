@@ -54,60 +54,57 @@ async def _run(fn: Callable[..., T], *args: Any) -> T | dict[str, str]:
 
 
 Service = Annotated[str, Field(description="the service: haircut, beard trim, colour, "
-                                           "blow-dry or manicure")]
-Start = Annotated[str, Field(description="the slot's start exactly as find_slots gave it, "
-                                         "e.g. 2026-12-07T10:30")]
-Reference = Annotated[str, Field(description="the booking reference, e.g. BK-26DEC06-003")]
+                                           "manicure or massage")]
+Day = Annotated[str, Field(description="the day as the caller says it: today, tomorrow, a "
+                                       "weekday, or YYYY-MM-DD")]
+Time = Annotated[str, Field(description="the time of day, 24-hour HH:MM")]
+Reference = Annotated[str, Field(description="the booking reference, like BK-26DEC06-003")]
+Name = Annotated[str, Field(description="the caller's full name")]
 Staff = Annotated[str | None, Field(description="a stylist's name if the caller asked for "
                                                 "one (Ana, Ben or Chloe)")]
 
 
 @tool(side_effects=False, timeout_s=3.0)
-async def find_slots(service: Service,
-                     day: Annotated[str, Field(description="YYYY-MM-DD, today, tomorrow or"
-                                                           " a weekday like monday")],
+async def find_slots(service: Service, day: Day = "",
                      staff: Staff = None) -> list[dict[str, str]] | dict[str, str]:
-    """Free appointment times for a service (haircut, beard trim, colour, blow-dry or
-    manicure) on a day (YYYY-MM-DD, today, tomorrow or a weekday), optionally with one
-    stylist (Ana, Ben or Chloe). Use it before booking or rescheduling."""
+    """Find free appointment times for a service (haircut, beard trim, colour, manicure or
+    massage) on a day (today, tomorrow, a weekday; none: the soonest), with one stylist
+    (Ana, Ben or Chloe) if the caller asks."""
     slots = await _run(database().find_slots, service, day, staff)
     return slots if isinstance(slots, dict) else [s.as_dict() for s in slots]
 
 
 @tool(side_effects=True, timeout_s=5.0)
-async def book(service: Service, start: Start,
-               name: Annotated[str, Field(description="the caller's name")],
+async def book(service: Service, day: Day, time: Time, name: Name = "",
                phone: Annotated[str, Field(description="the caller's phone number, if"
                                                        " given")] = "",
                staff: Staff = None) -> dict[str, Any]:
-    """Book a free slot for the caller: start exactly as find_slots gave it, the caller's
-    name, their phone number if given. Returns the booking reference to read back."""
-    return await _run(database().book, service, start, name, phone, staff)
+    """Book an appointment for a service at a day and time (24-hour HH:MM) in the caller's
+    name. Returns the booking reference to read back, or other free times."""
+    return await _run(database().book, service, day, time, name, phone, staff)
 
 
 @tool(side_effects=True, timeout_s=5.0)
-async def reschedule(reference: Reference, start: Start,
+async def reschedule(reference: Reference, day: Day = "", time: Time = "",
                      staff: Staff = None) -> dict[str, Any]:
-    """Move a booking (its reference, like BK-26DEC06-003) to another free slot from
-    find_slots; the reference stays the same."""
-    return await _run(database().reschedule, reference, start, staff)
+    """Move an existing booking (its reference, like BK-26DEC06-003) to another day or
+    time; the reference stays the same."""
+    return await _run(database().reschedule, reference, day, time, staff)
 
 
 @tool(side_effects=True, timeout_s=5.0)
 async def cancel(reference: Reference) -> dict[str, Any]:
-    """Cancel a booking by its reference (like BK-26DEC06-003)."""
+    """Cancel an existing booking by its reference (like BK-26DEC06-003)."""
     return await _run(database().cancel, reference)
 
 
 @tool(side_effects=False, timeout_s=3.0)
-async def lookup_booking(reference: Annotated[str, Field(description="the booking reference,"
-                                                                     " if the caller has it")]
-                         = "",
+async def lookup_booking(reference: Reference = "", name: Name = "",
                          phone: Annotated[str, Field(description="the phone number the"
                                                                  " booking was made with")]
                          = "") -> list[dict[str, Any]] | dict[str, str]:
-    """Find a caller's bookings by reference or by phone number."""
-    return await _run(database().lookup, reference, phone)
+    """Look up an existing booking by its reference, or the caller's name or phone number."""
+    return await _run(database().lookup, reference, phone, name)
 
 
 TOOLS = [find_slots, book, reschedule, cancel, lookup_booking]
