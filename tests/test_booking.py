@@ -250,3 +250,46 @@ def test_serve_agent_option_runs_the_profile(monkeypatch: pytest.MonkeyPatch,
     assert served[0].agent.tools == "rejoinder.agents.booking.tools"
     assert cli.main(["serve", "--stack", "fake", "--agent", "bank"]) == 2
     assert "no built-in agent 'bank'" in capsys.readouterr().err
+
+
+def test_bench_script_starts_the_booking_agent(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """``rejoinder bench --script booking`` starts its server with the script's [server]
+    settings: the booking agent, its tools behind the simulated calendar."""
+    import contextlib
+
+    from rejoinder.bench import runner
+    from rejoinder.bench.scripts import load_script
+    from rejoinder.core.errors import ConfigError
+
+    script = load_script("booking")
+    assert dict(script.server) == {"REJOINDER_AGENT__PROFILE": "booking",
+                                   "REJOINDER_AGENT__TOOLS": "rejoinder.agents.booking.bench"}
+    started: list[dict[str, str]] = []
+
+    @contextlib.contextmanager
+    def server_process(kind: str, log: Path, env: dict[str, str], **kw: object):  # type: ignore[no-untyped-def]
+        started.append(env)
+        raise RuntimeError("not started in this test")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(runner, "server_process", server_process)
+    with pytest.raises(RuntimeError, match="not started"):
+        runner.run(runner.BenchOptions(script=script, stack="fake", out=tmp_path),
+                   progress=lambda line: None)
+    assert started[0]["REJOINDER_AGENT__PROFILE"] == "booking"
+    assert started[0]["REJOINDER_AGENT__TOOLS"] == "rejoinder.agents.booking.bench"
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nagent = "booking"\n[[turn]]\nsay = "silence:0.1"\n')
+    with pytest.raises(ConfigError, match="section.field"):
+        load_script(str(bad))
+
+
+def test_bench_tools_wait_for_the_calendar_and_use_their_own_book() -> None:
+    from rejoinder.agents.booking import bench, tools
+
+    assert bench.LATENCY_S == 0.3
+    assert [(t.name, t.side_effects) for t in bench.TOOLS] == \
+        [(t.name, t.side_effects) for t in tools.TOOLS]
+    assert tools.database().path != tools.default_path()

@@ -83,6 +83,7 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
                        # path exact, so the overhead is the orchestration's alone.
                        "REJOINDER_TURN__MODEL": "none"}
             progress(f"starting the server ({opts.stack} stack)")
+            env.update(opts.script.server)
             env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
             url, procs.server = stack.enter_context(server_process(
                 opts.stack if opts.stack != "cloud" else "local", opts.out / "server.log", env,
@@ -157,6 +158,8 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
             log.exception("call %d failed", i)
             return
         counts["completed"] += 1
+        errors.extend(f"the server sent {e['message']}" for e in record.events
+                      if e.get("type") == "protocol_error")  # a phone call's, Twilio's view
         mine = turns_of(record, i, *ideal)
         turns.extend(mine)
         said.extend({"call": i, "turn": e.get("turn"), "who": e["type"], "text": e.get("text")}

@@ -23,6 +23,9 @@ A script is a TOML file (shipped ones live in ``bench/scripts/``)::
     interrupt_after_s = 0.6
     backchannel = true              # a listening noise: the agent should keep its turn
 
+    [server]                        # settings of the server the bench starts, as its
+    agent.profile = "booking"       # environment overrides (REJOINDER_AGENT__PROFILE)
+
 Sources: ``librivox:<id>`` (Debian pocketsphinx-testdata LibriVox sentences, e.g.
 0880), ``pocketsphinx:<name>`` (its raw recordings: goforward, numbers, something),
 ``espeak:<text>`` (synthesised with espeak-ng), ``tone:<seconds>`` (a 220 Hz tone,
@@ -63,6 +66,7 @@ class Script:
     name: str
     turns: tuple[Turn, ...]
     lead_s: float = 1.0
+    server: tuple[tuple[str, str], ...] = ()  # ("REJOINDER_AGENT__PROFILE", "booking"), ...
 
     @property
     def speech_s(self) -> float:
@@ -124,7 +128,22 @@ def _parse(raw: dict[str, object], default_name: str) -> Script:
             interrupt_after_s=None if interrupt is None else float(interrupt),
             pause_at_s=pause_at, pause_s=pause_s or 0.0, backchannel=backchannel))
     return Script(name=str(raw.get("name", default_name)), turns=tuple(turns),
-                  lead_s=float(raw.get("lead_s", 1.0)))  # type: ignore[arg-type]
+                  lead_s=float(raw.get("lead_s", 1.0)),  # type: ignore[arg-type]
+                  server=_server_settings(raw.get("server", {})))
+
+
+def _server_settings(raw: object) -> tuple[tuple[str, str], ...]:
+    """``[server]``'s ``section.field = value`` as environment overrides of the server."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError("server", "must be a table of section.field = value")
+    out = []
+    for section, fields in raw.items():
+        for name, value in fields.items():
+            if isinstance(value, dict | list):
+                raise ConfigError(f"server.{section}.{name}", "must be a single value")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            out.append((f"REJOINDER_{section.upper()}__{name.upper()}", text))
+    return tuple(out)
 
 
 def source_audio(spec: str, where: str = "say") -> PCM:
