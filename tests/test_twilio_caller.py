@@ -472,3 +472,40 @@ def test_rejoinder_bench_over_the_phone(stand_in_thread, tmp_path, capsys):
     assert [t["replied"] for t in turns] == [True, True]
     assert all(280.0 <= t["v2v_ms"] < 3000.0 for t in turns)
     assert server.refused == []
+
+
+@pytest.mark.slow  # real time, the real server over real sockets
+async def test_the_bench_caller_against_the_real_server():
+    """Caller and server speak the same protocol: a signed call with a barge-in, replies
+    measured from the played audio, no message the caller would refuse."""
+    import dataclasses
+    import socket
+
+    from rejoinder.config import Config, ServerOptions, TelephonyOptions
+    from rejoinder.server.app import Server
+    from rejoinder.testing import FakeLLM, fake_stack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    config = dataclasses.replace(
+        Config(), server=ServerOptions(host="127.0.0.1", port=port),
+        telephony=TelephonyOptions(public_url=url, twilio_auth_token=TOKEN))
+    long_reply = " ".join(["This is a long reply that goes on and on."] * 6)
+    server = Server(config, fake_stack(llm=FakeLLM([long_reply, "Okay."])))
+    runner = web.AppRunner(server.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    speech = tone(0.8, rate=16_000)
+    script = Script("phone", (Turn("tone:0.8", speech),
+                              Turn("tone:0.8", speech, interrupt_after_s=1.0)), lead_s=0.5)
+    try:
+        record = await run_call(url, script, reply_timeout_s=10.0, transport="twilio",
+                                auth_token=TOKEN)
+    finally:
+        await runner.cleanup()
+    assert [e for e in record.events if e.get("type") == "protocol_error"] == []
+    turns = turns_of(record, call=0, ideal=None)
+    assert [t["replied"] for t in turns] == [True, True]
+    assert turns[1]["barge_in_ms"] is not None and turns[1]["barge_in_ms"] < 1500.0

@@ -55,7 +55,5 @@ async def place_phone_call(url: str, pcm16k: PCM, *, auth_token: str | None,
         await _until_quiet(call.received, clock, quiet_s=1.5, limit_s=tail_s)
     finally:
         await call.close()
-    result = _results(call.call_id, utterances, time_of, call.received, call.events,
-                      call.wall_offset)
-    result.events.extend({"type": "protocol_error", "message": m} for m in call.protocol_errors)
-    return result
+    return _results(call.call_id, utterances, time_of, call.received, call.events,
+                    call.wall_offset)

@@ -295,7 +295,7 @@ class PhoneCall:
         self.event_arrived = asyncio.Event()
         self.wall_offset = self.clock.wall() - self.clock.now()
         self.marks_echoed: list[tuple[float, str]] = []
-        self.protocol_errors: list[str] = []
+        self.protocol_errors: list[str] = []  # also in ``events``, as "protocol_error"
         self.hung_up = asyncio.Event()  # the server closed the stream
         self._http: aiohttp.ClientSession | None = None
         self._ws: StreamSocket | None = None
@@ -402,37 +402,42 @@ class PhoneCall:
                 self.hung_up.set()
                 return
             else:
-                self.protocol_errors.append(f"a {msg.type.name} frame")
+                self._refuse(f"a {msg.type.name} frame")
 
     async def _on_message(self, text: str) -> None:
         try:
             message = json.loads(text)
             event = message["event"]
         except (ValueError, KeyError, TypeError):
-            self.protocol_errors.append("a message that is not a JSON event")
+            self._refuse("a message that is not a JSON event")
             return
         if event in ("media", "mark", "clear") and message.get("streamSid") != self.stream_sid:
-            self.protocol_errors.append(f"a {event} for another stream")
+            self._refuse(f"a {event} for another stream")
             return
         if event == "media":
             try:
                 payload = base64.b64decode(message["media"]["payload"], validate=True)
             except (KeyError, TypeError, binascii.Error):
-                self.protocol_errors.append("a media message without a base64 payload")
+                self._refuse("a media message without a base64 payload")
                 return
             self.speaker.queue_audio(ulaw_decode(payload))
         elif event == "mark":
             mark = message.get("mark")
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
-                self.protocol_errors.append("a mark without a name")
+                self._refuse("a mark without a name")
                 return
             self.speaker.queue_mark(name)
         elif event == "clear":
             for name in self.speaker.clear():
                 await self._echo_mark(name)
         else:
-            self.protocol_errors.append(f"an unknown event {event!r}")
+            self._refuse(f"an unknown event {event!r}")
+
+    def _refuse(self, what: str) -> None:
+        """A message from the server that Twilio would not accept: dropped, noted."""
+        self.protocol_errors.append(what)
+        self.events.append({"type": "protocol_error", "message": what})
 
     async def _echo_mark(self, name: str) -> None:
         self.marks_echoed.append((self.clock.now(), name))
