@@ -1,0 +1,156 @@
+"""Arguments read from the caller's words by rule, for the fields whose kind is plain to see.
+
+A field is typed by its JSON schema and its name: an ``enum`` (one of its values said), a
+clock time (``time`` in the name or ``"format": "time"``), a day (``day``/``date`` in the name
+or ``"format": "date"``), a booking reference or code (``reference``, ``code``, ``_id``...), a
+person's name (``name``, ``full_name``...). Those are the fields a 135M model gets wrong
+most (it writes "2023-01-01T00:00:00Z" for "tomorrow at 3", or copies the field's
+description); the rules read them in microseconds and never invent one the caller did not
+say. Fields of any other kind are left to the model.
+
+Clock times follow business hours: "at 3" with no "a.m." is 15:00 (an hour from 1 to 7 is
+the afternoon), because that is what a caller of a shop or a clinic means.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_NUMBERS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+
+_REFERENCE = re.compile(r"\b[A-Za-z]{1,4}[- ]?\d[\d -]{3,}\d\b")
+_CLOCK = re.compile(
+    r"\b(?:at|around|for|by|from|about|to|until)?\s*"
+    r"(?P<h>\d{1,2}(?!\d)|(?:" + "|".join(_NUMBERS) + r")\b)(?:[:.](?P<m>\d{2}))?"
+    r"(?P<tail>\s*(?:a\.?\s?m\b\.?|p\.?\s?m\b\.?|o'clock|in the (?:morning|afternoon|evening)"
+    r"|tonight))?", re.I)
+_NAME = re.compile(
+    r"(?i:my name is|my name's|name is|name's|this is|it's under|it is under|under the name"
+    r"|booked under|under)\s+(?i:the name\s+)?(?P<n>[A-Z][a-z'\-]+(?:\s+[A-Z][a-z'\-]+){0,2})")
+_NOT_NAMES = {"I", "It", "The", "This", "That", "Monday", "Tuesday", "Wednesday", "Thursday",
+              "Friday", "Saturday", "Sunday", "Today", "Tomorrow"}
+
+
+def kind_of(name: str, schema: Mapping[str, Any]) -> str | None:
+    """The kind of field this is, for the rules; None: the model's to write."""
+    n = name.lower()
+    fmt = str(schema.get("format", ""))
+    if isinstance(schema.get("enum"), list) and all(isinstance(v, str) for v in schema["enum"]):
+        return "enum"
+    if schema.get("type") not in (None, "string"):
+        return None
+    if fmt == "time" or n == "time" or n.endswith("_time") or n.startswith("time_"):
+        return "time"
+    if fmt == "date" or n in ("day", "date") or n.endswith(("_day", "_date")):
+        return "day"
+    if (n in ("reference", "ref", "code", "booking_id", "confirmation")
+            or n.endswith(("_reference", "_ref", "_code"))):
+        return "reference"
+    if n in ("name", "full_name", "customer_name", "caller_name", "client_name"):
+        return "name"
+    return None
+
+
+def fill(properties: Mapping[str, Any], text: str,
+         today: dt.date | None = None) -> tuple[dict[str, Any], list[str]]:
+    """``(arguments read by rule, names of the fields left to the model)``."""
+    found: dict[str, Any] = {}
+    rest: list[str] = []
+    refs = [m.group(0) for m in _REFERENCE.finditer(text)]
+    plain = _REFERENCE.sub(" ", text)  # reference digits are not clock times
+    for name, schema in properties.items():
+        spec = schema if isinstance(schema, Mapping) else {}
+        kind = kind_of(name, spec)
+        value: Any = None
+        if kind is None:
+            rest.append(name)
+            continue
+        if kind == "enum":
+            value = _enum(spec["enum"], plain)
+        elif kind == "time":
+            value = clock(plain)
+        elif kind == "day":
+            value = day(plain, today if spec.get("format") == "date" else None)
+        elif kind == "reference":
+            value = refs[0] if refs else None
+        elif kind == "name":
+            m = _NAME.search(plain)
+            if m is not None:
+                words = [w for w in m.group("n").split() if w not in _NOT_NAMES]
+                value = " ".join(words) or None
+        if value is not None:
+            found[name] = value
+    return found, rest
+
+
+def _fold(text: str) -> str:
+    return re.sub(r"our\b|our(?=[a-z])", "or", text.lower())  # colour = color
+
+
+def _enum(values: list[str], text: str) -> str | None:
+    """The value said first; a value's words may be said with an ending ("trims",
+    "coloured")."""
+    said = _fold(text)
+    best: tuple[int, str] | None = None
+    for v in values:
+        words = _fold(v).split()
+        if not words:
+            continue
+        pattern = r"\b" + r"\w*\s+".join(re.escape(w) for w in words) + r"\w*"
+        m = re.search(pattern, said)
+        if m is not None and (best is None or m.start() < best[0]):
+            best = (m.start(), v)
+    return best[1] if best else None
+
+
+def clock(text: str) -> str | None:
+    """The clock time said, as ``HH:MM`` (business hours for a bare hour)."""
+    low = text.lower()
+    if re.search(r"\b(noon|midday)\b", low):
+        return "12:00"
+    for m in _CLOCK.finditer(low):
+        h_text = m.group("h")
+        hour = int(h_text) if h_text.isdigit() else _NUMBERS[h_text]
+        minute = int(m.group("m") or 0)
+        tail = (m.group("tail") or "").strip()
+        lead = m.group(0).strip().split()[0] if m.group(0).strip() else ""
+        if not tail and not m.group("m") and lead not in (
+                "at", "around", "for", "by", "from", "about", "to", "until"):
+            continue  # a bare number with no "at" or "p.m." is not a time ("2 people")
+        if not 0 <= hour <= 23 or minute > 59:
+            continue
+        if tail.startswith("p") or tail in ("in the afternoon", "in the evening", "tonight"):
+            hour += 12 if hour < 12 else 0
+        elif tail.startswith("a") or tail == "in the morning":
+            hour = 0 if hour == 12 else hour
+        elif 1 <= hour <= 7:
+            hour += 12
+        return f"{hour:02d}:{minute:02d}"
+    return None
+
+
+def day(text: str, today: dt.date | None = None) -> str | None:
+    """The day said ("today", "tomorrow", "friday", "next friday"); with ``today``, as an
+    ISO date."""
+    low = text.lower()
+    m = re.search(r"\b(day after tomorrow|today|tomorrow|tonight|(?:next\s+)?("
+                  + "|".join(WEEKDAYS) + r"))\b", low)
+    if m is None:
+        return None
+    said = "today" if m.group(1) == "tonight" else m.group(1)
+    if today is None:
+        return said
+    if said == "today":
+        return today.isoformat()
+    if said == "tomorrow":
+        return (today + dt.timedelta(days=1)).isoformat()
+    if said == "day after tomorrow":
+        return (today + dt.timedelta(days=2)).isoformat()
+    # "next friday" is taken as the coming Friday, as most callers mean it.
+    ahead = (WEEKDAYS.index(m.group(2)) - today.weekday()) % 7 or 7
+    return (today + dt.timedelta(days=ahead)).isoformat()

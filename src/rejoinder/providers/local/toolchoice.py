@@ -1,0 +1,183 @@
+"""Tool calling for a model too small to choose tools: an intent stage, then constrained arguments.
+
+SmolLM2-135M, given tool descriptions, mostly ignores them or copies the format wrongly, and
+held to a grammar that lets it choose among the tools it picks close to at random
+(``python -m rejoinder.bench.tooleval``; docs/benchmarks.md, "Tool calling on the embedded
+model"). What it does well enough is copy words from the caller into fields. So the work is
+split:
+
+1. :class:`IntentStage` chooses the tool (or none) from the caller's words: cue phrases per
+   kind of action (book, cancel, reschedule, availability, look-up), matched to the tools by
+   the words of their names, plus the tool's own name words. Microseconds, no model.
+2. The model writes that one tool's arguments, decoded under its JSON schema
+   (:func:`arguments_instruction`; llama.cpp turns the schema into a grammar), so they parse.
+
+The other two ways, measured against this one, are here too: :func:`tools_instruction` and
+:func:`parse_tool_reply` (the tools in the prompt, a ``<tool_call>`` reply parsed) and
+:func:`choice_schema` (the whole choice under a grammar).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rejoinder.tools.base import Tool
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A kind of action: the tools it fits (by the words of their names) and how callers ask."""
+
+    names: frozenset[str]  # a tool whose name has one of these words takes this cue
+    phrases: tuple[str, ...]  # lower-case; matched on word boundaries
+    weight: float
+
+
+def _cue(names: str, weight: float, *phrases: str) -> Cue:
+    return Cue(frozenset(names.split()), phrases, weight)
+
+
+# Cancel and reschedule outweigh booking: "cancel my booking" and "move my appointment" name
+# the booking too. Look-up and availability are questions; booking is the plain request.
+DEFAULT_CUES: tuple[Cue, ...] = (
+    _cue("cancel delete remove", 4.0,
+         "cancel", "cancelled", "canceled", "call off", "won't make it", "can't make it",
+         "cannot make it", "can't come", "won't be coming", "not coming", "drop my",
+         "get rid of my", "scrap my"),
+    _cue("reschedule move change", 4.0,
+         "reschedule", "move my", "move it", "move the", "change my", "change the", "change it",
+         "push my", "push it", "push back", "postpone", "different time", "different day",
+         "another day", "another time", "rather come", "instead"),
+    _cue("lookup look get check find_booking", 3.0,
+         "look up", "check my", "check on my", "confirm my", "when is my", "what time is my",
+         "when's my", "what day is my", "do i have", "have i got", "details of my",
+         "is my booking", "is my appointment", "i booked", "remind me", "still on"),
+    _cue("slots availability available search", 2.5,
+         "available", "availability", "free", "openings", "slot", "slots",
+         "any time", "anything", "what times", "which times", "when can", "when could",
+         "do you have", "have you got", "is there", "are there", "spaces", "space"),
+    _cue("book reserve create schedule", 2.0,
+         "book", "book me", "reserve", "schedule", "make an appointment", "make a booking",
+         "an appointment", "appointment for", "i'd like a", "i would like a", "i want a",
+         "i need a", "can i get a", "could i get a", "can i have a", "put me down",
+         "sign me up", "i'll take", "i will take", "come in for", "get me in"),
+)
+
+_WORD = re.compile(r"[a-z0-9']+")
+_GENERIC = frozenset({"get", "set", "do", "make", "the", "a", "an", "my", "tool", "info"})
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("’", "'"))
+
+
+class IntentStage:
+    """Chooses the tool a caller's words ask for, or None (chit-chat, a question no tool
+    answers). Deterministic and cheap: run it on every user turn."""
+
+    def __init__(self, tools: Sequence[Tool], cues: Sequence[Cue] = DEFAULT_CUES,
+                 threshold: float = 2.0) -> None:
+        self.threshold = threshold
+        self._entries: list[tuple[str, list[tuple[re.Pattern[str], float]]]] = []
+        for t in tools:
+            name_words = set(re.split(r"[_\-]+", t.name.lower()))
+            patterns: list[tuple[re.Pattern[str], float]] = []
+            for cue in cues:
+                if cue.names & (name_words | {t.name.lower()}):
+                    patterns += [(_phrase(p), cue.weight) for p in cue.phrases]
+            for w in sorted(name_words - _GENERIC):
+                if len(w) > 2:  # the tool's own name said aloud ("transfer", "refund")
+                    patterns.append((_phrase(w.replace("_", " ")), 2.0))
+            self._entries.append((t.name, patterns))
+
+    def scores(self, text: str) -> dict[str, float]:
+        said = " ".join(_words(text))
+        return {name: sum(w for p, w in patterns if p.search(said))
+                for name, patterns in self._entries}
+
+    def choose(self, text: str) -> str | None:
+        scores = self.scores(text)
+        if not scores:
+            return None
+        best = max(scores, key=lambda n: scores[n])  # ties: the first tool listed
+        return best if scores[best] >= self.threshold else None
+
+
+def _phrase(phrase: str) -> re.Pattern[str]:
+    return re.compile(r"(?<![a-z0-9'])" + re.escape(" ".join(_words(phrase)))
+                      + r"(?![a-z0-9'])")
+
+
+def arguments_instruction(tool: Tool) -> str:
+    """The system message after the conversation that asks for ``tool``'s arguments."""
+    fields = "; ".join(f"{k}: {v.get('description', v.get('type', ''))}"
+                       for k, v in _properties(tool).items())
+    return (f"Fill in the fields for {tool.name} ({tool.description}) with the caller's own"
+            f" words. Fields: {fields}. Answer with JSON only.")
+
+
+def tools_instruction(tools: Sequence[Tool]) -> str:
+    """The tools described in the prompt, for a model that may call one in plain text."""
+    lines = [f'- {t.name}: {t.description} Arguments: {json.dumps(_properties(t))}'
+             for t in tools]
+    return ("You can use these tools:\n" + "\n".join(lines) + "\nTo use one, answer only"
+            ' <tool_call>{"name": "TOOL", "arguments": {...}}</tool_call>. If no tool is'
+            " needed, answer the caller in one short sentence.")
+
+
+_CALL = re.compile(r"\{.*\}", re.S)
+
+
+def parse_tool_reply(text: str, tools: Sequence[Tool]) -> tuple[str, dict[str, Any]] | None:
+    """The tool call in a plain-text reply (``<tool_call>{...}</tool_call>`` or a bare JSON
+    object naming a known tool), or None when the reply is text for the caller."""
+    names = {t.name for t in tools}
+    match = _CALL.search(text)
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(0))
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    name = value.get("name")
+    args = value.get("arguments", {})
+    if name not in names or not isinstance(args, dict):
+        return None
+    return str(name), args
+
+
+def choice_schema(tools: Sequence[Tool]) -> dict[str, Any]:
+    """One JSON schema for the whole choice: ``{"tool": NAME, "arguments": {...}}`` for each
+    tool, or ``{"tool": "none"}``."""
+    options: list[dict[str, Any]] = [{
+        "type": "object", "properties": {"tool": {"const": t.name},
+                                         "arguments": dict(t.parameters)},
+        "required": ["tool", "arguments"]} for t in tools]
+    options.append({"type": "object", "properties": {"tool": {"const": "none"}},
+                    "required": ["tool"]})
+    return {"oneOf": options}
+
+
+def choice_instruction(tools: Sequence[Tool]) -> str:
+    lines = [f"- {t.name}: {t.description}" for t in tools]
+    return ("Decide whether the caller's last words need one of these tools:\n"
+            + "\n".join(lines)
+            + '\nAnswer with JSON: {"tool": NAME, "arguments": {...}}, or {"tool": "none"}.')
+
+
+def clean_arguments(tool: Tool, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop what the schema does not name and the fields the model left empty."""
+    props = _properties(tool)
+    return {k: v for k, v in args.items()
+            if k in props and v not in ("", None) and not (isinstance(v, str) and not v.strip())}
+
+
+def _properties(tool: Tool) -> dict[str, Any]:
+    props = tool.parameters.get("properties") or {}
+    return dict(props) if isinstance(props, Mapping) else {}
