@@ -36,3 +36,11 @@ def test_markdown_is_not_spoken():
 
 def test_numbers_with_decimal_points_are_not_split():
     assert split(["It costs 3.5 dollars", " today."]) == ["It costs 3.5 dollars today."]
+
+
+def test_clock_times_and_thousands_inside_a_delta_are_not_split():
+    # A whole word per delta, as many LLMs stream: the mark is never the buffer's end.
+    assert split(["I have Monday at 9:30 AM", " or 10:00 AM."]) == [
+        "I have Monday at 9:30 AM or 10:00 AM."]
+    assert split(["That is about 1,000 more", " words, and then"]) == [
+        "That is about 1,000 more words,", "and then"]

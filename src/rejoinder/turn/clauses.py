@@ -69,6 +69,8 @@ class ClauseSplitter:
             head = self._buf[:soft.end()]
             if len(head.split()) < self.min_words:
                 continue
+            if head[-2:-1].isdigit() and self._buf[soft.end():soft.end() + 1].isdigit():
+                continue  # inside a number or a time: "1,000", "9:30"
             # A comma at the very end is final unless a digit precedes it ("1,000").
             if soft.end() < len(self._buf) or not head[-2:-1].isdigit():
                 return soft.end()
