@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -46,9 +46,13 @@ def database() -> BookingDB:
     return _db if _db is not None else use_database(default_path())
 
 
+# A worker thread: a write may wait for another writer's transaction (SQLite's lock).
+_offload: Callable[..., Awaitable[Any]] = asyncio.to_thread
+
+
 async def _run(fn: Callable[..., T], *args: Any) -> T | dict[str, str]:
     try:
-        return await asyncio.to_thread(fn, *args)
+        return await _offload(fn, *args)  # type: ignore[no-any-return]
     except BookingError as exc:
         return {"error": str(exc)}
 
