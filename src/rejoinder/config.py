@@ -15,6 +15,7 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [telemetry] otlp_endpoint, service_name, pii
     [analytics] enabled, max_concurrent, max_attempts, retry_backoff_s, fields, ...
     [telephony] public_url, twilio_auth_token, allow_unsigned, stream_token_ttl_s
+    [guardrails] enabled, safe_line, deny_patterns, deny_topics, never_promise, ...
     [review]   days, v2v_p95_ms, phrase_cache_min, restart_max, cold_start_tax_ms, ...
 """
 
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit
 from rejoinder.core.bounds import check_numbers
 from rejoinder.core.errors import ConfigError
 from rejoinder.core.netloc import split_host, split_origin
+from rejoinder.guardrails.options import GuardrailOptions
 from rejoinder.turn.options import TurnOptions
 
 ENV_PREFIX = "REJOINDER_"
@@ -392,6 +394,7 @@ class Config:
     analytics: AnalyticsOptions = field(default_factory=AnalyticsOptions)
     telephony: TelephonyOptions = field(default_factory=TelephonyOptions)
     review: ReviewOptions = field(default_factory=ReviewOptions)
+    guardrails: GuardrailOptions = field(default_factory=GuardrailOptions)
 
 
 def load_config(path: str | Path | None = None,

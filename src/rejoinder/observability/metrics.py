@@ -15,6 +15,7 @@ not pushed.
                                                caller ({"type": "measured"} messages)
     rejoinder_tool_duration_ms{tool,status}    histogram: none observed until tools land
     rejoinder_turns_total{outcome}             counter
+    rejoinder_guardrail_total{action,rule}     caller turns and clauses blocked or flagged
     rejoinder_speculative_{starts,commits,wasted,restarts}_total
     rejoinder_{interruptions,false_interruptions,backchannels,fillers}_total
     rejoinder_provider_errors_total{provider,code}   a turn failed: llm_timeout, ...
@@ -59,6 +60,7 @@ STATS = {"speculative_starts": "Replies started speculatively at a pause",
 _STAT_NAMES = {"speculative_starts": "speculative_starts", "commits": "speculative_commits",
                "wasted": "speculative_wasted", "restarts": "speculative_restarts"}
 _CODE = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # an error code; anything else is "error"
+_RULE = re.compile(r"[a-z][a-z0-9_]{0,39}(?::[a-z0-9_]{1,40})?")  # a guardrail's rule name
 
 __all__ = ["CONTENT_TYPE_LATEST", "MS_BUCKETS", "STAGES", "CallMetrics", "Metrics"]
 
@@ -87,6 +89,9 @@ class Metrics:
         self.provider_errors = PromCounter(
             "rejoinder_provider_errors", "Turns that failed, by provider and error code "
             "(llm_timeout, stt_unavailable, ...)", ["provider", "code"], registry=r)
+        self.guardrails = PromCounter(
+            "rejoinder_guardrail", "Caller turns and clauses a guardrail blocked or flagged",
+            ["action", "rule"], registry=r)
         # Bound once: an event then costs a dictionary lookup and an increment.
         self._stage = {s: self.stage_ms.labels(stage=s) for s in STAGES}
         self._outcome = {o: self.turns.labels(outcome=o) for o in (*OUTCOMES, "other")}
@@ -141,6 +146,11 @@ class CallMetrics:
             code = code if isinstance(code, str) and _CODE.fullmatch(code) else "error"
             provider = code.split("_", 1)[0] if "_" in code else "server"
             self.metrics.provider_errors.labels(provider=provider, code=code).inc()
+        elif kind == "guardrail":
+            rule, action = event.get("rule"), event.get("action")
+            rule = rule if isinstance(rule, str) and _RULE.fullmatch(rule) else "other"
+            if action in ("blocked", "flagged"):
+                self.metrics.guardrails.labels(action=action, rule=rule).inc()
         elif kind == "measured":
             v2v = event.get("v2v_ms")
             if isinstance(v2v, int | float) and math.isfinite(v2v):

@@ -21,13 +21,16 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, final
 
 import numpy as np
 
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.errors import ProviderError, ProviderTimeout
 from rejoinder.core.redact import redact as redact_text
+
+if TYPE_CHECKING:
+    from rejoinder.guardrails import Guardrails
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +430,7 @@ class Stack:
     llm: LLM
     tts: TTS
     turn: TurnModel | None = None  # None: the end of a turn is taken from silence alone
+    guardrails: Guardrails | None = None  # checks on caller turns and clauses ([guardrails])
 
     async def warm(self, system: list[ChatMessage]) -> None:
         await self.stt.warm()
@@ -438,7 +442,7 @@ class Stack:
     async def close(self, deadline_s: float = 5.0) -> None:
         """Close every provider, each within ``deadline_s`` (one that hangs is logged by
         name and left behind)."""
-        for p in (self.vad, self.stt, self.llm, self.tts, self.turn):
+        for p in (self.vad, self.stt, self.llm, self.tts, self.turn, self.guardrails):
             close = getattr(p, "close", None)
             if p is not None and close is not None:
                 result = close()

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 from rejoinder.config import Config
 from rejoinder.core.errors import MissingExtraError
+from rejoinder.guardrails import build_guardrails
 from rejoinder.providers.base import LLM, STT, TTS, VAD, Stack, TurnModel
 from rejoinder.providers.phrase_cache import PhraseCache
 
@@ -42,7 +43,8 @@ def build_stack(config: Config, kind: str = "local") -> Stack:
         loaded.callback(_close, tts)
         turn = _turn_model(config, kind)
         loaded.pop_all()
-    return Stack(vad=vad, stt=stt, llm=llm, tts=tts, turn=turn)
+    return Stack(vad=vad, stt=stt, llm=llm, tts=tts, turn=turn,
+                 guardrails=build_guardrails(config.guardrails))  # opens nothing yet
 
 
 def _close(provider: object) -> None:

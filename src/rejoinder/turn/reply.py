@@ -18,7 +18,8 @@ import numpy as np
 
 from rejoinder.core.audio import FRAME_SAMPLES, SAMPLE_RATE, Resampler
 from rejoinder.core.errors import ProviderError, error_code
-from rejoinder.core.tasks import cancel_and_wait
+from rejoinder.core.tasks import cancel_all, cancel_and_wait
+from rejoinder.guardrails.inline import ReplyGuard
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage
 from rejoinder.turn.clauses import ClauseSplitter, split_clauses
@@ -69,17 +70,24 @@ class Reply:
             self.confirmed.set()
         self.task: asyncio.Task[None] | None = None
         self._announced = False
+        rails = conv.stack.guardrails
+        self.guard = None if rails is None or canned is not None else ReplyGuard(
+            rails.checks, turn, rails.safe_line, conv.events, confirmed=not speculative)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"reply-{self.turn}")
 
     async def cancel(self) -> None:
         await cancel_and_wait(self.task, what=f"reply {self.turn}")
+        if self.guard is not None:
+            self.guard.close()
 
     def confirm(self, now: float) -> None:
         self.trace.mark("turn_confirmed", now)
         self.confirmed.set()
         self._announce()
+        if self.guard is not None:
+            self.guard.confirm()  # its held events go out
 
     def _announce(self) -> None:
         """Show the caller's words once they are both known and confirmed."""
@@ -99,7 +107,7 @@ class Reply:
                           if conv.opts.filler_after_s > 0 and self.canned is None else None)
                 try:
                     if await self._transcribe():
-                        await self._think(clauses)
+                        await self._think_guarded(clauses)
                 finally:
                     if filler is not None:
                         filler.cancel()
@@ -123,6 +131,28 @@ class Reply:
             self._announce()
             conv.transcribed(self)
         return not self.empty
+
+    async def _think_guarded(self, clauses: asyncio.Queue[_Clause | None]) -> None:
+        """:meth:`_think` behind the guardrails (``rejoinder.guardrails.inline``): the
+        caller's words are checked before the LLM, and a blocked clause stops it."""
+        guard = self.guard
+        if guard is None:
+            return await self._think(clauses)
+        if (safe := await guard.admit(self.user_text)) is not None:
+            self._clause_ready(safe, clauses)  # the answer is the safe line alone
+            return None
+        producer = asyncio.create_task(self._think(clauses), name=f"think-{self.turn}")
+        blocked = asyncio.create_task(guard.blocked.wait(), name=f"guard-{self.turn}")
+        try:
+            await asyncio.wait((producer, blocked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not producer.done() or not blocked.done():
+                await cancel_all((producer, blocked))
+        self.text = guard.said(self.text)
+        if not producer.cancelled():
+            producer.result()  # its failure fails the reply
+        await guard.settle()
+        return None
 
     async def _think(self, clauses: asyncio.Queue[_Clause | None]) -> None:
         """Producer: LLM deltas -> clauses."""
@@ -154,6 +184,8 @@ class Reply:
         if not any(c.isalnum() for c in clause):
             return False
         self.trace.mark("first_clause", self.conv.clock.now())
+        if self.guard is not None:
+            self.guard.started(clause, len(self.text))  # its checks run from now on
         self.text += clause + " "
         self.clauses_queued += 1
         clauses.put_nowait((clause, False))
@@ -177,6 +209,9 @@ class Reply:
         lead = True  # until the reply's first sound: the synthesiser's leading silence
         while (item := await clauses.get()) is not None:
             text, filler = item
+            safe = None if filler or self.guard is None else await self.guard.screen(text)
+            if safe is not None:  # blocked: the safe line instead, and the reply ends
+                text, self.text = safe, self.guard.said(self.text)  # type: ignore[union-attr]
             index = playout.begin_clause(self.turn, text, filler=filler)
             if self.trace.tts_cached is None:  # the first clause: will the cache play it?
                 self.trace.tts_cached = tts.holds(text)
@@ -191,6 +226,8 @@ class Reply:
                 playout.push(self.turn, index, resample(chunk))
             playout.push(self.turn, index, resample(np.zeros(0, dtype=np.int16), last=True))
             playout.end_clause(self.turn, index)
+            if safe is not None:
+                return
 
     async def _wait_played(self) -> None:
         # Poll at frame rate: playout is pulled by the transport every 20 ms.
