@@ -2,13 +2,17 @@
 fake-stack server with a token set from the call page (its fake microphone plays two
 LibriVox sentences), hangs up, signs in to /dashboard with the token, and finds the call,
 its transcript and each turn's waterfall (server stages and the voice-to-voice latency
-the page measured), the latency charts and the weekly review. Saves docs/dashboard.png.
+the page measured), the latency charts and the weekly review. Takes screenshots of the
+call page and the review; with REJOINDER_UPDATE_SCREENSHOTS=1 they replace
+docs/dashboard.png and docs/dashboard-review.png (the README's).
 Needs Debian's chromium at /usr/bin/chromium and the pocketsphinx test recordings.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +32,7 @@ LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SENTENCES = [LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav",
              LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0890.wav"]
 TOKEN = "dashboard-test-token-0123456789"
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 # Installed by .ci/run; a missing one is a setup error and fails the tests, never a skip.
 from playwright import sync_api  # noqa: E402
@@ -85,7 +89,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, Any]:
         return exc.code, None
 
 
-def test_the_dashboard_shows_a_finished_call(server: str, browser: Any) -> None:
+def test_the_dashboard_shows_a_finished_call(server: str, browser: Any, tmp_path: Path) -> None:
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
     console: list[str] = []
@@ -140,8 +144,7 @@ def test_the_dashboard_shows_a_finished_call(server: str, browser: Any) -> None:
             assert shown == f"{round(measured['latencyMs'])} ms"
         assert page.locator("#call-tools tbody tr").count() == 0  # no tools yet
         assert page.locator("#call-analytics").is_visible() == ("analytics" in record)
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
         # Latency over time: a table and two uPlot charts.
         loaded = page.evaluate("window.dashboard.loaded")
@@ -162,11 +165,13 @@ def test_the_dashboard_shows_a_finished_call(server: str, browser: Any) -> None:
         assert statuses["v2v_p95"] in ("pass", "fail")
         assert statuses["barge_in_stop"] == "not_recorded"
         assert statuses["tool_timeouts"] == "pass"
-        page.screenshot(path=str(SCREENSHOT.with_name("dashboard-review.png")),
-                        full_page=True)
+        page.screenshot(path=str(tmp_path / "dashboard-review.png"), full_page=True)
         # The login page itself comes with a 401, which Chromium logs; nothing else failed.
         errors = [c for c in console if c.startswith(("pageerror", "error"))]
         assert all("status of 401" in c for c in errors), errors
         assert len(errors) == 2, errors  # the first visit and the wrong token
     finally:
         context.close()
+    if os.environ.get("REJOINDER_UPDATE_SCREENSHOTS") == "1":
+        for name in ("dashboard.png", "dashboard-review.png"):
+            shutil.copyfile(tmp_path / name, DOCS / name)
