@@ -122,12 +122,16 @@ def _serve(args: argparse.Namespace) -> int:
         stack = await asyncio.to_thread(build_stack, config, args.stack)
         try:  # from here on, every way out closes the stack (its HTTP sessions above all)
             try:
+                from rejoinder.tools import load_tools
+
+                stack.tools = await load_tools(config.agent) or None  # a bad one: ConfigError
                 await stack.warm([ChatMessage("system", config.agent.system_prompt)])
                 prime = getattr(stack.tts, "prime", None)
                 if prime is not None:  # the greeting and the filler cost nothing when said
-                    t = config.turn
-                    await prime([*split_clauses(config.agent.greeting, t.clause_min_words),
-                                 *split_clauses(t.filler, t.clause_min_words)])
+                    t, a = config.turn, config.agent
+                    await prime([*split_clauses(a.greeting, t.clause_min_words),
+                                 *split_clauses(t.filler, t.clause_min_words),
+                                 *([a.tool_filler, a.tool_apology] if stack.tools else [])])
             except ProviderError as exc:
                 raise RejoinderError(f"a provider is not ready: {exc}") from exc
             log.info("providers warm")

@@ -5,7 +5,7 @@ environment overrides the file, e.g. ``REJOINDER_LLM__BASE_URL``. Any bad value
 raises :class:`ConfigError` naming the field (``llm.base_url``).
 
     [server]   host, port, ice_servers, media_addresses, max_calls
-    [agent]    name, system_prompt, greeting
+    [agent]    name, system_prompt, greeting, tools, mcp_servers, webhook_tools, ...
     [turn]     vad_threshold, end_silence_s, min_speech_s, barge_in_min_s, ...
     [stt]      provider ("local" | "remote"), url, api_key
     [llm]      provider ("local" | "openai"), base_url, model, api_key, ...
@@ -14,9 +14,9 @@ raises :class:`ConfigError` naming the field (``llm.base_url``).
     [store]    url, path, keep_days, prune_interval_s, queue_max, redact
     [telemetry] otlp_endpoint, service_name, pii
     [analytics] enabled, max_concurrent, max_attempts, retry_backoff_s, fields, ...
+    [review]   days, v2v_p95_ms, phrase_cache_min, restart_max, cold_start_tax_ms, ...
     [telephony] public_url, twilio_auth_token, allow_unsigned, stream_token_ttl_s
     [guardrails] enabled, safe_line, deny_patterns, deny_topics, never_promise, ...
-    [review]   days, v2v_p95_ms, phrase_cache_min, restart_max, cold_start_tax_ms, ...
 """
 
 from __future__ import annotations
@@ -130,10 +130,195 @@ class ServerOptions:
 
 
 @dataclass(frozen=True)
+class McpServerOptions:
+    """One ``[[agent.mcp_servers]]``: a command to start (stdio) or a streamable HTTP url."""
+
+    name: str = ""
+    command: list[str] = field(default_factory=list)  # program and its arguments
+    env: dict[str, str] = field(default_factory=dict)  # the subprocess's environment
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 5.0  # per call of any of its tools
+    prefix: str = ""  # put before each tool's name (two servers with the same tool names)
+    read_only: list[str] = field(default_factory=list)  # tools that change nothing
+
+    def __post_init__(self) -> None:
+        where = f"agent.mcp_servers.{self.name or '?'}"
+        check_numbers(self, where, {"timeout_s": (0.001, 600.0)})
+        if not self.name:
+            raise ConfigError("agent.mcp_servers", "every server needs a name")
+        if bool(self.command) == bool(self.url):
+            raise ConfigError(where, "give either command (stdio) or url (streamable HTTP)")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.url", "must start with http:// or https://")
+
+
+@dataclass(frozen=True)
+class WebhookToolOptions:
+    """One ``[[agent.webhook_tools]]``: the arguments are POSTed as JSON to ``url``."""
+
+    name: str = ""
+    description: str = ""
+    url: str = ""
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}})  # JSON schema
+    timeout_s: float = 5.0
+    side_effects: bool = True  # false: read-only, may be prefetched
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_numbers(self, f"agent.webhook_tools.{self.name or '?'}",
+                      {"timeout_s": (0.001, 600.0)})
+
+
+@dataclass(frozen=True)
 class AgentOptions:
     name: str = "Rejoinder"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     greeting: str = ""  # spoken when the call connects; empty for none
+    # A built-in agent (rejoinder.agents, e.g. "booking"): its prompt, greeting and tools
+    # where the fields above and tools are left at their defaults.
+    profile: str = ""
+    # Tools (rejoinder.tools): a Python module whose @tool functions (or TOOLS list) the
+    # agent may call, MCP servers, HTTP webhooks.
+    tools: str = ""
+    mcp_servers: list[McpServerOptions] = field(default_factory=list)
+    webhook_tools: list[WebhookToolOptions] = field(default_factory=list)
+    max_tool_rounds: int = 3  # LLM -> tools -> LLM rounds in one reply, then it must answer
+    # A tool wait longer than this gets tool_filler said, once (0: never).
+    tool_filler_after_s: float = 1.0
+    tool_filler: str = "Let me check that."
+    tool_apology: str = "Sorry, I couldn't do that just now."  # a tool failed or timed out
+    tool_prefetch: bool = True  # run read-only tools from the caller's words ahead of time
+
+    def __post_init__(self) -> None:
+        if self.profile:
+            _apply_profile(self)
+        check_numbers(self, "agent", {"max_tool_rounds": (1, 20),
+                                      "tool_filler_after_s": (0.0, 60.0)})
+        for name in ("tool_filler", "tool_apology"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"agent.{name}", "must not be empty")
+
+
+def _apply_profile(agent: AgentOptions) -> None:
+    """Fill in the built-in profile's prompt, greeting and tools where left at defaults."""
+    from rejoinder.agents import PROFILES, profile
+
+    if agent.profile not in PROFILES:
+        raise ConfigError("agent.profile", f"no built-in agent {agent.profile!r} (there is: "
+                          f"{', '.join(sorted(PROFILES))})")
+    chosen = profile(agent.profile)
+    for name, default in (("system_prompt", DEFAULT_SYSTEM_PROMPT), ("greeting", ""),
+                          ("tools", "")):
+        if getattr(agent, name) == default:
+            object.__setattr__(agent, name, getattr(chosen, name))
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """What every ``[[stt.backends]]``, ``[[llm.backends]]``, ``[[tts.backends]]`` entry has
+    besides its provider's own fields (rejoinder.providers.fallback): a name for logs and
+    metrics (default: the provider and its place, "openai-1") and its circuit breaker."""
+
+    name: str = ""
+    timeout_s: float = 10.0  # the first item: token, transcript (whole request), audio
+    stream_idle_timeout_s: float = 5.0  # every later one
+    breaker_failures: int = 3  # failures within breaker_window_s that take it out...
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 30.0  # ...for this long; then one request probes it
+
+    def check(self, where: str) -> None:
+        check_numbers(self, where, {"breaker_failures": (1, 1000),
+                                    "breaker_window_s": (0.001, 86_400.0),
+                                    "breaker_cooldown_s": (0.001, 86_400.0)})
+        _idle_limit(where, self.stream_idle_timeout_s)
+        if not 0 < self.timeout_s <= 600:
+            raise ConfigError(f"{where}.timeout_s", "must be positive, at most 600 s")
+
+
+@dataclass(frozen=True)
+class LLMBackendOptions(_Backend):
+    """One ``[[llm.backends]]``: the fields of [llm] for one provider, and its rule:
+    ``route = "tools"`` (preferred when the turn offers tools), ``max_words`` (preferred
+    when the caller's words are at most this many; 0: no such rule)."""
+
+    provider: str = "local"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key: str = ""
+    temperature: float = 0.3
+    max_tokens: int = 60
+    route: str = ""
+    max_words: int = 0
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_numbers(self, where, {"temperature": (0.0, 2.0), "max_tokens": (1, 100_000),
+                                    "max_words": (0, 10_000)})
+        if self.provider not in ("local", "openai"):
+            raise ConfigError(f"{where}.provider",
+                              f"{self.provider!r} is not 'local' or 'openai'")
+        if self.provider == "openai":
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.base_url", "must start with http:// or https://")
+            if not self.model:
+                raise ConfigError(f"{where}.model", "is required for an 'openai' provider")
+        if self.route not in ("", "tools"):
+            raise ConfigError(f"{where}.route", f"{self.route!r} is not '' or 'tools'")
+
+    def __repr__(self) -> str:
+        return f"LLMBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
+               f"base_url={self.base_url!r}, model={self.model!r})"
+
+
+@dataclass(frozen=True)
+class STTBackendOptions(_Backend):
+    """One ``[[stt.backends]]``: the fields of [stt] for one provider."""
+
+    provider: str = "local"
+    url: str = ""
+    api_key: str = ""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        _remote_or_local(where, self.provider, self.url)
+
+    def __repr__(self) -> str:
+        return f"STTBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
+               f"url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class TTSBackendOptions(_Backend):
+    """One ``[[tts.backends]]``: the fields of [tts] for one provider."""
+
+    provider: str = "local"
+    url: str = ""
+    api_key: str = ""
+    sample_rate: int = 24_000
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_numbers(self, where, {"sample_rate": (8_000, 48_000)})
+        _remote_or_local(where, self.provider, self.url)
+
+    def __repr__(self) -> str:
+        return f"TTSBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
+               f"url={self.url!r})"
+
+
+def _check_backends(section: str, provider: str, backends: list[Any]) -> None:
+    """Each entry checked, named by its place (``llm.backends[1].model``)."""
+    if backends and provider != "local":
+        raise ConfigError(f"{section}.backends", f"give the providers either in [{section}] "
+                          f"or as [[{section}.backends]], not both")
+    names: set[str] = set()
+    for i, backend in enumerate(backends):
+        backend.check(f"{section}.backends[{i}]")
+        if backend.name and backend.name in names:
+            raise ConfigError(f"{section}.backends[{i}].name", f"{backend.name!r} is taken")
+        names.add(backend.name)
 
 
 @dataclass(frozen=True)
@@ -150,8 +335,13 @@ class LLMOptions:
     # digit runs) in the caller's words before any LLM receives them. Switch it off only
     # where the model runs inside the same trust boundary and needs the raw words.
     redact: bool = True
+    # An ordered chain of providers instead of the one above: each that fails is replaced by
+    # the next within the turn (rejoinder.providers.fallback). Empty: the one above.
+    backends: list[LLMBackendOptions] = field(default_factory=list)
+    fallback_to_local: bool = False  # the embedded model as the chain's last resort
 
     def __post_init__(self) -> None:
+        _check_backends("llm", self.provider, self.backends)
         # OpenAI's temperature range; a first token later than 10 minutes never comes.
         check_numbers(self, "llm", {"temperature": (0.0, 2.0), "max_tokens": (1, 100_000),
                                     "timeout_s": (0.0, 600.0)})
@@ -180,8 +370,11 @@ class STTOptions:
     url: str = ""
     api_key: str = ""
     stream_idle_timeout_s: float = 5.0  # the transcript, from when the turn asks for it
+    backends: list[STTBackendOptions] = field(default_factory=list)  # as [[llm.backends]]
+    fallback_to_local: bool = False
 
     def __post_init__(self) -> None:
+        _check_backends("stt", self.provider, self.backends)
         check_numbers(self, "stt", {})
         _remote_or_local("stt", self.provider, self.url)
         _idle_limit("stt", self.stream_idle_timeout_s)
@@ -197,8 +390,11 @@ class TTSOptions:
     api_key: str = ""
     sample_rate: int = 24_000  # of the remote service's PCM16 stream
     stream_idle_timeout_s: float = 5.0  # longest wait for the next chunk of audio
+    backends: list[TTSBackendOptions] = field(default_factory=list)  # as [[llm.backends]]
+    fallback_to_local: bool = False
 
     def __post_init__(self) -> None:
+        _check_backends("tts", self.provider, self.backends)
         check_numbers(self, "tts", {"sample_rate": (8_000, 48_000)})
         _remote_or_local("tts", self.provider, self.url)
         _idle_limit("tts", self.stream_idle_timeout_s)
@@ -302,7 +498,6 @@ class AnalyticsOptions:
     max_concurrent: int = 1  # jobs at once (the embedded model: that many slots)
     max_attempts: int = 3  # a job that failed this often is marked failed
     retry_backoff_s: float = 30.0  # the pause after a failed attempt; doubles each time
-    max_tokens: int = 400  # of the model's answer (the JSON)
     threads: int = 1  # CPU threads of the embedded model's analytics instance
     # Extra fields this agent wants: "name" (a string), "name:boolean", "name:integer",
     # or "name:a|b|c" (one of the words); each null when the call does not say.
@@ -311,7 +506,7 @@ class AnalyticsOptions:
     def __post_init__(self) -> None:
         check_numbers(self, "analytics", {
             "max_concurrent": (1, 16), "max_attempts": (1, 20),
-            "retry_backoff_s": (0.0, 86_400.0), "max_tokens": (64, 4096), "threads": (1, 64)})
+            "retry_backoff_s": (0.0, 86_400.0), "threads": (1, 64)})
         from rejoinder.analytics.fields import parse_fields
 
         try:
@@ -392,8 +587,8 @@ class Config:
     store: StoreOptions = field(default_factory=StoreOptions)
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
     analytics: AnalyticsOptions = field(default_factory=AnalyticsOptions)
-    telephony: TelephonyOptions = field(default_factory=TelephonyOptions)
     review: ReviewOptions = field(default_factory=ReviewOptions)
+    telephony: TelephonyOptions = field(default_factory=TelephonyOptions)
     guardrails: GuardrailOptions = field(default_factory=GuardrailOptions)
 
 
@@ -469,7 +664,11 @@ def _build(cls: type[Any], raw: Mapping[str, Any], prefix: str) -> Any:
 
 
 def _convert(value: Any, hint: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(hint):  # a table in a list ([[agent.mcp_servers]])
+        return _build(hint, value, f"{name}.")  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
+    if origin is dict and not isinstance(value, Mapping):
+        raise ConfigError(name, f"expected a table, got {type(value).__name__}")
     if origin in (list, tuple, typing.List):  # noqa: UP006
         if isinstance(value, _EnvValue):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -101,7 +101,7 @@ class CloudSim:
                                            "Cache-Control": "no-cache"})
         # The public ``stream()`` would add a client-side time limit; a server has none.
         return await _relay(request, resp, llm._stream(_chat_messages(messages)),
-                            lambda token: event({"content": token}),
+                            lambda token: event({"content": str(token)}),
                             event({}, "stop") + b"data: [DONE]\n\n")
 
     async def stt(self, request: web.Request) -> web.Response:

@@ -13,16 +13,22 @@ not pushed.
     rejoinder_end_of_turn_delay_ms             histogram: end of speech -> turn confirmed
     rejoinder_caller_v2v_ms                    histogram: voice-to-voice, measured by the
                                                caller ({"type": "measured"} messages)
-    rejoinder_tool_duration_ms{tool,status}    histogram: none observed until tools land
+    rejoinder_tool_duration_ms{tool,status}    histogram: a tool call's time (ok, error,
+                                               timeout; prefetched ones too)
     rejoinder_turns_total{outcome}             counter
     rejoinder_guardrail_total{action,rule}     caller turns and clauses blocked or flagged
     rejoinder_speculative_{starts,commits,wasted,restarts}_total
     rejoinder_{interruptions,false_interruptions,backchannels,fillers}_total
+    rejoinder_tool_fillers_total, rejoinder_tool_prefetch_{hits,misses,wasted}_total
     rejoinder_provider_errors_total{provider,code}   a turn failed: llm_timeout, ...
     rejoinder_phrase_cache_{hits,misses}_total
     rejoinder_llm_prompt_tokens_total{source}  source: cached | evaluated
     rejoinder_active_calls, rejoinder_store_queue_depth      gauges
     rejoinder_store_dropped_total              records dropped by a full store queue
+    rejoinder_provider_fallbacks_total{kind,backend,reason}  a backend of a chain passed
+                                               a request on ([[llm.backends]], ...)
+    rejoinder_provider_timeouts_total{kind,backend}, rejoinder_provider_breaker_transitions_total
+                                               {kind,backend,state}
 """
 
 from __future__ import annotations
@@ -56,9 +62,15 @@ STATS = {"speculative_starts": "Replies started speculatively at a pause",
          "interruptions": "Replies cut off by the caller speaking over them",
          "false_interruptions": "Caller sounds over the agent that let it resume",
          "backchannels": "Backchannels (mm-hm) over the agent that let it resume",
-         "fillers": "Fillers said while no reply was ready"}
+         "fillers": "Fillers said while no reply was ready",
+         "tool_fillers": "Fillers said while a tool was slow",
+         "prefetch_hits": "Read-only tool calls started before the turn was confirmed, used",
+         "prefetch_misses": "Read-only tool calls a confirmed reply had to start itself",
+         "prefetch_wasted": "Read-only tool calls started ahead and never used"}
 _STAT_NAMES = {"speculative_starts": "speculative_starts", "commits": "speculative_commits",
-               "wasted": "speculative_wasted", "restarts": "speculative_restarts"}
+               "wasted": "speculative_wasted", "restarts": "speculative_restarts",
+               "prefetch_hits": "tool_prefetch_hits", "prefetch_misses": "tool_prefetch_misses",
+               "prefetch_wasted": "tool_prefetch_wasted"}
 _CODE = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # an error code; anything else is "error"
 _RULE = re.compile(r"[a-z][a-z0-9_]{0,39}(?::[a-z0-9_]{1,40})?")  # a guardrail's rule name
 
@@ -80,7 +92,6 @@ class Metrics:
         self.caller_v2v_ms = Histogram(
             "rejoinder_caller_v2v_ms", "Voice-to-voice latency measured by the caller",
             buckets=MS_BUCKETS, registry=r)
-        # Defined for the tool loop; nothing observes it before tools exist.
         self.tool_ms = Histogram(
             "rejoinder_tool_duration_ms", "Time a tool call took", ["tool", "status"],
             buckets=MS_BUCKETS, registry=r)
@@ -105,11 +116,14 @@ class Metrics:
               queue_depth: Callable[[], int] | None = None,
               dropped: Callable[[], int] | None = None,
               phrase_cache: Callable[[], Mapping[str, object]] | None = None,
-              llm_prompt: Callable[[], Mapping[str, int]] | None = None) -> None:
+              llm_prompt: Callable[[], Mapping[str, int]] | None = None,
+              fallback: Callable[[], Mapping[tuple[str, str, str, str], int]] | None = None,
+              ) -> None:
         """Numbers kept elsewhere, read at each scrape; None: not exposed."""
         s = self._sources
         s.active_calls, s.queue_depth, s.dropped = active_calls, queue_depth, dropped
         s.phrase_cache, s.llm_prompt = phrase_cache, llm_prompt
+        s.fallback = fallback
 
     def exposition(self) -> bytes:
         """The Prometheus text format (``CONTENT_TYPE_LATEST``)."""
@@ -151,6 +165,11 @@ class CallMetrics:
             rule = rule if isinstance(rule, str) and _RULE.fullmatch(rule) else "other"
             if action in ("blocked", "flagged"):
                 self.metrics.guardrails.labels(action=action, rule=rule).inc()
+        elif kind == "tool":
+            status, ms, name = event.get("status"), event.get("ms"), event.get("name")
+            if (status in ("ok", "error", "timeout") and isinstance(ms, int | float)
+                    and math.isfinite(ms) and isinstance(name, str)):
+                self.metrics.tool_ms.labels(tool=name[:64], status=status).observe(ms)
         elif kind == "measured":
             v2v = event.get("v2v_ms")
             if isinstance(v2v, int | float) and math.isfinite(v2v):
@@ -189,6 +208,7 @@ class _Sources(Collector):
         self.dropped: Callable[[], int] | None = None
         self.phrase_cache: Callable[[], Mapping[str, object]] | None = None
         self.llm_prompt: Callable[[], Mapping[str, int]] | None = None
+        self.fallback: Callable[[], Mapping[tuple[str, str, str, str], int]] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return ()  # the set depends on what is watched; collected fresh each scrape
@@ -225,3 +245,27 @@ class _Sources(Collector):
             for source in ("cached", "evaluated"):
                 family.add_metric([source], prompt.get(source, 0))
             yield family
+        if self.fallback is not None:
+            yield from _fallback_families(self.fallback())
+
+
+def _fallback_families(counts: Mapping[tuple[str, str, str, str], int]) -> Iterable[Metric]:
+    """The counts of the provider chains (``providers.breaker.FallbackStats``)."""
+    fallbacks = CounterMetricFamily(
+        "rejoinder_provider_fallbacks", "Requests a backend passed on to the next one, by "
+        "why: failed, timeout, unavailable, open (its circuit)",
+        labels=["kind", "backend", "reason"])
+    timeouts = CounterMetricFamily("rejoinder_provider_timeouts",
+                                   "Backend requests that missed a time limit",
+                                   labels=["kind", "backend"])
+    breakers = CounterMetricFamily("rejoinder_provider_breaker_transitions",
+                                   "Circuit breaker changes, by the state entered",
+                                   labels=["kind", "backend", "state"])
+    for (event, kind, backend, detail), n in sorted(counts.items()):
+        if event == "fallback":
+            fallbacks.add_metric([kind, backend, detail], n)
+        elif event == "timeout":
+            timeouts.add_metric([kind, backend], n)
+        elif event == "breaker":
+            breakers.add_metric([kind, backend, detail], n)
+    yield from (fallbacks, timeouts, breakers)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, final
@@ -28,13 +28,17 @@ import numpy as np
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.errors import ProviderError, ProviderTimeout
 from rejoinder.core.redact import redact as redact_text
+from rejoinder.tools.base import Tool, ToolCall
 
 if TYPE_CHECKING:
     from rejoinder.guardrails import Guardrails
+    from rejoinder.tools.box import Toolbox
 
 log = logging.getLogger(__name__)
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+#: What an LLM stream yields: a text delta, or a whole tool call (arguments assembled).
+StreamItem = str | ToolCall
 T = TypeVar("T")
 
 
@@ -74,6 +78,8 @@ class ChatMessage:
     role: Role
     content: str
     interrupted: bool = False  # an assistant reply the caller cut off; content is what they heard
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message: the calls it asked for
+    tool_call_id: str | None = None  # a "tool" message: the call whose result (JSON) it holds
 
 
 class VADStream(ABC):
@@ -309,7 +315,8 @@ class LLM(_Streaming):
     Both ways in, ``stream`` and ``prefill``, are final (implementations write ``_stream``
     and ``_prefill``) and pass the messages through :meth:`outgoing` first. With ``redact``
     on (the default; ``llm.redact`` in the configuration), personal data in the caller's
-    messages is replaced there by placeholders, so no implementation ever sees it. System
+    messages is replaced there by placeholders, so no implementation ever sees it; tool
+    results are treated the same way (a lookup may return the caller's own data). System
     and assistant messages are the agent's own text (the operator's prompt, and replies
     written from redacted words) and pass unchanged. Redaction is deterministic: the same
     history always makes the same prompt, and a prompt cache keeps its prefix turn to turn.
@@ -327,7 +334,7 @@ class LLM(_Streaming):
             return messages
         out: list[ChatMessage] = []
         for m in messages:
-            if m.role == "user":
+            if m.role in ("user", "tool"):
                 text = redact_text(m.content)
                 if text != m.content:
                     m = replace(m, content=text)
@@ -335,14 +342,20 @@ class LLM(_Streaming):
         return out
 
     @final
-    async def stream(self, messages: list[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(self, messages: list[ChatMessage],
+                     tools: Sequence[Tool] = ()) -> AsyncGenerator[StreamItem, None]:
+        """Text deltas and, when ``tools`` are offered, whole :class:`ToolCall` items."""
         messages = self.outgoing(messages)
-        async with aclosing(self._guard(self._stream(messages), "token")) as deltas:
+        items = self._stream(messages, tools) if tools else self._stream(messages)
+        async with aclosing(self._guard(items, "token")) as deltas:
             async for delta in deltas:  # closed with this generator: the request ends now
                 yield delta  # type: ignore[misc]
 
     @abstractmethod
-    def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]: ...
+    def _stream(self, messages: list[ChatMessage],
+                tools: Sequence[Tool] = ()) -> AsyncIterator[StreamItem]:
+        """Text deltas, and a :class:`ToolCall` per call the model makes (only when
+        ``tools`` is not empty; a model that cannot call tools ignores them)."""
 
     async def warm(self, messages: list[ChatMessage]) -> None:
         """Evaluate ``messages`` (the system prompt) so later calls reuse the prefix."""
@@ -430,6 +443,7 @@ class Stack:
     llm: LLM
     tts: TTS
     turn: TurnModel | None = None  # None: the end of a turn is taken from silence alone
+    tools: Toolbox | None = None  # what the agent may call (rejoinder.tools.load_tools)
     guardrails: Guardrails | None = None  # checks on caller turns and clauses ([guardrails])
 
     async def warm(self, system: list[ChatMessage]) -> None:
@@ -442,7 +456,8 @@ class Stack:
     async def close(self, deadline_s: float = 5.0) -> None:
         """Close every provider, each within ``deadline_s`` (one that hangs is logged by
         name and left behind)."""
-        for p in (self.vad, self.stt, self.llm, self.tts, self.turn, self.guardrails):
+        for p in (self.vad, self.stt, self.llm, self.tts, self.turn, self.tools,
+                  self.guardrails):
             close = getattr(p, "close", None)
             if p is not None and close is not None:
                 result = close()

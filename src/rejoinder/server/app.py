@@ -233,6 +233,7 @@ class Server:
                                         agent=self.config.agent.name)
             self.call_logs[call.id] = record
             call.observers.append(record.on_event)
+            call.conversation.records.append(record.on_event)  # tool arguments
         try:
             # Answering includes ICE gathering; it must not hold the slot for longer
             # than a caller gets to connect.

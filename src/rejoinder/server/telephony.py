@@ -152,6 +152,7 @@ class PhoneLine:
                                           twilio_call_sid=start.call_sid)
             server.call_logs[call.id] = record
             call.observers.append(record.on_event)
+            call.conversation.records.append(record.on_event)  # tool arguments
             record.begin()
         return True
 

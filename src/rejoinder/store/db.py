@@ -83,7 +83,17 @@ class TurnMeasured:
     caller_v2v_ms: float
 
 
-Write = CallStart | CallEnd | TurnRecord | TurnMeasured
+@dataclass
+class ToolCallLate:
+    """A tool call that finished after its turn's record was written (a side effect the
+    caller talked over: it completes, and is recorded under that turn)."""
+
+    call_id: str
+    turn_seq: int
+    tool_call: ToolCallRecord
+
+
+Write = CallStart | CallEnd | TurnRecord | TurnMeasured | ToolCallLate
 
 
 def default_sqlite_path() -> Path:
@@ -161,6 +171,11 @@ class Store:
                     await conn.execute(CallRow.__table__.update().where(  # type: ignore[attr-defined]
                         CallRow.id == item.call_id).values(
                         ended_at=item.ended_at, outcome=item.outcome))
+                elif isinstance(item, ToolCallLate):
+                    t = item.tool_call
+                    await conn.execute(ins(ToolCallRow).values(
+                        call_id=item.call_id, turn_seq=item.turn_seq, name=t.name,
+                        arguments=t.arguments, duration_ms=t.duration_ms, status=t.status))
                 elif isinstance(item, TurnMeasured):  # the first measurement stays
                     await conn.execute(TurnRow.__table__.update().where(  # type: ignore[attr-defined]
                         TurnRow.call_id == item.call_id, TurnRow.turn == item.turn,

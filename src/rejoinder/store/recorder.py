@@ -25,7 +25,16 @@ from rejoinder.config import StoreOptions
 from rejoinder.core.clock import Clock
 from rejoinder.core.redact import redact
 from rejoinder.core.tasks import cancel_and_wait
-from rejoinder.store.db import CallEnd, CallStart, Store, TurnMeasured, TurnRecord, Write
+from rejoinder.store.db import (
+    CallEnd,
+    CallStart,
+    Store,
+    ToolCallLate,
+    ToolCallRecord,
+    TurnMeasured,
+    TurnRecord,
+    Write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +221,8 @@ class CallLog:
         self._heard: dict[int, str] = {}
         self._errors: dict[int, str] = {}
         self._measured: dict[int, float] = {}  # caller's v2v of turns not yet finished
-        self._finished: set[int] = set()
+        self._tools: dict[int, list[ToolCallRecord]] = {}
+        self._finished: dict[int, int] = {}  # turn -> its seq
 
     @property
     def call_id(self) -> str:
@@ -252,6 +262,8 @@ class CallLog:
             self._errors[turn] = code if isinstance(code, str) else "error"
         elif kind == "trace":
             self._finish_turn(turn, event)
+        elif kind == "tool_record":  # the conversation's ``records`` sink, not the caller's
+            self._tool(turn, event)
         elif kind == "measured":  # the caller's latency (validated by the call)
             v2v = event.get("v2v_ms")
             if not isinstance(v2v, int | float):
@@ -260,6 +272,22 @@ class CallLog:
                 self.recorder.put(TurnMeasured(self.call_id, turn, float(v2v)))
             else:
                 self._measured.setdefault(turn, float(v2v))
+
+    def _tool(self, turn: int, event: dict[str, object]) -> None:
+        status = str(event.get("status", ""))
+        status = status if _CODE.fullmatch(status) else "error"
+        ms = event.get("ms")
+        arguments = str(event.get("arguments", ""))
+        record = ToolCallRecord(
+            name=str(event.get("name", ""))[:200],
+            arguments=redact(arguments) if self.recorder.redact_text else arguments,
+            status=status, duration_ms=float(ms) if isinstance(ms, int | float) else None)
+        seq = self._finished.get(turn)
+        if seq is None:
+            self._tools.setdefault(turn, []).append(record)
+        else:
+            self.begin()
+            self.recorder.put(ToolCallLate(self.call_id, seq, record))
 
     def _finish_turn(self, turn: int, trace: dict[str, object]) -> None:
         self.begin()
@@ -290,8 +318,9 @@ class CallLog:
             stages_ms={k: float(v) for k, v in stages.items() if isinstance(v, int | float)}
             if isinstance(stages, dict) else {},
             caller_v2v_ms=self._measured.pop(turn, None),
+            tool_calls=self._tools.pop(turn, []),
         ))
-        self._finished.add(turn)
+        self._finished[turn] = self._seq
         self._seq += 1
 
 

@@ -26,6 +26,10 @@ from rejoinder.providers.base import (
     TurnModel,
     VADStream,
 )
+from rejoinder.tools.base import Tool, ToolCall
+
+#: A scripted LLM reply: text (streamed word by word), or text and tool calls in order.
+Scripted = str | Sequence[str | ToolCall]
 
 
 @dataclass(frozen=True)
@@ -126,16 +130,22 @@ class FakeSTT(STT):
 class FakeLLM(LLM):
     """Streams a scripted reply word by word: first token after ``first_s``, then one
     token every ``per_item_s``. Records the messages of every request (``requests``) and
-    of every prefill (``prefills``), as a provider receives them: redacted."""
+    of every prefill (``prefills``), as a provider receives them: redacted.
+
+    A reply may be a list of text and :class:`ToolCall` items: the calls are yielded
+    whole, in their place, when the request offers tools (the names offered are kept in
+    ``offered``); a request without tools gets only the text."""
 
     name = "fake-llm"
 
-    def __init__(self, replies: Sequence[str] | Callable[[list[ChatMessage]], str] = ("Hi.",),
+    def __init__(self, replies: Sequence[Scripted]
+                 | Callable[[list[ChatMessage]], Scripted] = ("Hi.",),
                  latency: Latency = Latency(), clock: Clock | None = None, *,
                  turn_end: Callable[[str], float | None] | None = None,
                  turn_end_s: float = 0.0) -> None:
         self.replies = replies
         self.requests: list[list[ChatMessage]] = []
+        self.offered: list[tuple[str, ...]] = []  # tool names offered, per request
         self.prefills: list[list[ChatMessage]] = []
         #: ``turn_end_p``: P(turn end) for the caller's last words, answered after
         #: ``turn_end_s``; None: the model cannot tell. Every question is kept in ``turn_ends``.
@@ -146,13 +156,23 @@ class FakeLLM(LLM):
         self.tokens_sent = 0
         self._waits = _Waits(latency, clock)
 
-    async def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    async def _stream(self, messages: list[ChatMessage],
+                      tools: Sequence[Tool] = ()) -> AsyncIterator[str | ToolCall]:
         self.requests.append(list(messages))
+        self.offered.append(tuple(t.name for t in tools))
         if callable(self.replies):
-            text = self.replies(messages)
+            script = self.replies(messages)
         else:
-            text = self.replies[(len(self.requests) - 1) % len(self.replies)]
-        words = text.split(" ")
+            script = self.replies[(len(self.requests) - 1) % len(self.replies)]
+        words: list[str | ToolCall] = []
+        if isinstance(script, str):
+            words.extend(script.split(" "))
+        for part in () if isinstance(script, str) else script:
+            if isinstance(part, ToolCall):
+                if tools:
+                    words.append(part)
+            elif part:
+                words.extend(w for w in part.split(" ") if w)
         finished = False
         try:
             await self._waits.hang_if_asked()
@@ -163,7 +183,7 @@ class FakeLLM(LLM):
                 await self._waits.stall_if_asked(i)
                 self._waits.drop_if_asked(i)
                 self.tokens_sent += 1
-                yield word if i == 0 else " " + word
+                yield word if i == 0 or isinstance(word, ToolCall) else " " + word
             finished = True
         finally:
             if not finished:

@@ -41,6 +41,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -52,10 +53,12 @@ from rejoinder.core.tasks import cancel_all
 from rejoinder.observability.logs import call_id_var
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import LLM, ChatMessage, Stack
+from rejoinder.tools.base import ToolCall
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
 from rejoinder.turn.reply import Reply, caller_error
+from rejoinder.turn.tools import Prefetch, prefetch_from_words
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class Conversation:
         clock: Clock | None = None,
         call_id: str = "-",
         greeting: str | None = None,
+        records: list[EventSink] | None = None,
     ) -> None:
         self.stack = stack
         self.opts = options or TurnOptions()
@@ -111,6 +115,9 @@ class Conversation:
         self.system = ChatMessage("system", system_prompt)
         self.history: list[ChatMessage] = []
         self.events: EventSink = events or (lambda e: None)
+        #: Sinks for the call's record only, never the caller: ``tool_record`` events,
+        #: with the tool's arguments (redacted).
+        self.records: list[EventSink] = list(records or ())
         self.playout = playout or Playout()
         self.playout.on_clause_start = self._on_clause_start
         self.greeting = greeting
@@ -149,6 +156,9 @@ class Conversation:
         self._prefilled = ""            # the caller's words last read ahead into the LLM
         self._prefill: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
+        #: fillers, tool_fillers, prefetch_hits, prefetch_misses, prefetch_wasted (and above)
+        self.prefetch = Prefetch(self.clock, self.stats)
+        self._tool_tasks: set[asyncio.Task[Any]] = set()  # started side effects
 
     # -- the caller side ---------------------------------------------------------------
     async def run(self, frames: AsyncIterator[PCM]) -> None:
@@ -185,6 +195,9 @@ class Conversation:
         if reply is not None:
             await reply.cancel()
             self._finish(reply, "abandoned")
+        self.prefetch.drop()
+        if self._tool_tasks:  # a started side effect completes (each within its timeout_s)
+            await asyncio.wait(set(self._tool_tasks))
 
     def _remember(self, frame: PCM) -> None:
         """Keep the last ``preroll_s`` of audio before speech: onsets are soft."""
@@ -404,6 +417,11 @@ class Conversation:
             return
         self._prefilled = text
         messages = [self.system, *self.history, ChatMessage("user", text)]
+        box = self.stack.tools
+        if box and box.prefetch and any(not t.side_effects for t in box.tools.values()):
+            # The same prompt, asked for the tools it would call: it reads ahead as well.
+            self._prefill = self._spawn(prefetch_from_words(self, box, messages), "prefetch")
+            return
         self._prefill = self._spawn(self._prefill_llm(messages), "prefill")
 
     async def _prefill_llm(self, messages: list[ChatMessage]) -> None:
@@ -563,9 +581,31 @@ class Conversation:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed", task.get_name(), exc_info=exc)
 
+    def spawn_tool(self, coro: Coroutine[object, object, Any], name: str) -> asyncio.Task[Any]:
+        """A side-effecting tool call: held here, not by its reply, so that it completes
+        even if the reply is cancelled."""
+        task = asyncio.create_task(coro, name=f"tool-{name}")
+        self._tool_tasks.add(task)
+        task.add_done_callback(self._tool_tasks.discard)
+        return task
+
+    def record(self, event: Event) -> None:
+        for sink in self.records:
+            sink(event)
+
+    def tool_exchange_late(self, call: ToolCall, result: str) -> None:
+        """A side effect that completed after its reply was cancelled: the history says so,
+        or the next reply would not know (and might do it again)."""
+        self.history.append(ChatMessage("assistant", "", tool_calls=(call,)))
+        self.history.append(ChatMessage("tool", result, tool_call_id=call.id))
+
     def _commit(self, reply: Reply, agent_text: str, interrupted: bool) -> None:
         if reply.user_text:
             self.history.append(ChatMessage("user", reply.user_text))
+        if exchange := getattr(reply, "tool_exchange", None):  # a reply that called tools
+            self.history.extend(exchange)
+            if not interrupted:
+                agent_text = reply.final_text()
         if agent_text:  # an interruption before the first word leaves nothing said
             self.history.append(ChatMessage("assistant", agent_text, interrupted=interrupted))
         cap = self.opts.max_history_messages
@@ -580,6 +620,8 @@ class Conversation:
     def _finish(self, reply: Reply, outcome: str) -> None:
         if reply.trace.outcome != "pending":
             return
+        if reply.canned is None:
+            self.prefetch.drop()  # the turn is over: what nobody took was wasted
         reply.trace.outcome = outcome
         self.playout.forget(reply.turn)
         rec = reply.trace.emit()

@@ -22,7 +22,9 @@ from rejoinder.core.tasks import cancel_all, cancel_and_wait
 from rejoinder.guardrails.inline import ReplyGuard
 from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage
+from rejoinder.tools.base import ToolCall
 from rejoinder.turn.clauses import ClauseSplitter, split_clauses
+from rejoinder.turn.tools import run_tool_rounds
 
 if TYPE_CHECKING:
     from rejoinder.turn.engine import Conversation
@@ -70,6 +72,11 @@ class Reply:
             self.confirmed.set()
         self.task: asyncio.Task[None] | None = None
         self._announced = False
+        #: Tool rounds, for the history: assistant messages with tool calls, and results.
+        self.tool_exchange: list[ChatMessage] = []
+        self._text_mark = 0  # where in ``text`` the words after the last tool round start
+        self._tool_events: list[dict[str, object]] = []  # held until confirmed
+        self._claims: list[ToolCall] = []  # prefetched results used before confirmation
         rails = conv.stack.guardrails
         self.guard = None if rails is None or canned is not None else ReplyGuard(
             rails.checks, turn, rails.safe_line, conv.events, confirmed=not speculative)
@@ -88,6 +95,17 @@ class Reply:
         self._announce()
         if self.guard is not None:
             self.guard.confirm()  # its held events go out
+        self.conv.prefetch.claim(self._claims)
+        events, self._tool_events = self._tool_events, []
+        for event in events:
+            self.conv.events(event)
+
+    def _tool_event(self, event: dict[str, object]) -> None:
+        """Tool events reach the caller only once the turn is confirmed."""
+        if self.confirmed.is_set():
+            self.conv.events(event)
+        else:
+            self._tool_events.append(event)
 
     def _announce(self) -> None:
         """Show the caller's words once they are both known and confirmed."""
@@ -161,22 +179,66 @@ class Reply:
             for clause in split_clauses(self.canned, conv.opts.clause_min_words):
                 self._clause_ready(clause, clauses)
             return
-        splitter = ClauseSplitter(conv.opts.clause_min_words)
         messages = [conv.system, *conv.history, ChatMessage("user", self.user_text)]
+        box = conv.stack.tools
+        if box:
+            def say(text: str, filler: bool) -> None:
+                if filler:
+                    conv.stats["tool_fillers"] += 1
+                    clauses.put_nowait((text, True))
+                else:  # the apology, after the round's results
+                    self._text_mark = len(self.text)
+                    for clause in split_clauses(text, conv.opts.clause_min_words):
+                        self._clause_ready(clause, clauses)
+
+            async def speak_round(msgs: list[ChatMessage],
+                                  offer: bool) -> tuple[str, list[ToolCall]]:
+                self._text_mark = len(self.text)
+                return await self._speak_round(msgs, clauses, offer)
+
+            await run_tool_rounds(conv, box, self.turn, self.confirmed, messages, speak_round,
+                                  say, self._tool_event, self.tool_exchange, self._claims)
+            return
+        await self._speak_round(messages, clauses, False)
+
+    async def _speak_round(self, messages: list[ChatMessage],
+                           clauses: asyncio.Queue[_Clause | None],
+                           offer_tools: bool) -> tuple[str, list[ToolCall]]:
+        """One LLM request: its text is split into clauses and queued for speech as it
+        comes (text before a tool call is spoken at once); returns (text, tool calls)."""
+        conv = self.conv
+        splitter = ClauseSplitter(conv.opts.clause_min_words)
+        box = conv.stack.tools
+        tools = box.offered() if offer_tools and box else ()
+        calls: list[ToolCall] = []
+        parts: list[str] = []
         sentences = 0
-        stream = conv.stack.llm.stream(messages)
+        stream = conv.stack.llm.stream(messages, tools)
         try:
             async for delta in stream:
                 self.trace.mark("llm_first_token", conv.clock.now())
+                if isinstance(delta, ToolCall):
+                    if not calls:  # what was said before it is spoken now, not after
+                        for clause in splitter.flush():
+                            self._clause_ready(clause, clauses)
+                    calls.append(delta)
+                    continue
+                parts.append(delta)
                 for clause in splitter.push(delta):
                     if self._clause_ready(clause, clauses):
                         sentences += clause[-1] in _SENTENCE_MARKS
-                if sentences >= conv.opts.max_reply_sentences:
-                    return  # long enough for speech; closing the stream stops the LLM
+                if sentences >= conv.opts.max_reply_sentences and not calls:
+                    return "".join(parts).strip(), []  # long enough for speech; closing
+                    # the stream stops the LLM
         finally:
             await stream.aclose()
         for clause in splitter.flush():
             self._clause_ready(clause, clauses)
+        return "".join(parts).strip(), calls
+
+    def final_text(self) -> str:
+        """What the reply said after its last tool results (all of it without tools)."""
+        return self.text[self._text_mark:].strip()
 
     def _clause_ready(self, clause: str, clauses: asyncio.Queue[_Clause | None]) -> bool:
         """Queue ``clause`` for speech; False if it has nothing to say ("..." or "—" alone:
