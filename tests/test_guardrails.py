@@ -282,6 +282,8 @@ def test_a_remote_check_overlaps_the_previous_clause_so_only_the_first_clause_wa
         return _clause_starts(events), ear.first_loud_after(0)
 
     (plain_1, plain_2), plain_audio = run([])
+    (local_1, local_2), local_audio = run([LocalGuardrail()])
+    assert (local_1, local_2, local_audio) == (plain_1, plain_2, plain_audio)  # no wait
     moderation = FakeModeration(latency_s=0.15)
     (mod_1, mod_2), mod_audio = run([LocalGuardrail(), moderation])
     assert moderation.checked == ["hello", "Your table is booked for two.",
