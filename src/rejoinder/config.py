@@ -322,6 +322,112 @@ def _check_backends(section: str, provider: str, backends: list[Any]) -> None:
 
 
 @dataclass(frozen=True)
+class _Backend:
+    """What every ``[[stt.backends]]``, ``[[llm.backends]]``, ``[[tts.backends]]`` entry has
+    besides its provider's own fields (rejoinder.providers.fallback): a name for logs and
+    metrics (default: the provider and its place, "openai-1") and its circuit breaker."""
+
+    name: str = ""
+    timeout_s: float = 10.0  # the first item: token, transcript (whole request), audio
+    stream_idle_timeout_s: float = 5.0  # every later one
+    breaker_failures: int = 3  # failures within breaker_window_s that take it out...
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 30.0  # ...for this long; then one request probes it
+
+    def check(self, where: str) -> None:
+        check_numbers(self, where, {"breaker_failures": (1, 1000),
+                                    "breaker_window_s": (0.001, 86_400.0),
+                                    "breaker_cooldown_s": (0.001, 86_400.0)})
+        _idle_limit(where, self.stream_idle_timeout_s)
+        if not 0 < self.timeout_s <= 600:
+            raise ConfigError(f"{where}.timeout_s", "must be positive, at most 600 s")
+
+
+@dataclass(frozen=True)
+class LLMBackendOptions(_Backend):
+    """One ``[[llm.backends]]``: the fields of [llm] for one provider, and its rule:
+    ``route = "tools"`` (preferred when the turn offers tools), ``max_words`` (preferred
+    when the caller's words are at most this many; 0: no such rule)."""
+
+    provider: str = "local"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key: str = ""
+    temperature: float = 0.3
+    max_tokens: int = 60
+    route: str = ""
+    max_words: int = 0
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_numbers(self, where, {"temperature": (0.0, 2.0), "max_tokens": (1, 100_000),
+                                    "max_words": (0, 10_000)})
+        if self.provider not in ("local", "openai"):
+            raise ConfigError(f"{where}.provider",
+                              f"{self.provider!r} is not 'local' or 'openai'")
+        if self.provider == "openai":
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}.base_url", "must start with http:// or https://")
+            if not self.model:
+                raise ConfigError(f"{where}.model", "is required for an 'openai' provider")
+        if self.route not in ("", "tools"):
+            raise ConfigError(f"{where}.route", f"{self.route!r} is not '' or 'tools'")
+
+    def __repr__(self) -> str:
+        return f"LLMBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
+               f"base_url={self.base_url!r}, model={self.model!r})"
+
+
+@dataclass(frozen=True)
+class STTBackendOptions(_Backend):
+    """One ``[[stt.backends]]``: the fields of [stt] for one provider."""
+
+    provider: str = "local"
+    url: str = ""
+    api_key: str = ""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        _remote_or_local(where, self.provider, self.url)
+
+    def __repr__(self) -> str:
+        return f"STTBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
+               f"url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class TTSBackendOptions(_Backend):
+    """One ``[[tts.backends]]``: the fields of [tts] for one provider."""
+
+    provider: str = "local"
+    url: str = ""
+    api_key: str = ""
+    sample_rate: int = 24_000
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_numbers(self, where, {"sample_rate": (8_000, 48_000)})
+        _remote_or_local(where, self.provider, self.url)
+
+    def __repr__(self) -> str:
+        return f"TTSBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
+               f"url={self.url!r})"
+
+
+def _check_backends(section: str, provider: str, backends: list[Any]) -> None:
+    """Each entry checked, named by its place (``llm.backends[1].model``)."""
+    if backends and provider != "local":
+        raise ConfigError(f"{section}.backends", f"give the providers either in [{section}] "
+                          f"or as [[{section}.backends]], not both")
+    names: set[str] = set()
+    for i, backend in enumerate(backends):
+        backend.check(f"{section}.backends[{i}]")
+        if backend.name and backend.name in names:
+            raise ConfigError(f"{section}.backends[{i}].name", f"{backend.name!r} is taken")
+        names.add(backend.name)
+
+
+@dataclass(frozen=True)
 class LLMOptions:
     provider: str = "local"  # "local" (embedded SmolLM2) or "openai" (any compatible server)
     base_url: str = "http://127.0.0.1:8000/v1"

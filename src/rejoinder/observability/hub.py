@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from rejoinder.core.errors import MissingExtraError
 from rejoinder.observability.metrics import CallMetrics, Metrics
+from rejoinder.providers.fallback import chain_counts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,7 +43,8 @@ class Observability:
             # Read at scrape time from the providers that keep them (the phrase cache,
             # the embedded LLM); other providers have no such numbers.
             phrase_cache=getattr(stack.tts, "stats", None),
-            llm_prompt=getattr(stack.llm, "prompt_cache_stats", None))
+            llm_prompt=getattr(stack.llm, "prompt_cache_stats", None),
+            fallback=chain_counts(stack.stt, stack.llm, stack.tts))
         if telemetry is None and config.telemetry.otlp_endpoint:
             telemetry = start_telemetry(config, stack)
         self.telemetry = telemetry

@@ -6,7 +6,8 @@ Voice activity detection and the end-of-turn model (``turn.model``) always run l
 ``kind="fake"`` replaces every local provider with a fixed-latency fake (no models; for
 trying the page and for tests) and ends turns on silence alone. Every TTS is wrapped in a
 :class:`PhraseCache`; every LLM redacts the caller's words unless ``llm.redact`` is off.
-Every STT, LLM and TTS gets its section's ``stream_idle_timeout_s``.
+Every STT, LLM and TTS gets its section's ``stream_idle_timeout_s``. A section with
+``backends`` (or ``fallback_to_local``) gets a chain (:mod:`rejoinder.providers.chains`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from rejoinder.config import Config
 from rejoinder.core.errors import MissingExtraError
 from rejoinder.guardrails import build_guardrails
 from rejoinder.providers.base import LLM, STT, TTS, VAD, Stack, TurnModel
+from rejoinder.providers.breaker import FallbackStats
+from rejoinder.providers.chains import (
+    build_llm_chain,
+    build_stt_chain,
+    build_tts_chain,
+    chained,
+)
 from rejoinder.providers.phrase_cache import PhraseCache
 
 log = logging.getLogger(__name__)
@@ -30,14 +38,24 @@ def build_stack(config: Config, kind: str = "local") -> Stack:
     with ExitStack() as loaded:  # closes what did load if a later provider fails
         vad = _vad(kind)
         loaded.callback(_close, vad)
-        stt = _stt(config, kind)
-        stt.stream_idle_timeout_s = config.stt.stream_idle_timeout_s
+        stats = FallbackStats()  # shared by the chains of [[stt/llm/tts.backends]], if any
+        if chained(config.stt):
+            stt: STT = build_stt_chain(config, kind, stats)
+        else:
+            stt = _stt(config, kind)
+            stt.stream_idle_timeout_s = config.stt.stream_idle_timeout_s
         loaded.callback(_close, stt)
-        llm = _llm(config, kind)
-        llm.stream_idle_timeout_s = config.llm.stream_idle_timeout_s
+        if chained(config.llm):
+            llm: LLM = build_llm_chain(config, kind, stats)
+        else:
+            llm = _llm(config, kind)
+            llm.stream_idle_timeout_s = config.llm.stream_idle_timeout_s
         loaded.callback(_close, llm)
-        inner = _tts(config, kind)
-        inner.stream_idle_timeout_s = config.tts.stream_idle_timeout_s
+        if chained(config.tts):
+            inner: TTS = build_tts_chain(config, kind, stats)
+        else:
+            inner = _tts(config, kind)
+            inner.stream_idle_timeout_s = config.tts.stream_idle_timeout_s
         tts = PhraseCache(inner)
         tts.stream_idle_timeout_s = inner.stream_idle_timeout_s
         loaded.callback(_close, tts)

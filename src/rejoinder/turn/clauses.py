@@ -49,6 +49,11 @@ class ClauseSplitter:
             if clause:
                 out.append(clause)
 
+    @property
+    def pending(self) -> str:
+        """The text pushed but not yet cut into a clause."""
+        return self._buf
+
     def flush(self) -> list[str]:
         clause = clean_for_speech(self._buf).strip()
         self._buf = ""
