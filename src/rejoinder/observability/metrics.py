@@ -29,10 +29,6 @@ not pushed.
                                                a request on ([[llm.backends]], ...)
     rejoinder_provider_timeouts_total{kind,backend}, rejoinder_provider_breaker_transitions_total
                                                {kind,backend,state}
-    rejoinder_provider_fallbacks_total{kind,backend,reason}  a backend of a chain passed
-                                               a request on ([[llm.backends]], ...)
-    rejoinder_provider_timeouts_total{kind,backend}, rejoinder_provider_breaker_transitions_total
-                                               {kind,backend,state}
 """
 
 from __future__ import annotations
@@ -249,30 +245,6 @@ class _Sources(Collector):
             for source in ("cached", "evaluated"):
                 family.add_metric([source], prompt.get(source, 0))
             yield family
-        if self.fallback is not None:
-            yield from _fallback_families(self.fallback())
-
-
-def _fallback_families(counts: Mapping[tuple[str, str, str, str], int]) -> Iterable[Metric]:
-    """The counts of the provider chains (``providers.breaker.FallbackStats``)."""
-    fallbacks = CounterMetricFamily(
-        "rejoinder_provider_fallbacks", "Requests a backend passed on to the next one, by "
-        "why: failed, timeout, unavailable, open (its circuit)",
-        labels=["kind", "backend", "reason"])
-    timeouts = CounterMetricFamily("rejoinder_provider_timeouts",
-                                   "Backend requests that missed a time limit",
-                                   labels=["kind", "backend"])
-    breakers = CounterMetricFamily("rejoinder_provider_breaker_transitions",
-                                   "Circuit breaker changes, by the state entered",
-                                   labels=["kind", "backend", "state"])
-    for (event, kind, backend, detail), n in sorted(counts.items()):
-        if event == "fallback":
-            fallbacks.add_metric([kind, backend, detail], n)
-        elif event == "timeout":
-            timeouts.add_metric([kind, backend], n)
-        elif event == "breaker":
-            breakers.add_metric([kind, backend, detail], n)
-    yield from (fallbacks, timeouts, breakers)
         if self.fallback is not None:
             yield from _fallback_families(self.fallback())
 
