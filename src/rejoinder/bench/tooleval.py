@@ -1,6 +1,6 @@
 """Tool calling on the embedded model, scored on the booking line's test set (``toolset``).
 
-``python -m rejoinder.bench.tooleval [--modes intent,grammar,prompt] [--json OUT]``
+``python -m rejoinder.bench.tooleval [--modes plain,intent,...] [--json OUT]``
 
 Each way of calling tools (``SmolLMOptions.tool_mode``) gets every caller turn of both parts
 (``tune`` and ``held_out``) after the agent's system prompt, through ``LLM.stream`` with the
@@ -30,14 +30,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rejoinder.bench.toolset import PARTS, Case, args_match, booking_tools
+from rejoinder.bench.toolset import PARTS, Case, agent_tools, args_match, booking_tools
 from rejoinder.providers.base import LLM, ChatMessage
 from rejoinder.providers.local.toolchoice import IntentStage
 from rejoinder.tools.base import Tool, ToolCall
 
 SYSTEM = ("You are the receptionist of a hair salon on the phone. Help callers book, move,"
           " cancel and check appointments. Answer in one short sentence.")
-MODES = ("intent", "grammar", "prompt")
+MODES = ("intent", "intent_model", "grammar", "prompt")
 
 
 @dataclass
@@ -111,10 +111,10 @@ async def first_item(llm: LLM, case: Case, tools: list[Tool]) -> tuple[str | Non
     return None, {}, (time.perf_counter() - start) * 1000
 
 
-async def run_mode(mode: str, redact: bool) -> dict[str, Score]:
+async def run_mode(mode: str, redact: bool, tools: list[Tool]) -> dict[str, Score]:
     from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
 
-    tools = booking_tools() if mode != "plain" else []
+    tools = tools if mode != "plain" else []
     llm = SmolLM(SmolLMOptions(tool_mode="intent" if mode == "plain" else mode))  # type: ignore[arg-type]
     llm.redact = redact
     llm.first_item_timeout_s = 120.0  # measured, not limited: a loaded machine is slow
@@ -131,9 +131,9 @@ async def run_mode(mode: str, redact: bool) -> dict[str, Score]:
         llm.close()
 
 
-def run_intent_only() -> dict[str, Score]:
+def run_intent_only(tools: list[Tool]) -> dict[str, Score]:
     """The intent stage alone (no model): its choice, and its time."""
-    stage = IntentStage(booking_tools())
+    stage = IntentStage(tools)
     scores: dict[str, Score] = {}
     for part, cases in PARTS.items():
         score = scores[part] = Score(scores_args=False)
@@ -149,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rejoinder.bench.tooleval",
                                  description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", default="plain,intent,grammar,prompt",
-                    help="comma-separated: plain (no tools: the baseline), intent, grammar,"
+    ap.add_argument("--modes", default="plain,intent,intent_model,grammar,prompt",
+                    help="comma-separated: plain (no tools: the baseline), intent,"
+                         " intent_model, grammar,"
                          " prompt")
     ap.add_argument("--redact", action="store_true", help="redact the caller's words first")
+    ap.add_argument("--enum", action="store_true",
+                    help="the set's own schemas (the service an enum), not the agent's tools")
     ap.add_argument("--json", help="write every turn's outcome here")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -160,25 +163,25 @@ def main(argv: list[str] | None = None) -> int:
         if m not in ("plain", *MODES):
             ap.error(f"unknown mode {m!r}")
 
-    results: dict[str, dict[str, Score]] = {"intent-stage": run_intent_only()}
-    for m in modes:
-        results[m] = asyncio.run(run_mode(m, args.redact))
-
     print(f"{'mode':<13} {'part':<9} {'turns':>5} {'choice':>7} {'args':>6} {'exact':>6}"
-          f" {'p50 ms':>8} {'p95 ms':>8}")
-    for m, parts in results.items():
+          f" {'p50 ms':>8} {'p95 ms':>8}", flush=True)
+    results: dict[str, dict[str, Score]] = {}
+    for m in ["intent-stage", *modes]:  # each mode printed (and saved) as it finishes
+        tools = booking_tools() if args.enum else agent_tools()
+        parts = results[m] = (run_intent_only(tools) if m == "intent-stage"
+                              else asyncio.run(run_mode(m, args.redact, tools)))
         for part, score in parts.items():
             s = score.summary()
             scored = [f"{s[k]:>6.1%}" if s[k] is not None else f"{'-':>6}"
                       for k in ("args", "exact")]
             print(f"{m:<13} {part:<9} {s['turns']:>5} {s['choice']:>7.1%} {' '.join(scored)}"
-                  f" {s['decide_ms_p50']:>8.2f} {s['decide_ms_p95']:>8.2f}")
-    if args.json:
-        out = {m: {part: {"summary": s.summary(),
-                          "turns": [o.__dict__ for o in s.outcomes]}
-                   for part, s in parts.items()} for m, parts in results.items()}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+                  f" {s['decide_ms_p50']:>8.2f} {s['decide_ms_p95']:>8.2f}", flush=True)
+        if args.json:
+            out = {m: {part: {"summary": s.summary(),
+                              "turns": [o.__dict__ for o in s.outcomes]}
+                       for part, s in parts.items()} for m, parts in results.items()}
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
     return 0
 
 

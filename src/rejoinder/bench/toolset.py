@@ -1,7 +1,8 @@
 """A fixed tool-calling test set: callers of a salon's booking line, as Whisper writes them.
 
 The tools are the booking agent's five (``find_slots``, ``book``, ``reschedule``, ``cancel``,
-``lookup_booking``), written here with their JSON schemas so the set stands on its own. Each
+``lookup_booking``): :func:`agent_tools`, the real ones, or :func:`booking_tools`, the same
+calls written here with the service as an ``enum`` (what a schema can say to help). Each
 case is one caller turn and what a good agent does with it: one tool with its arguments, or no
 tool at all (chit-chat, thanks, questions no tool answers).
 
@@ -30,7 +31,7 @@ _SERVICE = {"type": "string", "enum": SERVICES, "description": "the service"}
 _DAY = {"type": "string",
         "description": "the day as the caller says it: today, tomorrow or a weekday"}
 _TIME = {"type": "string", "description": "the time of day, 24-hour HH:MM"}
-_REF = {"type": "string", "description": "the booking reference, like BK-20261206-003"}
+_REF = {"type": "string", "description": "the booking reference, like BK-26DEC06-003"}
 _NAME = {"type": "string", "description": "the caller's full name"}
 
 
@@ -38,8 +39,16 @@ async def _nothing(arguments: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def agent_tools() -> list[Tool]:
+    """The booking agent's own tools, as it ships them (their schemas: nothing is invoked)."""
+    from rejoinder.agents.booking.tools import TOOLS
+
+    return list(TOOLS)
+
+
 def booking_tools() -> list[Tool]:
-    """The booking agent's tools (schemas only: ``invoke`` does nothing)."""
+    """The booking calls with the service as an enum (schemas only: ``invoke`` does
+    nothing)."""
     def obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
         return {"type": "object", "properties": props, "required": required}
 
@@ -97,22 +106,22 @@ TUNE: list[Case] = [
        service="beard trim", day="today"),
     _c("Is there any availability for colour on Tuesday?", "find_slots",
        service="colour", day="tuesday"),
-    _c("Please cancel my booking BK-20261206-003.", "cancel", reference="BK-20261206-003"),
-    _c("I can't make it, cancel BK-20261207-001, please.", "cancel",
-       reference="BK-20261207-001"),
-    _c("I need to cancel my appointment. The reference is BK-20261208-002.", "cancel",
-       reference="BK-20261208-002"),
-    _c("Can you move my appointment BK-20261206-004 to Friday at 2 p.m.?", "reschedule",
-       reference="BK-20261206-004", day="friday", time="14:00"),
-    _c("I want to reschedule BK-20261209-001 to tomorrow at 10.", "reschedule",
-       reference="BK-20261209-001", day="tomorrow", time="10:00"),
-    _c("Please change my booking BK-20261210-005 to Monday at 3.", "reschedule",
-       reference="BK-20261210-005", day="monday", time="15:00"),
-    _c("I'd rather come on Thursday at 5 instead, booking BK-20261211-002.", "reschedule",
-       reference="BK-20261211-002", day="thursday", time="17:00"),
+    _c("Please cancel my booking BK-26DEC06-003.", "cancel", reference="BK-26DEC06-003"),
+    _c("I can't make it, cancel BK-26DEC07-001, please.", "cancel",
+       reference="BK-26DEC07-001"),
+    _c("I need to cancel my appointment. The reference is BK-26DEC08-002.", "cancel",
+       reference="BK-26DEC08-002"),
+    _c("Can you move my appointment BK-26DEC06-004 to Friday at 2 p.m.?", "reschedule",
+       reference="BK-26DEC06-004", day="friday", time="14:00"),
+    _c("I want to reschedule BK-26DEC09-001 to tomorrow at 10.", "reschedule",
+       reference="BK-26DEC09-001", day="tomorrow", time="10:00"),
+    _c("Please change my booking BK-26DEC10-005 to Monday at 3.", "reschedule",
+       reference="BK-26DEC10-005", day="monday", time="15:00"),
+    _c("I'd rather come on Thursday at 5 instead, booking BK-26DEC11-002.", "reschedule",
+       reference="BK-26DEC11-002", day="thursday", time="17:00"),
     _c("When is my appointment? My name is John Smith.", "lookup_booking", name="John Smith"),
-    _c("Can you check my booking BK-20261206-002?", "lookup_booking",
-       reference="BK-20261206-002"),
+    _c("Can you check my booking BK-26DEC06-002?", "lookup_booking",
+       reference="BK-26DEC06-002"),
     _c("What time is my haircut tomorrow? It's under Anna Berg.", "lookup_booking",
        name="Anna Berg"),
     _c("Hello."),
@@ -151,28 +160,28 @@ HELD_OUT: list[Case] = [
        service="colour", day="friday"),
     _c("Are there any free spots for a beard trim on Saturday?", "find_slots",
        service="beard trim", day="saturday"),
-    _c("Hi, yeah, I need to cancel, the booking is BK-20261212-003.", "cancel",
-       reference="BK-20261212-003"),
-    _c("Something came up so I won't make it, can you cancel BK-20261206-005?", "cancel",
-       reference="BK-20261206-005"),
-    _c("Please call off my appointment, reference BK-20261213-001.", "cancel",
-       reference="BK-20261213-001"),
-    _c("Uh, I've got a booking, BK-20261214-002, and I'd like to push it to Saturday at 11.",
-       "reschedule", reference="BK-20261214-002", day="saturday", time="11:00"),
-    _c("Could we move BK-20261206-001 to Wednesday at 4 instead?", "reschedule",
-       reference="BK-20261206-001", day="wednesday", time="16:00"),
-    _c("Can I change the time of BK-20261215-003 to 12.30 tomorrow?", "reschedule",
-       reference="BK-20261215-003", day="tomorrow", time="12:30"),
-    _c("Uh, reschedule BK-20261217-002 please, to Monday at 8.", "reschedule",
-       reference="BK-20261217-002", day="monday", time="08:00"),
+    _c("Hi, yeah, I need to cancel, the booking is BK-26DEC12-003.", "cancel",
+       reference="BK-26DEC12-003"),
+    _c("Something came up so I won't make it, can you cancel BK-26DEC06-005?", "cancel",
+       reference="BK-26DEC06-005"),
+    _c("Please call off my appointment, reference BK-26DEC13-001.", "cancel",
+       reference="BK-26DEC13-001"),
+    _c("Uh, I've got a booking, BK-26DEC14-002, and I'd like to push it to Saturday at 11.",
+       "reschedule", reference="BK-26DEC14-002", day="saturday", time="11:00"),
+    _c("Could we move BK-26DEC06-001 to Wednesday at 4 instead?", "reschedule",
+       reference="BK-26DEC06-001", day="wednesday", time="16:00"),
+    _c("Can I change the time of BK-26DEC15-003 to 12.30 tomorrow?", "reschedule",
+       reference="BK-26DEC15-003", day="tomorrow", time="12:30"),
+    _c("Uh, reschedule BK-26DEC17-002 please, to Monday at 8.", "reschedule",
+       reference="BK-26DEC17-002", day="monday", time="08:00"),
     _c("Hi, just checking, when's my appointment? It's under Sara Kim.", "lookup_booking",
        name="Sara Kim"),
     _c("Do I have a booking this week? Name is David Green.", "lookup_booking",
        name="David Green"),
-    _c("Can you confirm my booking, it's BK-20261216-004?", "lookup_booking",
-       reference="BK-20261216-004"),
-    _c("Could you look up my booking? BK-20261218-001.", "lookup_booking",
-       reference="BK-20261218-001"),
+    _c("Can you confirm my booking, it's BK-26DEC16-004?", "lookup_booking",
+       reference="BK-26DEC16-004"),
+    _c("Could you look up my booking? BK-26DEC18-001.", "lookup_booking",
+       reference="BK-26DEC18-001"),
     _c("Oh, hi! Nice weather today, isn't it?"),
     _c("Sorry, can you say that again?"),
     _c("Do you take credit cards?"),
@@ -196,18 +205,18 @@ FRESH: list[Case] = [
        service="haircut", day="monday"),
     _c("What's free for beard trims on Sunday?", "find_slots",
        service="beard trim", day="sunday"),
-    _c("Yeah, I need to cancel my massage, reference BK-20261219-004.", "cancel",
-       reference="BK-20261219-004"),
-    _c("I won't be able to come in on Friday, can you cancel booking BK-20261220-001?",
-       "cancel", reference="BK-20261220-001"),
-    _c("Could I move BK-20261221-003 to next Tuesday at 3:30?", "reschedule",
-       reference="BK-20261221-003", day="next tuesday", time="15:30"),
-    _c("Can you bump my appointment BK-20261222-002 to 5 p.m. on Saturday?", "reschedule",
-       reference="BK-20261222-002", day="saturday", time="17:00"),
+    _c("Yeah, I need to cancel my massage, reference BK-26DEC19-004.", "cancel",
+       reference="BK-26DEC19-004"),
+    _c("I won't be able to come in on Friday, can you cancel booking BK-26DEC20-001?",
+       "cancel", reference="BK-26DEC20-001"),
+    _c("Could I move BK-26DEC21-003 to next Tuesday at 3:30?", "reschedule",
+       reference="BK-26DEC21-003", day="next tuesday", time="15:30"),
+    _c("Can you bump my appointment BK-26DEC22-002 to 5 p.m. on Saturday?", "reschedule",
+       reference="BK-26DEC22-002", day="saturday", time="17:00"),
     _c("Hi, it's Olga Ivanova, when did I book my colour for?", "lookup_booking",
        name="Olga Ivanova"),
-    _c("Could you tell me the details of my booking BK-20261223-005?", "lookup_booking",
-       reference="BK-20261223-005"),
+    _c("Could you tell me the details of my booking BK-26DEC23-005?", "lookup_booking",
+       reference="BK-26DEC23-005"),
     _c("Great, see you then."),
     _c("Can I bring my kid along?"),
     _c("Do you sell gift cards?"),

@@ -20,10 +20,14 @@ from collections.abc import Mapping
 from typing import Any
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_NUMBERS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+_NUMBERS = {w: i for i, w in enumerate((
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve"))}
 
-_REFERENCE = re.compile(r"\b[A-Za-z]{1,4}[- ]?\d[\d -]{3,}\d\b")
+# Capitals, then digits and letters in groups ("BK-26DEC06-003", "BK 20261206 003"); a match
+# with fewer than six characters or three digits ("at 3") is not one.
+_REFERENCE = re.compile(r"\b[A-Z]{1,4}[- ]?\d[\dA-Za-z]*(?:[- ](?=[A-Za-z]*\d)[\dA-Za-z]+)*\b")
+_PHONE = re.compile(r"\+?\d[\d ().-]{5,}\d")
 _CLOCK = re.compile(
     r"\b(?:at|around|for|by|from|about|to|until)?\s*"
     r"(?P<h>\d{1,2}(?!\d)|(?:" + "|".join(_NUMBERS) + r")\b)(?:[:.](?P<m>\d{2}))?"
@@ -53,6 +57,8 @@ def kind_of(name: str, schema: Mapping[str, Any]) -> str | None:
         return "reference"
     if n in ("name", "full_name", "customer_name", "caller_name", "client_name"):
         return "name"
+    if n in ("phone", "phone_number", "telephone", "mobile") or n.endswith("_phone"):
+        return "phone"
     return None
 
 
@@ -61,8 +67,14 @@ def fill(properties: Mapping[str, Any], text: str,
     """``(arguments read by rule, names of the fields left to the model)``."""
     found: dict[str, Any] = {}
     rest: list[str] = []
-    refs = [m.group(0) for m in _REFERENCE.finditer(text)]
-    plain = _REFERENCE.sub(" ", text)  # reference digits are not clock times
+    refs = [m.group(0) for m in _REFERENCE.finditer(text) if _is_reference(m.group(0))]
+    plain = text
+    for ref in refs:  # reference digits are not clock times
+        plain = plain.replace(ref, " ")
+    phones = [m.group(0) for m in _PHONE.finditer(plain)
+              if sum(c.isdigit() for c in m.group(0)) >= 7]
+    for phone in phones:
+        plain = plain.replace(phone, " ")
     for name, schema in properties.items():
         spec = schema if isinstance(schema, Mapping) else {}
         kind = kind_of(name, spec)
@@ -78,6 +90,8 @@ def fill(properties: Mapping[str, Any], text: str,
             value = day(plain, today if spec.get("format") == "date" else None)
         elif kind == "reference":
             value = refs[0] if refs else None
+        elif kind == "phone":
+            value = phones[0] if phones else None
         elif kind == "name":
             m = _NAME.search(plain)
             if m is not None:
@@ -86,6 +100,10 @@ def fill(properties: Mapping[str, Any], text: str,
         if value is not None:
             found[name] = value
     return found, rest
+
+
+def _is_reference(token: str) -> bool:
+    return len(re.sub(r"\W", "", token)) >= 6 and sum(c.isdigit() for c in token) >= 3
 
 
 def _fold(text: str) -> str:
@@ -120,8 +138,8 @@ def clock(text: str) -> str | None:
         tail = (m.group("tail") or "").strip()
         lead = m.group(0).strip().split()[0] if m.group(0).strip() else ""
         if not tail and not m.group("m") and lead not in (
-                "at", "around", "for", "by", "from", "about", "to", "until"):
-            continue  # a bare number with no "at" or "p.m." is not a time ("2 people")
+                "at", "around", "by", "from", "about", "to", "until"):
+            continue  # a bare number with no "at" or "p.m." is not a time ("for 2 people")
         if not 0 <= hour <= 23 or minute > 59:
             continue
         if tail.startswith("p") or tail in ("in the afternoon", "in the evening", "tonight"):

@@ -21,6 +21,7 @@ out of the box; real deployments point the agent at an OpenAI-compatible server.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -30,11 +31,21 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rejoinder.core.errors import ConfigError, MissingExtraError, ProviderError
-from rejoinder.providers.base import LLM, ChatMessage
-from rejoinder.providers.local import package_file
+from rejoinder.providers.base import LLM, ChatMessage, StreamItem
+from rejoinder.providers.local import package_file, slots
+from rejoinder.providers.local.toolchoice import (
+    IntentStage,
+    arguments_instruction,
+    choice_instruction,
+    choice_schema,
+    clean_arguments,
+    parse_tool_reply,
+    tools_instruction,
+)
+from rejoinder.tools.base import Tool, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +80,14 @@ class SmolLMOptions:
     # The chat template's end-of-message token (``<|im_end|>``, id 2 in SmolLM2's vocabulary):
     # its probability after the caller's words is ``turn_end_p``.
     end_token_id: int = 2
+    # How tools are called (python -m rejoinder.bench.tooleval; docs/benchmarks.md):
+    # "intent": cue phrases choose the tool, rules read the fields of known kinds (times,
+    # days, enums, references, names) and the model writes any other field under the
+    # schema (the most accurate and by far the fastest on this model); "intent_model": the
+    # model writes every field; "grammar": the model chooses and writes the call under one
+    # schema; "prompt": the tools are described in the prompt and a <tool_call> reply parsed.
+    tool_mode: Literal["intent", "intent_model", "grammar", "prompt"] = "intent"
+    tool_max_tokens: int = 80  # the longest arguments (or choice) the model may write
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -87,6 +106,11 @@ class SmolLMOptions:
             raise ConfigError("llm.prompt_cache_mib", "must be >= 0")
         if not 0 <= self.nice <= 19:
             raise ConfigError("llm.nice", "must be between 0 and 19")
+        if self.tool_mode not in ("intent", "intent_model", "grammar", "prompt"):
+            raise ConfigError("llm.tool_mode",
+                              'must be "intent", "intent_model", "grammar" or "prompt"')
+        if self.tool_max_tokens < 8:
+            raise ConfigError("llm.tool_max_tokens", "must be >= 8")
 
 
 class SmolLM(LLM):
@@ -144,22 +168,30 @@ class SmolLM(LLM):
         if o.nice:
             _renice(_threads() - before, o.nice)
         self._executor = ThreadPoolExecutor(max_workers=o.parallel, thread_name_prefix="smollm")
+        self._intent: tuple[tuple[Tool, ...], IntentStage] | None = None
 
     def request(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         """The chat request sent for ``messages`` (history trimmed to fit the context)."""
         o = self.options
         return {
-            "messages": [self._wire(m) for m in self._fit(messages)],
+            "messages": [self._wire(m, messages) for m in self._fit(_spoken(messages))],
             "stream": True,
             "max_tokens": o.max_tokens,
             "temperature": o.temperature,
             "cache_prompt": True,
         }
 
-    def _wire(self, message: ChatMessage) -> dict[str, str]:
+    def _wire(self, message: ChatMessage,
+              history: Sequence[ChatMessage] = ()) -> dict[str, str]:
         content = message.content
         if message.role == "assistant" and message.interrupted:
             content += self.options.interrupted_suffix
+        if message.role == "tool":
+            # The chat template knows no "tool" role: the result comes as a note from the
+            # system, named after the call it answers.
+            name = next((c.name for m in history for c in m.tool_calls
+                         if c.id == message.tool_call_id), "the tool")
+            return {"role": "system", "content": f"Result of {name}: {content}"}
         return {"role": message.role, "content": content}
 
     def _fit(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
@@ -188,8 +220,76 @@ class SmolLM(LLM):
                   len(messages), len(messages) - len(gone))
         return [m for i, m in enumerate(messages) if i not in gone]
 
-    def _stream(self, messages: list[ChatMessage]) -> AsyncIterator[str]:
+    def _stream(self, messages: list[ChatMessage],
+                tools: Sequence[Tool] = ()) -> AsyncIterator[StreamItem]:
+        # A tool is chosen only for the caller's words: after a tool's result the model
+        # speaks (one call a turn is what this model can do well; the loop bounds rounds).
+        if tools and messages and messages[-1].role == "user":
+            return self._tool_turn(messages, tuple(tools))
         return self._requests(self.request(messages))
+
+    async def _tool_turn(self, messages: list[ChatMessage],
+                         tools: tuple[Tool, ...]) -> AsyncGenerator[StreamItem, None]:
+        mode = self.options.tool_mode
+        if mode in ("intent", "intent_model"):
+            said = messages[-1].content
+            name = self._intent_stage(tools).choose(said)
+            tool = next((t for t in tools if t.name == name), None)
+            if tool is None:
+                async for delta in self._requests(self.request(messages)):
+                    yield delta
+                return
+            props = dict(tool.parameters.get("properties") or {})
+            found, rest = slots.fill(props, said) if mode == "intent" else ({}, list(props))
+            # Only required fields go to the model: given an optional one the caller did not
+            # fill (a stylist, a phone number), this model invents a value.
+            rest = [k for k in rest if k in tool.parameters.get("required", ())]
+            if rest:
+                schema = {**tool.parameters,
+                          "properties": {k: props[k] for k in rest},
+                          "required": [k for k in tool.parameters.get("required", ())
+                                       if k in rest]}
+                raw = await self._complete(messages, arguments_instruction(tool, rest), schema)
+                found = {**clean_arguments(tool, _object(raw)), **found}
+            yield _call(tool.name, clean_arguments(tool, found))
+        elif mode == "grammar":
+            raw = await self._complete(messages, choice_instruction(tools), choice_schema(tools))
+            choice = _object(raw)
+            tool = next((t for t in tools if t.name == choice.get("tool")), None)
+            if tool is None:
+                async for delta in self._requests(self.request(messages)):
+                    yield delta
+                return
+            args = choice.get("arguments")
+            yield _call(tool.name, clean_arguments(tool, args if isinstance(args, dict) else {}))
+        else:
+            raw = await self._complete(messages, tools_instruction(tools), None)
+            parsed = parse_tool_reply(raw, tools)
+            if parsed is None:
+                if raw.strip():
+                    yield raw.strip()
+                return
+            tool = next(t for t in tools if t.name == parsed[0])
+            yield _call(tool.name, clean_arguments(tool, parsed[1]))
+
+    def _intent_stage(self, tools: tuple[Tool, ...]) -> IntentStage:
+        if self._intent is None or self._intent[0] != tools:
+            self._intent = (tools, IntentStage(tools))
+        return self._intent[1]
+
+    async def _complete(self, messages: list[ChatMessage], instruction: str,
+                        schema: dict[str, Any] | None) -> str:
+        """The whole greedy reply to ``messages`` with ``instruction`` after them (a system
+        message at the end, so the conversation's cached prefix still holds), held to
+        ``schema`` when given."""
+        request = self.request([*messages, ChatMessage("system", instruction)])
+        request.update(max_tokens=self.options.tool_max_tokens, temperature=0.0)
+        if schema is not None:
+            request["json_schema"] = schema
+        parts: list[str] = []
+        async for delta in self._requests(request):
+            parts.append(delta)
+        return "".join(parts)
 
     async def _requests(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
@@ -304,6 +404,24 @@ class SmolLM(LLM):
         """Stop taking requests; the native server is freed once running ones have stopped."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._server = None
+
+
+def _spoken(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The history without assistant messages that only asked for tools (no words)."""
+    return [m for m in messages if m.content or not m.tool_calls]
+
+
+def _object(raw: str) -> dict[str, Any]:
+    """The JSON object the model wrote; empty when it was cut short or is not one."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _call(name: str, arguments: dict[str, Any]) -> ToolCall:
+    return ToolCall(f"call_{secrets.token_hex(6)}", name, json.dumps(arguments))
 
 
 class _End:

@@ -112,10 +112,11 @@ def _phrase(phrase: str) -> re.Pattern[str]:
                       + r"(?![a-z0-9'])")
 
 
-def arguments_instruction(tool: Tool) -> str:
-    """The system message after the conversation that asks for ``tool``'s arguments."""
+def arguments_instruction(tool: Tool, only: Sequence[str] | None = None) -> str:
+    """The system message after the conversation that asks for ``tool``'s arguments (those
+    named in ``only``, if given)."""
     fields = "; ".join(f"{k}: {v.get('description', v.get('type', ''))}"
-                       for k, v in _properties(tool).items())
+                       for k, v in _properties(tool).items() if only is None or k in only)
     return (f"Fill in the fields for {tool.name} ({tool.description}) with the caller's own"
             f" words. Fields: {fields}. Answer with JSON only.")
 
