@@ -63,6 +63,8 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
         procs = _Procs()
         profile = None
         url = opts.url
+        # The script's own simulated-cloud values, under those of the command line.
+        cloud_overrides = {**_script_overrides(opts), **opts.cloud_overrides}
         if url is None and opts.transport == "twilio" and opts.auth_token is None:
             # The server we start checks every signature, as it would facing Twilio.
             opts = dataclasses.replace(opts, auth_token=secrets.token_hex(16))
@@ -73,7 +75,7 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
 
                 progress(f"starting the simulated cloud ({opts.profile})")
                 procs.cloudsim, cloud_url = start_cloudsim(
-                    opts.profile, **opts.cloud_overrides)  # type: ignore[arg-type]
+                    opts.profile, **cloud_overrides)  # type: ignore[arg-type]
                 stack.callback(stop_cloudsim, procs.cloudsim)
                 env = {"REJOINDER_STT__PROVIDER": "remote", "REJOINDER_STT__URL": cloud_url,
                        "REJOINDER_LLM__PROVIDER": "openai", "REJOINDER_LLM__MODEL": "cloudsim",
@@ -92,7 +94,7 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             from rejoinder.cloudsim.profile import load_profile
 
             profile = load_profile(opts.profile).with_overrides(
-                _override_fields(opts.cloud_overrides))
+                _override_fields(cloud_overrides))
         health = asyncio.run(_health(url))
         ideal = ideal_cached = None
         if profile is not None:
@@ -276,6 +278,19 @@ async def _health(url: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http, http.get(url + "/api/health",
                                                          timeout=timeout) as r:
         return dict(await r.json())
+
+
+def _script_overrides(opts: BenchOptions) -> dict[str, float | int | str]:
+    """The script's ``[cloud]`` values by override name (``llm.tool_calls``: llm_tool_calls)."""
+    from rejoinder.cloudsim.profile import override_flags
+
+    by_field = {flag.field: dest for dest, flag in override_flags().items()}
+    unknown = [key for key, _ in opts.script.cloud if key not in by_field]
+    if unknown:
+        from rejoinder.core.errors import ConfigError
+
+        raise ConfigError(f"cloud.{unknown[0]}", "not a simulated cloud profile field")
+    return {by_field[key]: value for key, value in opts.script.cloud}
 
 
 def _override_fields(overrides: dict[str, float | int | str]) -> dict[str, object]:

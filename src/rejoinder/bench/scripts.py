@@ -26,6 +26,10 @@ A script is a TOML file (shipped ones live in ``bench/scripts/``)::
     [server]                        # settings of the server the bench starts, as its
     agent.profile = "booking"       # environment overrides (REJOINDER_AGENT__PROFILE)
 
+    [cloud]                         # simulated cloud profile values for this script
+    llm.tool_calls = '[{"name": "find_slots", "arguments": {"day": "monday"}}]'
+                                    # (--cloud on the command line still wins)
+
 Sources: ``librivox:<id>`` (Debian pocketsphinx-testdata LibriVox sentences, e.g.
 0880), ``pocketsphinx:<name>`` (its raw recordings: goforward, numbers, something),
 ``espeak:<text>`` (synthesised with espeak-ng), ``tone:<seconds>`` (a 220 Hz tone,
@@ -67,6 +71,7 @@ class Script:
     turns: tuple[Turn, ...]
     lead_s: float = 1.0
     server: tuple[tuple[str, str], ...] = ()  # ("REJOINDER_AGENT__PROFILE", "booking"), ...
+    cloud: tuple[tuple[str, str | float | int], ...] = ()  # ("llm.tool_calls", "[...]"), ...
 
     @property
     def speech_s(self) -> float:
@@ -129,7 +134,8 @@ def _parse(raw: dict[str, object], default_name: str) -> Script:
             pause_at_s=pause_at, pause_s=pause_s or 0.0, backchannel=backchannel))
     return Script(name=str(raw.get("name", default_name)), turns=tuple(turns),
                   lead_s=float(raw.get("lead_s", 1.0)),  # type: ignore[arg-type]
-                  server=_server_settings(raw.get("server", {})))
+                  server=_server_settings(raw.get("server", {})),
+                  cloud=_cloud_settings(raw.get("cloud", {})))
 
 
 def _server_settings(raw: object) -> tuple[tuple[str, str], ...]:
@@ -143,6 +149,19 @@ def _server_settings(raw: object) -> tuple[tuple[str, str], ...]:
                 raise ConfigError(f"server.{section}.{name}", "must be a single value")
             text = str(value).lower() if isinstance(value, bool) else str(value)
             out.append((f"REJOINDER_{section.upper()}__{name.upper()}", text))
+    return tuple(out)
+
+
+def _cloud_settings(raw: object) -> tuple[tuple[str, str | float | int], ...]:
+    """``[cloud]``'s ``section.field = value`` (checked when the simulator starts)."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError("cloud", "must be a table of section.field = value")
+    out: list[tuple[str, str | float | int]] = []
+    for section, fields in raw.items():
+        for name, value in fields.items():
+            if not isinstance(value, str | float | int) or isinstance(value, bool):
+                raise ConfigError(f"cloud.{section}.{name}", "must be a number or a string")
+            out.append((f"{section}.{name}", value))
     return tuple(out)
 
 

@@ -2,7 +2,7 @@
 
     seed = 0                      # failure draws and jitter are deterministic given the seed
     [stt]  final_s, jitter_s, timeout_rate, drop_rate
-    [llm]  ttft_s, tokens_per_s, jitter_s, reply, timeout_rate, drop_rate
+    [llm]  ttft_s, tokens_per_s, jitter_s, reply, tool_calls, timeout_rate, drop_rate
     [tts]  ttfb_s, rtf, jitter_s, sample_rate, seconds_per_word, chunk_s, timeout_rate, drop_rate
 
 Every bad value raises :class:`ConfigError` naming the field (``llm.ttft_s``). Shipped profiles
@@ -13,6 +13,7 @@ Each field can also be overridden by a command-line flag (see :func:`override_fl
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -77,6 +78,13 @@ class LLMProfile(ServiceProfile):
     tokens_per_s: float = 50.0  # one token (word) every 1/tokens_per_s after it; inf: at once
     jitter_s: float = 0.0       # uniform 0..jitter added to every wait
     reply: str = DEFAULT_REPLY  # the canned answer to every request
+    # The tool call of each caller turn, as JSON: one entry per turn (the n-th request whose
+    # history has n caller messages), null for none, e.g.
+    # [{"name": "find_slots", "arguments": {"day": "monday"}}, null]. It is made, streamed
+    # like tokens, when the request ends with the caller's words and offers that tool; a
+    # request after a tool result gets ``reply``. "{key}" in an argument is that key's value
+    # in the latest tool result that has one ("{reference}"). Empty: never a tool call.
+    tool_calls: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,6 +92,28 @@ class LLMProfile(ServiceProfile):
         self._require("tokens_per_s", self.tokens_per_s > 0.0, "must be positive (inf allowed)")
         self._require("jitter_s", 0.0 <= self.jitter_s < math.inf, "must be >= 0 and finite")
         self._require("reply", bool(self.reply.split()), "must contain at least one word")
+        self.calls()  # valid JSON of the right shape
+
+    def calls(self) -> list[tuple[str, str] | None]:
+        """``tool_calls`` as (name, arguments as JSON text) per caller turn."""
+        if not self.tool_calls.strip():
+            return []
+        problem = ('must be a JSON list of null or {"name": "...", "arguments": {...}}')
+        try:
+            raw = json.loads(self.tool_calls)
+        except ValueError:
+            raise ConfigError(self._name("tool_calls"), problem) from None
+        self._require("tool_calls", isinstance(raw, list), problem)
+        out: list[tuple[str, str] | None] = []
+        for entry in raw:
+            if entry is None:
+                out.append(None)
+                continue
+            ok = isinstance(entry, dict) and isinstance(entry.get("name"), str) \
+                and isinstance(entry.get("arguments", {}), dict)
+            self._require("tool_calls", ok, problem)
+            out.append((entry["name"], json.dumps(entry.get("arguments", {}))))
+        return out
 
     @property
     def token_interval_s(self) -> float:

@@ -2,7 +2,10 @@
 the endpoints a real vendor would offer, so that the server reaches them over sockets.
 
     POST /v1/chat/completions   OpenAI-compatible, streaming only (SSE); the canned reply word
-                                by word: first after ``llm.ttft_s``, then every 1/tokens_per_s
+                                by word: first after ``llm.ttft_s``, then every 1/tokens_per_s;
+                                or, where ``llm.tool_calls`` names one for this caller turn
+                                and the request offers it, that tool call, its arguments
+                                streamed in pieces at the same pace
     POST /v1/stt                raw PCM16 mono (X-Sample-Rate, default 16000) -> {"text": ...},
                                 ``stt.final_s`` after the body is received; the text is the
                                 X-Transcript header if sent, else "utterance of 2.3 seconds"
@@ -27,6 +30,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import time
@@ -83,6 +87,9 @@ class CloudSim:
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, int) and max_tokens > 0:
             words = words[:max_tokens]
+        call = _scripted_call(p.calls(), messages, body.get("tools"))
+        if call is not None:  # the arguments' pieces stream as the words would
+            words = call[1].split(" ")
         fault, seed = self._dice["llm"].roll()
         llm = FakeLLM([" ".join(words)], Latency(
             first_s=p.ttft_s, per_item_s=p.token_interval_s, jitter_s=p.jitter_s, fail=fault,
@@ -91,7 +98,7 @@ class CloudSim:
         chunk_id = f"chatcmpl-{seed:08x}"
         created = int(time.time())
 
-        def event(delta: dict[str, str], finish: str | None = None) -> bytes:
+        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
             chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
                      "model": model,
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -99,6 +106,20 @@ class CloudSim:
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
+        if call is not None:
+            first = [True]
+
+            def piece(token: object) -> bytes:
+                fn = {"arguments": str(token)}
+                entry: dict[str, Any] = {"index": 0, "function": fn}
+                if first[0]:  # the first delta names the call
+                    first[0] = False
+                    entry.update(id=f"call_{seed:08x}", type="function")
+                    fn["name"] = call[0]
+                return event({"tool_calls": [entry]})
+
+            return await _relay(request, resp, llm._stream(_chat_messages(messages)), piece,
+                                event({}, "tool_calls") + b"data: [DONE]\n\n")
         # The public ``stream()`` would add a client-side time limit; a server has none.
         return await _relay(request, resp, llm._stream(_chat_messages(messages)),
                             lambda token: event({"content": str(token)}),
@@ -181,6 +202,42 @@ def _cut(request: web.Request) -> None:
     """Close the connection without finishing the response (the client sees a broken stream)."""
     if request.transport is not None:
         request.transport.close()
+
+
+def _scripted_call(calls: list[tuple[str, str] | None], messages: list[Any],
+                   tools: object) -> tuple[str, str] | None:
+    """The profile's tool call for this request: the caller's n-th turn (n caller messages
+    in the history) ends the request, and the request offers the tool."""
+    last = messages[-1] if messages else None
+    if not calls or not isinstance(tools, list) or not isinstance(last, dict) \
+            or last.get("role") != "user":
+        return None
+    turn = sum(isinstance(m, dict) and m.get("role") == "user" for m in messages)
+    call = calls[turn - 1] if turn <= len(calls) else None
+    offered = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)}
+    if call is None or call[0] not in offered:
+        return None
+    return call[0], _PLACEHOLDER.sub(lambda m: _earlier_result(messages, m[1]), call[1])
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _earlier_result(messages: list[Any], key: str) -> str:
+    """``key``'s value in the latest tool result that has it ("" if none): so a scripted
+    call can name what an earlier call returned (``"{reference}"``)."""
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") != "tool":
+            continue
+        try:
+            result = json.loads(str(m.get("content") or ""))
+        except ValueError:
+            continue
+        for item in result if isinstance(result, list) else [result]:
+            if isinstance(item, dict) and isinstance(item.get(key), str | int | float):
+                return json.dumps(item[key])[1:-1] if isinstance(item[key], str) \
+                    else str(item[key])
+    return ""
 
 
 def _chat_messages(raw: list[Any]) -> list[ChatMessage]:
