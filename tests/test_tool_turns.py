@@ -3,6 +3,7 @@ effects never speculative, timeouts and failures, barge-in during a tool, concur
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -262,3 +263,71 @@ def test_rounds_are_bounded_and_the_last_round_offers_no_tools():
     assert llm.offered == [("find_slots",), ("find_slots",), ()]
     assert len(log.started) == 2  # rounds 1 and 2; round 3 could only speak
     assert conv.history[-1].content == "Still looking."
+
+
+def test_tool_calls_are_recorded_with_redacted_arguments_also_when_they_end_late(tmp_path):
+    from rejoinder.store import Recorder, Store
+
+    async def main():
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
+        await store.migrate()
+        recorder = Recorder(store, owns_store=True)
+        recorder.start()
+        log = recorder.call("c1", transport="webrtc", agent="a")
+        for event in (
+            {"type": "tool_record", "turn": 1, "name": "crm_lookup", "status": "ok",
+             "ms": 12.5, "prefetched": False,
+             "arguments": '{"phone": "call me on 555 123 4567"}'},
+            {"type": "trace", "turn": 1, "outcome": "interrupted"},
+            # A side effect that completed after its turn was recorded (barge-in).
+            {"type": "tool_record", "turn": 1, "name": "book", "status": "ok", "ms": 3000.0,
+             "prefetched": False, "arguments": '{"day": "friday"}'},
+        ):
+            log.on_event(event)
+        await recorder.flush()
+        record = await store.get_call("c1")
+        await recorder.close()
+        return record
+
+    record = asyncio.run(main())  # the database answers from a thread: real time
+    (turn,) = record["turns"]
+    calls = turn["tool_calls"]
+    assert [(c["name"], c["status"], c["duration_ms"]) for c in calls] == [
+        ("crm_lookup", "ok", 12.5), ("book", "ok", 3000.0)]
+    assert "4567" not in calls[0]["arguments"] and "[" in calls[0]["arguments"]
+    assert json.loads(calls[1]["arguments"]) == {"day": "friday"}
+
+
+class _PartialSTT(FakeSTT):
+    """Gives its (only) transcript as the partial as soon as speech came."""
+
+    def stream(self):
+        from rejoinder.providers.base import BufferedSTTStream
+
+        words = self.script[0]
+
+        class Session(BufferedSTTStream):
+            def partial(self) -> str:
+                return words if self._speech else ""
+
+        return Session(self)
+
+
+def test_read_only_tools_are_prefetched_from_the_caller_words_while_they_speak():
+    log = Log()
+    stt = _PartialSTT(["any slots on tuesday for a haircut"], Latency(first_s=0.1))
+    llm = FakeLLM(script([call("find_slots", day="tuesday"), call("book", day="tuesday")],
+                         "Tuesday at ten."), Latency(first_s=0.1))
+    stack = fake_stack(stt=stt, llm=llm, tts=FakeTTS())
+    stack.tools = box(slots(log, 0.3), booking(log, 0.1), filler_after_s=0.0)
+    conv, _, events = run_virtual(converse(stack, [("silence", 0.5), ("speech", 1.0)],
+                                           options=TurnOptions(speculate=False)))
+    # Read ahead at the first speech frame (~0.5 s): find_slots ran at once, while the
+    # caller spoke; book, which changes something, waited for the confirmed reply.
+    (t_find, _, _), (t_book, _, _) = log.started
+    assert t_find < 1.5 < t_book
+    assert [name for _, name, _ in log.started] == ["find_slots", "book"]
+    assert conv.stats["prefetch_hits"] == 1 and conv.stats["prefetch_wasted"] == 0
+    assert [e[:2] + e[3:] for e in tool_events(events)] == [
+        ("find_slots", "ok", True), ("book", "started", False), ("book", "ok", False)]
+    assert llm.prefills == []  # the prefetch request read the words ahead instead

@@ -1,0 +1,3 @@
+"""No tools here."""
+
+VALUE = 1
