@@ -410,3 +410,24 @@ def test_barge_in_hold_counts_from_the_first_loud_frame_not_from_the_vads_verdic
     # The last frame pulled before the hold (pulls at 5, 25, 45 ... ms past each frame).
     assert ear.last_loud_before(held) == approx(held - 0.015)
     assert ear.first_loud_after(held - 0.014) > 2.9
+
+
+@pytest.mark.parametrize(("onset_s", "speech_ms"), [(0.0, 60.0), (0.04, 60.0), (0.1, 120.0)])
+def test_the_hold_event_says_how_long_the_caller_had_spoken_over_the_agent(onset_s, speech_ms):
+    # The caller's sound starts at 2.5 s over the reply; the hold comes once it has been
+    # loud for barge_in_min_s (60 ms) and the VAD says speech (its verdict one frame after
+    # onset_s): speech_ms is that time, counted from the first loud frame.
+    stt = FakeSTT(["tell me a story", "Mm-hmm."], Latency(first_s=0.1))
+    llm = FakeLLM(["Once upon a time there was a fox."], Latency(first_s=0.2, per_item_s=0.02))
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 1.0),
+                            ("speech", 0.4)],
+                           fake_stack(vad=FakeVAD(onset_s=onset_s), stt=stt, llm=llm,
+                                      tts=FakeTTS(Latency(first_s=0.05))))
+
+    conv, ear, events = run_virtual(main())
+    assert [e for e in events if e["type"] == "hold"] == [
+        {"type": "hold", "turn": 1, "speech_ms": speech_ms}]
+    # The agent's last frame before the hold left when that much of the caller's speech had.
+    assert ear.last_loud_before(2.5 + speech_ms / 1000) == approx(2.5 + speech_ms / 1000 - 0.015)

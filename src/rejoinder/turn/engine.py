@@ -255,7 +255,8 @@ class Conversation:
             # Counted from the first loud frame: the VAD said speech only 30-100 ms later.
             self._interrupting = reply
             self.playout.hold(_HOLD_CALLER)
-            self.events({"type": "hold", "turn": reply.turn})
+            self.events({"type": "hold", "turn": reply.turn,
+                         "speech_ms": max(self._run, self._loud_run) * 1000 / SAMPLE_RATE})
 
     async def _on_silence(self, frame: PCM, now: float) -> None:
         o = self.opts
