@@ -15,7 +15,15 @@ from rejoinder.observability.metrics import Metrics
 from rejoinder.providers.phrase_cache import PhraseCache
 from rejoinder.server.app import Server
 from rejoinder.store import Recorder, Store
-from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack, run_virtual
+from rejoinder.testing import (
+    FakeLLM,
+    FakeSTT,
+    FakeTTS,
+    FakeVAD,
+    Latency,
+    fake_stack,
+    run_virtual,
+)
 from rejoinder.testing.loopback import converse
 
 TWO_TURNS = [("silence", 0.5), ("speech", 1.0), ("silence", 3.0), ("speech", 1.0)]
@@ -175,3 +183,40 @@ def test_error_labels_stay_bounded_and_each_server_has_its_own_registry() -> Non
     assert got[("rejoinder_turns_total", frozenset({("outcome", "other")}))] == 1
     assert not any(name == "rejoinder_provider_errors_total"
                    for name, _ in _samples(second.exposition().decode()))
+
+
+def _barge_in(onset_s: float) -> list[dict[str, object]]:
+    """A reply the caller speaks over from 2.5 s (a backchannel: the agent resumes), with a
+    VAD that calls speech ``onset_s`` after the sound begins."""
+    stt = FakeSTT(["tell me a story", "Mm-hmm."], Latency(first_s=0.1))
+    llm = FakeLLM(["Once upon a time there was a fox."], Latency(first_s=0.2, per_item_s=0.02))
+    stack = fake_stack(vad=FakeVAD(onset_s=onset_s), stt=stt, llm=llm,
+                       tts=FakeTTS(Latency(first_s=0.05)))
+    _, _, events = run_virtual(converse(stack, [("silence", 0.5), ("speech", 1.0),
+                                                ("silence", 1.0), ("speech", 0.4)]))
+    return events
+
+
+def test_barge_in_stop_time_is_a_histogram_of_the_hold_events() -> None:
+    metrics = Metrics()
+    call = metrics.call()
+    # Held after 60 ms of speech, then after 120 ms (a VAD 100 ms late, its verdict with
+    # the next frame).
+    for onset_s in (0.0, 0.1):
+        for event in _barge_in(onset_s):
+            call.on_event(event)
+    for junk in ({"type": "hold", "turn": 1}, {"type": "hold", "turn": 1, "speech_ms": "9"},
+                 {"type": "hold", "turn": 1, "speech_ms": float("nan")},
+                 {"type": "hold", "turn": 1, "speech_ms": -5.0}):
+        call.on_event(junk)
+    got = _samples(metrics.exposition().decode())
+
+    def value(name: str, **labels: str) -> float:
+        return got[(f"rejoinder_barge_in_stop_ms_{name}", frozenset(labels.items()))]
+
+    assert (value("count"), value("sum")) == (2, 180.0)
+    assert value("bucket", le="40.0") == 0
+    assert value("bucket", le="60.0") == 1
+    assert value("bucket", le="100.0") == 1
+    assert value("bucket", le="120.0") == 2
+    assert value("bucket", le="+Inf") == 2

@@ -15,6 +15,8 @@ not pushed.
                                                caller ({"type": "measured"} messages)
     rejoinder_tool_duration_ms{tool,status}    histogram: a tool call's time (ok, error,
                                                timeout; prefetched ones too)
+    rejoinder_barge_in_stop_ms                 histogram: caller speech over the agent
+                                               until its audio was held (``hold`` events)
     rejoinder_turns_total{outcome}             counter
     rejoinder_guardrail_total{action,rule}     caller turns and clauses blocked or flagged
     rejoinder_speculative_{starts,commits,wasted,restarts}_total
@@ -53,6 +55,10 @@ STAGES = ("vad_end", "turn_confirmed", "stt_final", "llm_first_token", "first_cl
 #: the 500 ms target is, a few wide ones above for the outliers.
 MS_BUCKETS = (25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 700.0,
               800.0, 1000.0, 1250.0, 1500.0, 2000.0, 2500.0, 3000.0, 5000.0)
+#: The agent is held after 60 ms of caller speech by default, counted in 20 ms frames;
+#: the review's target is 200 ms.
+BARGE_IN_BUCKETS = (20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 200.0, 250.0, 300.0, 400.0,
+                    500.0, 750.0, 1000.0, 2000.0)
 OUTCOMES = ("completed", "interrupted", "abandoned", "failed", "empty")
 #: Conversation.stats keys, each a counter rejoinder_<name>_total.
 STATS = {"speculative_starts": "Replies started speculatively at a pause",
@@ -74,7 +80,8 @@ _STAT_NAMES = {"speculative_starts": "speculative_starts", "commits": "speculati
 _CODE = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # an error code; anything else is "error"
 _RULE = re.compile(r"[a-z][a-z0-9_]{0,39}(?::[a-z0-9_]{1,40})?")  # a guardrail's rule name
 
-__all__ = ["CONTENT_TYPE_LATEST", "MS_BUCKETS", "STAGES", "CallMetrics", "Metrics"]
+__all__ = ["BARGE_IN_BUCKETS", "CONTENT_TYPE_LATEST", "MS_BUCKETS", "STAGES", "CallMetrics",
+           "Metrics"]
 
 
 class Metrics:
@@ -95,6 +102,10 @@ class Metrics:
         self.tool_ms = Histogram(
             "rejoinder_tool_duration_ms", "Time a tool call took", ["tool", "status"],
             buckets=MS_BUCKETS, registry=r)
+        self.barge_in_stop_ms = Histogram(
+            "rejoinder_barge_in_stop_ms", "Caller speech over the agent until the agent's "
+            "audio was held (at the server; the transport's delay comes on top)",
+            buckets=BARGE_IN_BUCKETS, registry=r)
         self.turns = PromCounter("rejoinder_turns", "Finished turns, by outcome",
                                  ["outcome"], registry=r)
         self.provider_errors = PromCounter(
@@ -170,6 +181,10 @@ class CallMetrics:
             if (status in ("ok", "error", "timeout") and isinstance(ms, int | float)
                     and math.isfinite(ms) and isinstance(name, str)):
                 self.metrics.tool_ms.labels(tool=name[:64], status=status).observe(ms)
+        elif kind == "hold":
+            speech = event.get("speech_ms")
+            if isinstance(speech, int | float) and math.isfinite(speech) and speech >= 0:
+                self.metrics.barge_in_stop_ms.observe(speech)
         elif kind == "measured":
             v2v = event.get("v2v_ms")
             if isinstance(v2v, int | float) and math.isfinite(v2v):
