@@ -331,3 +331,39 @@ def test_read_only_tools_are_prefetched_from_the_caller_words_while_they_speak()
     assert [e[:2] + e[3:] for e in tool_events(events)] == [
         ("find_slots", "ok", True), ("book", "started", False), ("book", "ok", False)]
     assert llm.prefills == []  # the prefetch request read the words ahead instead
+
+
+def test_the_filler_waits_are_counted_from_the_confirmation_not_the_speculation():
+    # The speculative reply asks at once (0.1 s into the pause); the turn is confirmed at
+    # 1 s of silence; the tool answers 1.5 s after it started, 0.6 s after the confirmation:
+    # the caller never waited filler_after_s (1 s), so no filler.
+    log = Log()
+    llm = FakeLLM(script([call("find_slots", day="monday")], "Monday at ten."))
+    tts = FakeTTS()
+    stack = fake_stack(stt=FakeSTT(["monday"]), llm=llm, tts=tts)
+    stack.tools = box(slots(log, 1.5), filler_after_s=1.0)
+    conv, _, events = run_virtual(converse(
+        stack, [("silence", 0.5), ("speech", 1.0)],
+        options=TurnOptions(end_silence_s=1.0, max_silence_s=1.5, finished_silence_s=0.0)))
+    (trace,) = conv.traces
+    assert trace["ms_after_speech_end"]["turn_confirmed"] == pytest.approx(1000.0, abs=25)
+    assert tts.spoken == ["Monday at ten."]
+    assert conv.stats["tool_fillers"] == 0 and conv.stats["prefetch_hits"] == 1
+
+
+def test_tool_times_and_prefetch_counts_reach_the_metrics():
+    from collections import Counter
+
+    from rejoinder.observability.metrics import Metrics
+
+    metrics = Metrics()
+    stats = Counter({"prefetch_hits": 2, "prefetch_misses": 1, "prefetch_wasted": 1})
+    call_metrics = metrics.call(stats)
+    for status, ms in (("started", None), ("ok", 120.0), ("timeout", 2000.0)):
+        call_metrics.on_event({"type": "tool", "turn": 1, "name": "find_slots",
+                               "status": status, "ms": ms, "prefetched": False})
+    text = metrics.exposition().decode()
+    assert 'rejoinder_tool_duration_ms_count{status="ok",tool="find_slots"} 1.0' in text
+    assert 'rejoinder_tool_duration_ms_count{status="timeout",tool="find_slots"} 1.0' in text
+    assert "rejoinder_tool_prefetch_hits_total 2.0" in text
+    assert "rejoinder_tool_prefetch_wasted_total 1.0" in text

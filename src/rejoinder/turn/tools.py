@@ -156,18 +156,33 @@ class ToolRound:
         self.say = say
         self.emit = emit
 
-    async def run(self, calls: list[ToolCall], filler_due: float | None) -> list[Outcome]:
-        """The outcomes, in the order of ``calls``. ``filler_due``: clock time at which the
-        filler is said if results are still missing (None: not in this round)."""
+    async def run(self, calls: list[ToolCall], filler_after_s: float | None) -> list[Outcome]:
+        """The outcomes, in the order of ``calls``. ``filler_after_s``: the filler is said
+        if results are still missing this long after the round started, or after the turn
+        was confirmed if that came later (the caller waits only from then); None: no
+        filler in this round."""
         waits = [asyncio.ensure_future(self._one(c)) for c in calls]
+        confirmed = asyncio.ensure_future(self.confirmed.wait())
         try:
-            if filler_due is not None:
-                remaining = filler_due - self.conv.clock.now()
-                _, pending = await asyncio.wait(waits, timeout=max(remaining, 0.0))
+            if filler_after_s is not None:
+                due = self.conv.clock.now() + filler_after_s
+                pending: set[asyncio.Future[Any]] = set(waits)
+                if not self.confirmed.is_set():
+                    _, pending = await asyncio.wait(
+                        [*waits, confirmed], return_when=asyncio.FIRST_COMPLETED)
+                    while confirmed in pending and len(pending) > 1:
+                        _, pending = await asyncio.wait(
+                            pending, return_when=asyncio.FIRST_COMPLETED)
+                    due = max(due, self.conv.clock.now() + filler_after_s)
+                    pending.discard(confirmed)
+                if pending:
+                    remaining = due - self.conv.clock.now()
+                    _, pending = await asyncio.wait(pending, timeout=max(remaining, 0.0))
                 if pending:
                     self.say(self.box.filler)
             return list(await asyncio.gather(*waits))
         finally:
+            confirmed.cancel()
             for w in waits:
                 w.cancel()
 
@@ -246,9 +261,7 @@ async def run_tool_rounds(
         text, calls = await speak_round(messages, round_no < box.max_rounds)
         if not calls:
             return
-        due = None
-        if box.filler_after_s > 0 and not filler_said:
-            due = conv.clock.now() + box.filler_after_s
+        filler_after = box.filler_after_s if box.filler_after_s > 0 and not filler_said else None
 
         def filler(line: str) -> None:
             nonlocal filler_said
@@ -256,7 +269,7 @@ async def run_tool_rounds(
             say(line, True)
 
         rnd = ToolRound(conv, box, turn, confirmed, filler, emit, claims)
-        outcomes = await rnd.run(calls, due)
+        outcomes = await rnd.run(calls, filler_after)
         step = [ChatMessage("assistant", text, tool_calls=tuple(calls))]
         step += [ChatMessage("tool", result_text(result), tool_call_id=c.id)
                  for c, (_, result) in zip(calls, outcomes, strict=True)]
