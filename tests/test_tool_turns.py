@@ -367,3 +367,16 @@ def test_tool_times_and_prefetch_counts_reach_the_metrics():
     assert 'rejoinder_tool_duration_ms_count{status="timeout",tool="find_slots"} 1.0' in text
     assert "rejoinder_tool_prefetch_hits_total 2.0" in text
     assert "rejoinder_tool_prefetch_wasted_total 1.0" in text
+
+
+def test_with_prefetch_off_no_tool_runs_before_the_turn_is_confirmed():
+    log = Log()
+    llm = FakeLLM(script([call("find_slots", day="monday")], "Monday at ten."))
+    stack = fake_stack(stt=FakeSTT(["monday"]), llm=llm, tts=FakeTTS())
+    stack.tools = Toolbox.of([slots(log, 0.2)], filler_after_s=0.0, prefetch=False)
+    conv, _, _ = run_virtual(converse(
+        stack, [("silence", 0.5), ("speech", 1.0)],
+        options=TurnOptions(end_silence_s=1.0, max_silence_s=1.5, finished_silence_s=0.0)))
+    (start, _, _), = log.started
+    assert start == pytest.approx(1.5 + 1.0, abs=0.03)  # confirmed 1 s after the speech
+    assert conv.stats["prefetch_misses"] == 1 and conv.stats["prefetch_hits"] == 0

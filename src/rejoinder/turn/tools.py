@@ -209,7 +209,7 @@ class ToolRound:
             (status, result), ms = await entry.task
             self._event(call, status, ms, prefetched=True)
             return status, result
-        if not self.confirmed.is_set():  # the speculative reply: a prefetch itself
+        if not self.confirmed.is_set() and self.box.prefetch:  # the speculative reply
             entry = conv.prefetch.start(tool, call)
             (status, result), ms = await asyncio.shield(entry.task)
             if self.confirmed.is_set():
@@ -219,6 +219,7 @@ class ToolRound:
                 self.claims.append(call)
             self._event(call, status, ms, prefetched=True)
             return status, result
+        await self.confirmed.wait()  # prefetch off: nothing runs before the turn is confirmed
         conv.stats["prefetch_misses"] += 1
         self._event(call, "started", None, prefetched=False)
         (status, result), ms = await invoke(tool, call, conv.clock)
