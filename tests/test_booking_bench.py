@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,8 @@ from rejoinder.tools import Tool, ToolCall
 
 CALLS = json.dumps([
     {"name": "find_slots", "arguments": {"service": "haircut", "day": "next monday"}},
-    None,
     {"name": "cancel", "arguments": {"reference": "{reference}"}},
+    None,
 ])
 
 
@@ -49,8 +50,7 @@ async def _ask(url: str, messages: list[ChatMessage],
         await llm.close()
 
 
-async def test_the_simulated_llm_makes_the_scripted_call_of_each_caller_turn(cloud: str
-                                                                            ) -> None:
+async def test_the_simulated_llm_makes_the_scripted_calls_in_order(cloud: str) -> None:
     first = [ChatMessage("system", "Be brief."), ChatMessage("user", "anything on monday")]
     (call,) = await _ask(cloud, first, TOOLS)
     assert isinstance(call, ToolCall)
@@ -59,21 +59,23 @@ async def test_the_simulated_llm_makes_the_scripted_call_of_each_caller_turn(clo
     # Not offered that tool, or no tools at all: the canned text.
     assert all(isinstance(i, str) for i in await _ask(cloud, first, [_tool("cancel")]))
     assert all(isinstance(i, str) for i in await _ask(cloud, first, []))
-    # After the result: the reply. The second turn has no call.
-    result = ChatMessage("tool", json.dumps([{"day": "2026-12-07", "time": "09:00"}]),
+    # After the result: the reply.
+    result = ChatMessage("tool", json.dumps({"booked": True, "reference": "BK-26DEC06-001"}),
                          tool_call_id=call.id)
     after = [*first, ChatMessage("assistant", "", tool_calls=(call,)), result]
     assert all(isinstance(i, str) for i in await _ask(cloud, after, TOOLS))
-    second = [*after, ChatMessage("assistant", "I have nine."), ChatMessage("user", "ok")]
-    assert all(isinstance(i, str) for i in await _ask(cloud, second, TOOLS))
-    # The third names what an earlier result returned.
-    booked = ChatMessage("tool", json.dumps({"booked": True, "reference": "BK-26DEC06-001"}),
-                         tool_call_id="call-2")
-    third = [*second, ChatMessage("assistant", "", tool_calls=(ToolCall("call-2", "book"),)),
-             booked, ChatMessage("assistant", "Booked."), ChatMessage("user", "cancel it")]
-    (cancel,) = await _ask(cloud, third, TOOLS)
-    assert isinstance(cancel, ToolCall)
-    assert (cancel.name, cancel.args()) == ("cancel", {"reference": "BK-26DEC06-001"})
+    # The next caller turn gets the next call, naming what the earlier result returned;
+    # the same when the history was cut to its last exchanges.
+    second = [*after, ChatMessage("assistant", "Booked."), ChatMessage("user", "cancel it")]
+    for messages in (second, [second[0], *second[2:]]):
+        (cancel,) = await _ask(cloud, messages, TOOLS)
+        assert isinstance(cancel, ToolCall)
+        assert (cancel.name, cancel.args()) == ("cancel", {"reference": "BK-26DEC06-001"})
+    # After it, null: no more calls.
+    third = [*second, ChatMessage("assistant", "", tool_calls=(cancel,)),
+             ChatMessage("tool", '{"cancelled": true}', tool_call_id=cancel.id),
+             ChatMessage("assistant", "Cancelled."), ChatMessage("user", "thanks")]
+    assert all(isinstance(i, str) for i in await _ask(cloud, third, TOOLS))
 
 
 @pytest.mark.parametrize("calls", ['{"name": "x"}', "[1]", '[{"name": 3}]', "not json",
@@ -90,3 +92,26 @@ def test_the_booking_script_brings_its_calls() -> None:
     assert [c[0] if c else None for c in calls] == [
         "find_slots", "book", "lookup_booking", "reschedule", "find_slots", None]
     assert len(calls) == len(script.turns)
+
+
+@pytest.mark.slow
+def test_booking_bench_against_the_simulated_cloud(tmp_path: Path) -> None:
+    """The whole bench: the server runs the booking agent, the simulated LLM calls its
+    tools, each waits the calendar's 300 ms, and the results list the calls per turn."""
+    from rejoinder.bench.runner import BenchOptions, run
+
+    results = run(BenchOptions(script=load_script("booking"), stack="cloud", out=tmp_path),
+                  progress=lambda line: None)
+    (level,) = results["runs"]
+    assert level["calls"]["completed"] == 1
+    turns = level["turns"]
+    assert len(turns) == 6 and all(t["replied"] for t in turns)
+    done = [t for t in level["tools"] if t["status"] != "started"]
+    assert [(t["turn"], t["name"], t["status"]) for t in done] == [
+        (2, "find_slots", "ok"), (3, "book", "ok"), (4, "lookup_booking", "ok"),
+        (5, "reschedule", "ok"), (6, "find_slots", "ok")]  # turn 1 is the greeting
+    assert all(t["ms"] >= 300 for t in done if not t["prefetched"])
+    assert not any(t["prefetched"] for t in done if t["name"] in ("book", "reschedule"))
+    # A tool turn waits for the call and a second LLM request; the last turn has none.
+    *tool_turns, last = [t["v2v_ms"] for t in turns]
+    assert min(tool_turns) > last + 300

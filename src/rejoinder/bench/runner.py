@@ -140,6 +140,7 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
     counts = {"started": n, "refused": 0, "failed": 0, "completed": 0}
     turns: list[dict[str, Any]] = []
     said: list[dict[str, Any]] = []  # the words of both sides (scripted speech: no one's data)
+    tools: list[dict[str, Any]] = []  # tool calls as the caller's events tell them
     errors: list[str] = []
 
     async def one(i: int) -> None:
@@ -164,6 +165,9 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
                       if e.get("type") == "protocol_error")  # a phone call's, Twilio's view
         mine = turns_of(record, i, *ideal)
         turns.extend(mine)
+        tools.extend({"call": i, **{k: e.get(k) for k in ("turn", "name", "status", "ms",
+                                                            "prefetched")}}
+                     for e in record.events if e.get("type") == "tool")
         said.extend({"call": i, "turn": e.get("turn"), "who": e["type"], "text": e.get("text")}
                     for e in record.events if e.get("type") in ("user", "agent"))
         v2v = [t["v2v_ms"] for t in turns if t["v2v_ms"] is not None]
@@ -176,7 +180,7 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
     sampling.cancel()
     for e in sorted(set(errors)):
         progress(f"  ! {e}")
-    return {"concurrency": n, "calls": counts, "turns": turns, "said": said,
+    return {"concurrency": n, "calls": counts, "turns": turns, "said": said, "tools": tools,
             "resources": {"samples": sampler.samples}, "errors": sorted(set(errors))}
 
 

@@ -78,12 +78,13 @@ class LLMProfile(ServiceProfile):
     tokens_per_s: float = 50.0  # one token (word) every 1/tokens_per_s after it; inf: at once
     jitter_s: float = 0.0       # uniform 0..jitter added to every wait
     reply: str = DEFAULT_REPLY  # the canned answer to every request
-    # The tool call of each caller turn, as JSON: one entry per turn (the n-th request whose
-    # history has n caller messages), null for none, e.g.
-    # [{"name": "find_slots", "arguments": {"day": "monday"}}, null]. It is made, streamed
-    # like tokens, when the request ends with the caller's words and offers that tool; a
-    # request after a tool result gets ``reply``. "{key}" in an argument is that key's value
-    # in the latest tool result that has one ("{reference}"). Empty: never a tool call.
+    # Tool calls to make, in order, as JSON, e.g. [{"name": "find_slots", "arguments":
+    # {"day": "monday"}}, null]: a request that ends with the caller's words and offers the
+    # tool gets the entry after the latest call in its history (the first when there is
+    # none), streamed like tokens; null or the end of the list: no call (a null ends the
+    # script: nothing after it is reached). A request after a
+    # tool result gets ``reply``. "{key}" in an argument is that key's value in the latest
+    # tool result that has one ("{reference}"). Empty: never a tool call.
     tool_calls: str = ""
 
     def __post_init__(self) -> None:

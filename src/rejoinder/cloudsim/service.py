@@ -3,9 +3,9 @@ the endpoints a real vendor would offer, so that the server reaches them over so
 
     POST /v1/chat/completions   OpenAI-compatible, streaming only (SSE); the canned reply word
                                 by word: first after ``llm.ttft_s``, then every 1/tokens_per_s;
-                                or, where ``llm.tool_calls`` names one for this caller turn
-                                and the request offers it, that tool call, its arguments
-                                streamed in pieces at the same pace
+                                or, where ``llm.tool_calls`` has a next call for this
+                                caller turn and the request offers it, that tool call, its
+                                arguments streamed in pieces at the same pace
     POST /v1/stt                raw PCM16 mono (X-Sample-Rate, default 16000) -> {"text": ...},
                                 ``stt.final_s`` after the body is received; the text is the
                                 X-Transcript header if sent, else "utterance of 2.3 seconds"
@@ -206,18 +206,39 @@ def _cut(request: web.Request) -> None:
 
 def _scripted_call(calls: list[tuple[str, str] | None], messages: list[Any],
                    tools: object) -> tuple[str, str] | None:
-    """The profile's tool call for this request: the caller's n-th turn (n caller messages
-    in the history) ends the request, and the request offers the tool."""
+    """The profile's next tool call for this request, if it ends with the caller's words and
+    offers the tool: the entry after the latest call in its history (the first when there is
+    none; null or the end of the list: none). Read from the history, not counted, so a
+    history cut short or a caller turn heard in two pieces does not skip an entry."""
     last = messages[-1] if messages else None
     if not calls or not isinstance(tools, list) or not isinstance(last, dict) \
             or last.get("role") != "user":
         return None
-    turn = sum(isinstance(m, dict) and m.get("role") == "user" for m in messages)
-    call = calls[turn - 1] if turn <= len(calls) else None
+    made = [(c.get("function") or {}) for m in messages if isinstance(m, dict)
+            for c in (m.get("tool_calls") or []) if isinstance(c, dict)]
+    following = 0
+    if made:
+        done = (made[-1].get("name"), _canonical(str(made[-1].get("arguments") or "{}")))
+        filled = [None if c is None else (c[0], _canonical(_fill(c[1], messages)))
+                  for c in calls]
+        following = next((i + 1 for i in range(len(filled) - 1, -1, -1)
+                          if filled[i] == done), 0)
+    call = calls[following] if following < len(calls) else None
     offered = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)}
     if call is None or call[0] not in offered:
         return None
-    return call[0], _PLACEHOLDER.sub(lambda m: _earlier_result(messages, m[1]), call[1])
+    return call[0], _fill(call[1], messages)
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True)
+    except ValueError:
+        return arguments
+
+
+def _fill(arguments: str, messages: list[Any]) -> str:
+    return _PLACEHOLDER.sub(lambda m: _earlier_result(messages, m[1]), arguments)
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
