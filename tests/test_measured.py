@@ -150,6 +150,11 @@ async def test_revision_0002_adds_the_column_and_keeps_older_records(tmp_path) -
         async with store.engine.begin() as conn:  # later revisions have tests of their own
             await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0002"))
         assert await store.revision() == "0002"
+        async with store.engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: [
+                row[1] for row in c.exec_driver_sql("PRAGMA table_info(turns)")])
+        assert "caller_v2v_ms" in columns
+        await store.migrate()  # the writer writes the newest schema
         await store.write([CallStart("c1", "webrtc", "A", _now()),
                            TurnRecord("c1", 1, 2, "completed", caller_v2v_ms=640.0)])
         record = await store.get_call("c1")

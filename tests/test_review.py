@@ -22,13 +22,14 @@ RANGE = CallFilter(start=datetime(2026, 11, 30, tzinfo=UTC),
 
 def _turn(call_id: str, seq: int, at: datetime, *, sent: float, caller: float | None,
           speculation: str | None, cached: bool | None,
-          tools: list[ToolCallRecord] | None = None) -> TurnRecord:
+          tools: list[ToolCallRecord] | None = None, stop: float | None = None) -> TurnRecord:
     return TurnRecord(
         call_id=call_id, seq=seq, turn=seq, outcome="completed",
         speech_end_at=at + timedelta(seconds=10 * seq), user_text="hello",
         agent_text="hi there", speculation=speculation, tts_cached=cached,
         stages_ms={"vad_end": 100.0 + seq, "stt_final": 150.0, "first_audio_sent": sent},
-        caller_v2v_ms=caller, tool_calls=tools or [])
+        caller_v2v_ms=caller, tool_calls=tools or [], barge_in_stop_ms=stop,
+        interrupted=stop is not None)
 
 
 @pytest.fixture
@@ -41,18 +42,19 @@ async def store(tmp_path) -> AsyncIterator[Store]:
               cached=True),
         _turn("a" * 32, 2, A_START, sent=400, caller=None, speculation="restarted",
               cached=False, tools=[ToolCallRecord("lookup", "{}", "ok", 120.0),
-                                   ToolCallRecord("book", "{}", "timeout", 5000.0)]),
-        _turn("a" * 32, 3, A_START, sent=380, caller=420, speculation=None, cached=None),
+                                   ToolCallRecord("book", "{}", "timeout", 5000.0)], stop=60.0),
+        _turn("a" * 32, 3, A_START, sent=380, caller=420, speculation=None, cached=None,
+              stop=240.0),
         CallEnd("a" * 32, A_START + timedelta(minutes=2), "ended"),
         CallStart("b" * 32, "twilio", "Support", B_START),
         _turn("b" * 32, 1, B_START, sent=700, caller=None, speculation="committed",
-              cached=False),
+              cached=False, stop=80.0),
         _turn("b" * 32, 2, B_START, sent=250, caller=300, speculation="committed",
               cached=True),
         CallEnd("b" * 32, B_START + timedelta(minutes=1), "failed"),
         CallStart("c" * 32, "webrtc", "Rejoinder", C_START),
         _turn("c" * 32, 1, C_START, sent=9999, caller=None, speculation="restarted",
-              cached=False),
+              cached=False, stop=5000.0),
     ])
     try:
         yield store
@@ -86,8 +88,13 @@ async def test_review_figures_are_exact(store: Store) -> None:
     # First turns 600, 700 (p95 695); later turns 400, 420, 300 (p95 418).
     assert (checks["cold_start_tax"]["value"], checks["cold_start_tax"]["status"]) == \
         (277.0, "fail")
-    assert checks["barge_in_stop"]["status"] == "not_recorded"
-    assert checks["barge_in_stop"]["value"] is None
+    # Barge-in stop times of the turns held in range: 60, 240, 80 -> p95 between 80 and
+    # 240 at rank 1.9: 80 + 0.9 * 160 = 224 (call c's 5000 is outside the range).
+    assert checks["barge_in_stop"] == {
+        "key": "barge_in_stop", "label": "Barge-in stop time p95", "value": 224.0,
+        "op": "<=", "threshold": 200.0, "unit": "ms", "status": "fail", "n": 3,
+        "detail": "3 turns the caller spoke over: their speech until the agent's audio was "
+                  "held, at the server (the transport's delay comes on top)"}
     assert checks["llm_prefix_reuse"]["status"] == "not_recorded"
 
 
@@ -95,13 +102,15 @@ async def test_thresholds_come_from_the_options_and_the_llm_counters_are_used(
         store: Store) -> None:
     turns = await turn_stats(store, RANGE)
     options = ReviewOptions(v2v_p95_ms=680.0, restart_max=0.25, tool_timeouts_max=1,
-                            cold_start_tax_ms=277.0, phrase_cache_min=0.51)
+                            cold_start_tax_ms=277.0, phrase_cache_min=0.51,
+                            barge_in_stop_ms=224.0)
     checks = {c["key"]: c for c in review(turns, ["ok", "timeout"], options,
                                           {"cached": 300, "evaluated": 100})}
     assert checks["v2v_p95"]["status"] == "pass"  # at the threshold: within budget
     assert checks["restart_rate"]["status"] == "fail"  # "below": strictly
     assert checks["tool_timeouts"]["status"] == "pass"
     assert checks["cold_start_tax"]["status"] == "pass"
+    assert checks["barge_in_stop"]["status"] == "pass"  # at the threshold
     assert checks["phrase_cache"]["status"] == "fail"
     assert (checks["llm_prefix_reuse"]["value"], checks["llm_prefix_reuse"]["status"]) == \
         (0.75, "pass")
@@ -112,7 +121,7 @@ def test_no_turns_is_no_data_not_a_pass() -> None:
     checks = {c["key"]: c["status"] for c in review([], [], ReviewOptions())}
     assert checks == {"v2v_p95": "no_data", "phrase_cache": "no_data",
                       "llm_prefix_reuse": "not_recorded", "restart_rate": "no_data",
-                      "barge_in_stop": "not_recorded", "tool_timeouts": "pass",
+                      "barge_in_stop": "no_data", "tool_timeouts": "pass",
                       "cold_start_tax": "no_data"}
 
 

@@ -9,6 +9,7 @@
 from rejoinder.store.db import (
     CallEnd,
     CallStart,
+    GuardrailFlag,
     Store,
     ToolCallRecord,
     TurnMeasured,
@@ -18,5 +19,6 @@ from rejoinder.store.db import (
 )
 from rejoinder.store.recorder import CallLog, Recorder, open_recorder
 
-__all__ = ["CallEnd", "CallLog", "CallStart", "Recorder", "Store", "ToolCallRecord",
-           "TurnMeasured", "TurnRecord", "database_url", "default_sqlite_path", "open_recorder"]
+__all__ = ["CallEnd", "CallLog", "CallStart", "GuardrailFlag", "Recorder", "Store",
+           "ToolCallRecord", "TurnMeasured", "TurnRecord", "database_url", "default_sqlite_path",
+           "open_recorder"]

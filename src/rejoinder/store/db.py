@@ -9,6 +9,7 @@ that was committed).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -53,6 +54,14 @@ class ToolCallRecord:
     duration_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class GuardrailFlag:
+    """A guardrail's verdict in a turn: ``action`` blocked or flagged, by ``rule``."""
+
+    action: str
+    rule: str
+
+
 @dataclass
 class TurnRecord:
     """One finished turn, as stored. Texts are already redacted."""
@@ -72,6 +81,8 @@ class TurnRecord:
     stages_ms: dict[str, float] = field(default_factory=dict)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     caller_v2v_ms: float | None = None
+    barge_in_stop_ms: float | None = None  # the turn's first hold: caller speech before it
+    guardrails: list[GuardrailFlag] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +200,8 @@ class Store:
                         interrupted=item.interrupted, heard_text=item.heard_text,
                         speculation=item.speculation, tts_cached=item.tts_cached,
                         error_code=item.error_code, caller_v2v_ms=item.caller_v2v_ms,
+                        barge_in_stop_ms=item.barge_in_stop_ms,
+                        guardrails=_guardrails_json(item.guardrails),
                         **{f"{s}_ms": item.stages_ms.get(s) for s in STAGE_COLUMNS},
                     ).on_conflict_do_nothing(index_elements=["call_id", "seq"]))
                     if result.rowcount and item.tool_calls:
@@ -257,8 +270,31 @@ def _turn_json(t: Any, tools: list[dict[str, object]]) -> dict[str, object]:
         "ms_after_speech_end": {s: t[f"{s}_ms"] for s in STAGE_COLUMNS
                                 if t[f"{s}_ms"] is not None},
         "caller_v2v_ms": t["caller_v2v_ms"],
+        "barge_in_stop_ms": t["barge_in_stop_ms"],
+        "guardrails": _guardrails_list(t["guardrails"]),
         "tool_calls": tools,
     }
+
+
+def _guardrails_json(flags: Sequence[GuardrailFlag]) -> str | None:
+    if not flags:
+        return None
+    return json.dumps([{"action": f.action, "rule": f.rule} for f in flags],
+                      separators=(",", ":"))
+
+
+def _guardrails_list(value: str | None) -> list[dict[str, str]]:
+    """The turn's guardrail flags; [] for none (or a value this version cannot read)."""
+    if not value:
+        return []
+    try:
+        items = json.loads(value)
+    except ValueError:
+        return []
+    if not isinstance(items, list):
+        return []
+    return [{"action": str(i.get("action", "")), "rule": str(i.get("rule", ""))}
+            for i in items if isinstance(i, dict)]
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -89,6 +89,12 @@ class TurnRow(Base):
     # Voice-to-voice latency as the caller measured it (their "measured" message); NULL
     # when the caller sent none (revision 0002).
     caller_v2v_ms: Mapped[float | None] = mapped_column(Float)
+    # Caller speech over the agent until its audio was held (the turn's first hold, ms at
+    # the server), NULL when the caller did not speak over this reply (revision 0004).
+    barge_in_stop_ms: Mapped[float | None] = mapped_column(Float)
+    # What the guardrails blocked or flagged in this turn: a JSON list of {"action",
+    # "rule"}, NULL when nothing (revision 0004).
+    guardrails: Mapped[str | None] = mapped_column(Text)
 
 
 class ToolCallRow(Base):

@@ -57,6 +57,7 @@ class TurnStat:
     at: datetime  # the caller's end of speech, else the call's start; aware, UTC
     stages_ms: dict[str, float] = field(default_factory=dict)
     caller_v2v_ms: float | None = None
+    barge_in_stop_ms: float | None = None
     speculation: str | None = None
     tts_cached: bool | None = None
     interrupted: bool = False
@@ -94,7 +95,7 @@ async def turn_stats(store: Store, where: CallFilter) -> list[TurnStat]:
     query = (select(TurnRow.call_id, TurnRow.seq, TurnRow.turn, TurnRow.outcome,
                     TurnRow.speech_end_at, CallRow.started_at, TurnRow.caller_v2v_ms,
                     TurnRow.speculation, TurnRow.tts_cached, TurnRow.interrupted,
-                    TurnRow.error_code, *stage_cols)
+                    TurnRow.error_code, TurnRow.barge_in_stop_ms, *stage_cols)
              .join(CallRow, CallRow.id == TurnRow.call_id)
              .where(*where.where())
              .order_by(CallRow.started_at, TurnRow.call_id, TurnRow.seq))
@@ -102,12 +103,12 @@ async def turn_stats(store: Store, where: CallFilter) -> list[TurnStat]:
         rows = (await conn.execute(query)).all()
     out: list[TurnStat] = []
     for r in rows:
-        stages = {s: float(v) for s, v in zip(STAGE_COLUMNS, tuple(r)[11:], strict=True)
+        stages = {s: float(v) for s, v in zip(STAGE_COLUMNS, tuple(r)[12:], strict=True)
                   if isinstance(v, int | float)}
         out.append(TurnStat(
             call_id=r[0], seq=r[1], turn=r[2], outcome=r[3], at=utc(r[4] or r[5]),
             stages_ms=stages, caller_v2v_ms=r[6], speculation=r[7], tts_cached=r[8],
-            interrupted=bool(r[9]), error_code=r[10]))
+            interrupted=bool(r[9]), error_code=r[10], barge_in_stop_ms=r[11]))
     return out
 
 

@@ -2,19 +2,20 @@
 event loop's critical path.
 
 Each call gets a :class:`CallLog`, which subscribes to the events the conversation
-already sends to the caller (``user``, ``agent``, ``interrupted``, ``error``, ``trace``)
-and assembles one :class:`TurnRecord` per finished turn (the ``trace`` event ends it).
-The record goes into one bounded queue per server; a single writer task drains it in
-batches, in order. When the database is slow or down the writer retries with a growing
-pause and the records wait in the queue; only a full queue drops a record, with a
-warning that says how many were dropped. A turn is in the database milliseconds after it
-ends, so a killed server loses at most the turn in progress.
+already sends to the caller (``user``, ``agent``, ``interrupted``, ``hold``, ``guardrail``,
+``error``, ``trace``) and assembles one :class:`TurnRecord` per finished turn (the
+``trace`` event ends it). The record goes into one bounded queue per server; a single
+writer task drains it in batches, in order. When the database is slow or down the writer
+retries with a growing pause and the records wait in the queue; only a full queue drops a
+record, with a warning that says how many were dropped. A turn is in the database
+milliseconds after it ends, so a killed server loses at most the turn in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.store.db import (
     CallEnd,
     CallStart,
+    GuardrailFlag,
     Store,
     ToolCallLate,
     ToolCallRecord,
@@ -42,6 +44,7 @@ _BATCH = 200
 _RETRY_FIRST_S = 0.25
 _RETRY_MAX_S = 5.0
 _CODE = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # an error code, not an error's text
+_RULE = re.compile(r"[a-z][a-z0-9_]{0,39}(?::[a-z0-9_]{1,40})?")  # a guardrail's rule name
 
 
 class Recorder:
@@ -221,6 +224,8 @@ class CallLog:
         self._heard: dict[int, str] = {}
         self._errors: dict[int, str] = {}
         self._measured: dict[int, float] = {}  # caller's v2v of turns not yet finished
+        self._stop: dict[int, float] = {}  # the first hold's speech_ms, per turn
+        self._guardrails: dict[int, list[GuardrailFlag]] = {}
         self._tools: dict[int, list[ToolCallRecord]] = {}
         self._finished: dict[int, int] = {}  # turn -> its seq
 
@@ -257,6 +262,16 @@ class CallLog:
             self._agent.setdefault(turn, []).append(str(event.get("text", "")))
         elif kind == "interrupted":
             self._heard[turn] = str(event.get("heard", ""))
+        elif kind == "hold":  # the first: when the agent stopped for the caller's speech
+            speech = event.get("speech_ms")
+            if isinstance(speech, int | float) and math.isfinite(speech) and speech >= 0:
+                self._stop.setdefault(turn, float(speech))
+        elif kind == "guardrail":
+            action, rule = event.get("action"), event.get("rule")
+            if action in ("blocked", "flagged"):
+                self._guardrails.setdefault(turn, []).append(GuardrailFlag(
+                    str(action), rule if isinstance(rule, str) and _RULE.fullmatch(rule)
+                    else "other"))
         elif kind == "error":
             code = event.get("code")
             self._errors[turn] = code if isinstance(code, str) else "error"
@@ -319,6 +334,8 @@ class CallLog:
             if isinstance(stages, dict) else {},
             caller_v2v_ms=self._measured.pop(turn, None),
             tool_calls=self._tools.pop(turn, []),
+            barge_in_stop_ms=self._stop.pop(turn, None),
+            guardrails=self._guardrails.pop(turn, []),
         ))
         self._finished[turn] = self._seq
         self._seq += 1

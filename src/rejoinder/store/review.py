@@ -118,10 +118,15 @@ def review(turns: Sequence[TurnStat], tool_statuses: Iterable[str], options: Rev
         None if restart_rate is None else restart_rate < options.restart_max,
         len(speculative), f"{restarted} of {len(speculative)} speculative turns restarted"))
 
-    checks.append(_not_recorded(
-        "barge_in_stop", "Barge-in stop time", options.barge_in_stop_ms, "ms",
-        "not recorded: the server does not know when the caller's speech over the agent "
-        "began; rejoinder bench measures it at the caller"))
+    # The server's figure: the transport's own delay to the caller comes on top (rejoinder
+    # bench measures the whole at the caller).
+    stops = [t.barge_in_stop_ms for t in turns if t.barge_in_stop_ms is not None]
+    stop_p95 = percentile(stops, 95)
+    checks.append(_check(
+        "barge_in_stop", "Barge-in stop time p95", stop_p95, options.barge_in_stop_ms, "ms",
+        None if stop_p95 is None else stop_p95 <= options.barge_in_stop_ms, len(stops),
+        f"{len(stops)} turns the caller spoke over: their speech until the agent's audio "
+        "was held, at the server (the transport's delay comes on top)"))
 
     statuses = list(tool_statuses)
     timeouts = sum(1 for s in statuses if s == "timeout")
