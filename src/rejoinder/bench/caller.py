@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rejoinder.bench.phone_stages import fetch_phone_traces
 from rejoinder.bench.scripts import Script
 from rejoinder.client.connection import Connection, Mic
 from rejoinder.client.measure import find_utterances
@@ -98,6 +99,7 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
         conn, rate = Connection(mic), OUT_RATE
     ear = _Ear(conn)
     spoken: list[tuple[int, int, int, int | None]] = []  # (turn, start, eos, pause)
+    opened_wall = clock.wall()
     await conn.open(url)
     try:
         await clock.sleep(script.lead_s)
@@ -128,6 +130,10 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
                     await conn.event_arrived.wait()
     finally:
         await conn.close()
+    traces = conn.traces()
+    if transport == "twilio":  # no events channel: the server's stages from its call store
+        traces = await fetch_phone_traces(url, conn.call_id, opened_wall,
+                                          sum(not t.backchannel for t in script.turns))
     turns = []
     for (index, s, e, pause), turn in zip(spoken, script.turns, strict=False):
         start_t, eos_t = mic.time_of(s), mic.time_of(e - 1)
@@ -136,7 +142,7 @@ async def run_call(url: str, script: Script, *, reply_timeout_s: float = 15.0,
                                 turn.interrupt_after_s is not None,
                                 None if pause is None else mic.time_of(pause),
                                 turn.backchannel, turn.say))
-    return CallRecord(conn.call_id, turns, conn.received.loud_times(LOUD), conn.traces(),
+    return CallRecord(conn.call_id, turns, conn.received.loud_times(LOUD), traces,
                       conn.wall_offset, conn.events)
 
 
