@@ -40,6 +40,9 @@ from rejoinder.turn.playout import Playout
 log = logging.getLogger(__name__)
 
 MARK_EVERY_FRAMES = 25  # 0.5 s: a clause cut midway counts what was confirmed of it
+# Given back to the playout beyond what Twilio had not yet played when a hold clears it: the
+# audio travels to Twilio for a while (one frame, over a good link) before it plays.
+REWIND_MARGIN_S = 0.02
 INBOUND_FRAMES_MAX = 250  # 5 s of caller audio waiting for the conversation; beyond, dropped
 DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 _LOGGED_AT = (1, 10, 100, 1000, 10000)
@@ -85,6 +88,7 @@ class TwilioTransport:
         self._mark_count = 0
         self._unmarked = 0  # frames sent since the last mark
         self._sent_audio = False  # media sent since the last clear
+        self._far_free = 0.0  # clock time at which Twilio will have played all it was sent
         self._audio = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
@@ -96,6 +100,7 @@ class TwilioTransport:
         self._call, self._playout = call, playout
         playout.on_push = self._audio.set
         playout.on_flush = self._clear
+        playout.on_hold = self._hold
 
     def send_event(self, message: str) -> None:
         """Media Streams have no event channel: events go only to the call's observers."""
@@ -143,7 +148,7 @@ class TwilioTransport:
         """Handle one message; False when the stream is over."""
         try:
             message = json.loads(text)
-        except ValueError:  # RecursionError is not raised: aiohttp caps the message size
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." within the size cap
             self._problem("malformed JSON")
             return True
         event = message.get("event") if isinstance(message, dict) else None
@@ -301,6 +306,8 @@ class TwilioTransport:
                 pcm = playout.pull()
                 if pcm is None:
                     continue
+                now = self.clock.now()  # Twilio plays it from its arrival or after the last
+                self._far_free = max(self._far_free, now) + len(pcm) / playout.rate
                 ended_clause = playout.ended_clause
                 for payload in self._encoder.push(pcm):
                     await self._send({"event": "media", "media": {
@@ -323,11 +330,27 @@ class TwilioTransport:
         self._unmarked = 0
         await self._send({"event": "mark", "mark": {"name": name}})
 
+    def _hold(self) -> None:
+        """The playout is held (the caller may be interrupting): Twilio must stop playing
+        now, as a WebRTC caller's audio stops within a frame, not after what it buffered.
+        ``clear`` drops that audio, and the playout gets back what Twilio had not played
+        (plus :data:`REWIND_MARGIN_S`), so that if the hold is released (a backchannel) the
+        caller hears the reply on from where it stopped, a word repeated rather than lost."""
+        if not self._sent_audio or self.start_info is None or self._closed:
+            return
+        assert self._playout is not None
+        unplayed = self._far_free + REWIND_MARGIN_S - self.clock.now()
+        if unplayed > 0:
+            self._playout.rewind(round(unplayed * self._playout.rate))
+        self._far_free = 0.0
+        self._clear()
+
     def _clear(self) -> None:
         """The playout was flushed (barge-in): Twilio drops what it buffered, at once. The
         marks it then echoes mean nothing (Twilio echoes pending marks on a clear)."""
         self._marks.clear()
         self._unmarked = 0
+        self._far_free = 0.0
         if not self._sent_audio or self.start_info is None or self._closed:
             return
         self._sent_audio = False
@@ -354,7 +377,7 @@ def _integer(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 18:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
     return None
 

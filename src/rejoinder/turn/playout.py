@@ -17,6 +17,8 @@ import numpy as np
 
 from rejoinder.core.audio import FRAME_MS, OUT_RATE, PCM
 
+REWIND_MAX_S = 2.0  # pulled audio kept for :meth:`Playout.rewind`
+
 
 @dataclass
 class _Clause:
@@ -26,6 +28,7 @@ class _Clause:
     first: int = 0      # the playout's pulled-sample count at its first sample
     complete: bool = False  # all of its audio has been pushed
     filler: bool = False    # a filler ("One moment."): spoken, but not part of the reply
+    announced: bool = False  # on_clause_start was called for it
 
 
 @dataclass
@@ -53,6 +56,11 @@ class Playout:
         self._holds: set[str] = set()  # while any is set, nothing plays (audio stays queued)
         #: Called by :meth:`flush` (a transport drops the audio its far end buffers).
         self.on_flush: Callable[[], None] | None = None
+        #: Called when a hold begins (a transport whose far end buffers audio drops it there
+        #: and gives back what was not played with :meth:`rewind`).
+        self.on_hold: Callable[[], None] | None = None
+        self._recent: deque[tuple[PCM, int, int]] = deque()  # pulled pieces, for rewind
+        self._recent_len = 0
         self.pulled = 0  # samples pulled so far, all turns
         # confirmed=True: heard is what the transport confirmed (None: what was pulled).
         self._confirmed: int | None = 0 if confirmed else None
@@ -102,6 +110,11 @@ class Playout:
         return frame
 
     def _advance(self, n: int) -> None:
+        head, turn, clause = self._chunks[0]
+        self._recent.append((head[self._offset:self._offset + n], turn, clause))
+        self._recent_len += n
+        while self._recent_len - len(self._recent[0][0]) >= REWIND_MAX_S * self.rate:
+            self._recent_len -= len(self._recent.popleft()[0])
         self._offset += n
         self._queued -= n
         self.pulled += n
@@ -116,8 +129,9 @@ class Playout:
         c = reply.clauses[clause]
         if c.played == 0:
             c.first = self.pulled - n
-            if self.on_clause_start is not None:
+            if self.on_clause_start is not None and not c.announced:
                 self.on_clause_start(turn, clause, c.text)
+            c.announced = True
         c.played += n
         reply.started = True
         self.ended_clause = self.ended_clause or (c.complete and c.played >= c.queued)
@@ -131,7 +145,10 @@ class Playout:
     def hold(self, reason: str) -> None:
         """Stop playing at the next frame, keeping the queue (a speculative reply not yet
         confirmed, or the caller making a sound that may be an interruption)."""
+        was_held = bool(self._holds)
         self._holds.add(reason)
+        if not was_held and self.on_hold is not None:
+            self.on_hold()
 
     def release(self, reason: str) -> None:
         """Undo :meth:`hold` for ``reason``; playing resumes where it stopped."""
@@ -154,8 +171,37 @@ class Playout:
         self._chunks.clear()
         self._offset = 0
         self._queued = 0
+        self._recent.clear()
+        self._recent_len = 0
         if self.on_flush is not None:
             self.on_flush()
+
+    def rewind(self, samples: int) -> int:
+        """Put the last ``samples`` pulled (at most :data:`REWIND_MAX_S` of them, none from
+        before a flush) back at the head of the queue: the far end dropped them unplayed.
+        Returns how many were put back."""
+        if self._offset:  # the head chunk starts where the next pull would
+            head, turn, clause = self._chunks[0]
+            self._chunks[0] = (head[self._offset:], turn, clause)
+            self._offset = 0
+        back = 0
+        while back < samples and self._recent:
+            pcm, turn, clause = self._recent.pop()
+            if back + len(pcm) > samples:  # only the end of this piece
+                keep = len(pcm) - (samples - back)
+                self._recent.append((pcm[:keep], turn, clause))
+                pcm = pcm[keep:]
+            self._recent_len -= len(pcm)
+            self._chunks.appendleft((pcm, turn, clause))
+            back += len(pcm)
+            reply = self._replies.get(turn)
+            if reply is not None:
+                reply.clauses[clause].played -= len(pcm)
+        self._queued += back
+        self.pulled -= back
+        if self._confirmed is not None:
+            self._confirmed = min(self._confirmed, self.pulled)
+        return back
 
     def confirm(self, pulled: int) -> None:
         """The far end has played every sample pulled before ``pulled`` (a count of
