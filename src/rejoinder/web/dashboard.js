@@ -114,11 +114,22 @@ function turnItem(t, scale) {
   } else {
     agent.append(el("span", { text: t.agent_text || "–" }));
   }
+  // Also on a reply that resumed (a backchannel, a cough): its audio stopped all the same.
+  if (t.barge_in_stop_ms !== null && t.barge_in_stop_ms !== undefined) {
+    agent.append(el("span", { class: "stop",
+      text: `stopped ${ms(t.barge_in_stop_ms)} into the caller's speech` }));
+  }
+  const rails = (t.guardrails || []).map((g) => el("span",
+    { class: `rail ${g.action === "blocked" ? "blocked" : "flagged"}`,
+      text: `${g.action}: ${g.rule}` }));
   return el("li", { class: "turn", "data-turn": String(t.turn) },
     el("div", { class: "head", text: head.join(" · ") }),
     el("p", { class: "say you" }, el("span", { class: "who", text: "caller" }),
        el("span", { text: t.user_text || "–" })),
-    agent, waterfall(t, scale));
+    agent,
+    ...(rails.length ? [el("p", { class: "say guardrails" },
+      el("span", { class: "who", text: "guard" }), ...rails)] : []),
+    waterfall(t, scale));
 }
 
 function metaRows(dl, pairs) {
