@@ -68,6 +68,24 @@ def main(argv: list[str] | None = None) -> int:
                        " --write-wav")
     _transport_options(bench)
 
+    fuzz = sub.add_parser("fuzz", help="send generated requests and messages to a server;"
+                          " fail on a 5xx, a leaked call slot or growing memory")
+    fuzz.add_argument("--url", help="fuzz this running server (default: start"
+                      " `rejoinder serve --stack fake` and fuzz that)")
+    fuzz.add_argument("--pid", type=int, help="the server's process id, for its memory")
+    fuzz.add_argument("--requests", type=int, default=10_000,
+                      help="requests and WebSocket messages to send")
+    fuzz.add_argument("--seed", type=int, default=0)
+    fuzz.add_argument("--concurrency", type=int, default=8)
+    fuzz.add_argument("--auth-token", help="the server's Twilio auth token: sign some"
+                      " phone requests with it")
+    fuzz.add_argument("--public-url", help="the server's telephony.public_url (what"
+                      " Twilio signs; default --url)")
+    fuzz.add_argument("--settle-s", type=float, default=60.0,
+                      help="seconds the calls it started get to time out")
+    fuzz.add_argument("--rss-growth-mb", type=float, default=64.0,
+                      help="fail when the server's RSS grows more than this")
+
     # Listed here for --help; its options are its own parser's (cloudsim.service), which
     # gets every argument after the word "cloudsim" untouched.
     sub.add_parser("cloudsim", help="run the simulated cloud providers (see "
@@ -84,12 +102,33 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "fuzz":
+            return _fuzz(args)
         return _call(args)
     except RejoinderError as exc:
         print(f"rejoinder: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from rejoinder.bench.fuzz import fuzz, fuzz_own_server
+
+    if args.url:
+        report = asyncio.run(fuzz(args.url, args.requests, seed=args.seed,
+                                  concurrency=args.concurrency, auth_token=args.auth_token,
+                                  public_url=args.public_url, pid=args.pid,
+                                  settle_s=args.settle_s,
+                                  rss_growth_max_mb=args.rss_growth_mb))
+    else:
+        report = asyncio.run(fuzz_own_server(args.requests, seed=args.seed,
+                                             concurrency=args.concurrency,
+                                             auth_token=args.auth_token,
+                                             settle_s=args.settle_s,
+                                             rss_growth_max_mb=args.rss_growth_mb))
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -703,6 +703,6 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError(value)
             return str(value)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a list, table or date where a number goes
         raise ConfigError(name, f"expected {hint.__name__}, got {value!r}") from None
     return value

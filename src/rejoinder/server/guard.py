@@ -160,6 +160,14 @@ def parse_offer(body: Any) -> str:
             detail=f"{len(candidates)} candidates, none UDP")
     if not any(line.startswith("a=fingerprint:") for line in lines):
         raise SignalingError("bad_offer", "the offer has no DTLS fingerprint")
+    # aiortc bundles every section onto the first one the BUNDLE group names: a name the
+    # offer has no section for leaves a transport of None that fails once the caller
+    # connects (in aiortc's own task, so the call only times out).
+    mids = {line[len("a=mid:"):].strip() for line in lines if line.startswith("a=mid:")}
+    for line in lines:
+        if line.startswith("a=group:BUNDLE") and not set(line.split()[1:]) <= mids:
+            raise SignalingError("bad_offer", "the offer's BUNDLE group names a media "
+                                 "section it does not have", detail=line[:100])
     return sdp
 
 

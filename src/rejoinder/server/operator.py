@@ -113,7 +113,7 @@ def check_call_token(value: str, key: str, now: float) -> str | None:
     if same_secret(value, key):
         return None
     exp, dot, signature = value.partition(".")
-    if not dot or not exp.isdigit() or len(exp) > 12:
+    if not dot or not (exp.isascii() and exp.isdigit()) or len(exp) > 12:  # not "²"
         return "malformed"
     if not same_secret(signature, _sign(key, exp)):
         return "bad signature"
@@ -302,7 +302,11 @@ class Operator:
 
     async def login(self, request: web.Request) -> web.Response:
         token = self.options.admin_token
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError) as exc:  # no multipart boundary, a bad charset
+            raise SignalingError("bad_form", "the body must be a form with the field token",
+                                 detail=type(exc).__name__) from None
         given = form.get("token")
         if not token or not isinstance(given, str) or not same_secret(given.strip(), token):
             log.info("POST /dashboard/login refused (unauthorized)")
@@ -379,8 +383,11 @@ class Operator:
         start = _when(q.get("from"), "from", end=False)
         end = _when(q.get("to"), "to", end=True)
         if default_days is not None and start is None:
-            start = (end or datetime.fromtimestamp(self.wall(), UTC)) \
-                - timedelta(days=default_days)
+            try:
+                start = (end or datetime.fromtimestamp(self.wall(), UTC)) \
+                    - timedelta(days=default_days)
+            except OverflowError:  # "to" within default_days of year 1
+                start = datetime.min.replace(tzinfo=UTC)
         return CallFilter(start=start, end=end, transport=q.get("transport") or None,
                           agent=q.get("agent") or None)
 
@@ -404,9 +411,9 @@ def _when(value: str | None, name: str, *, end: bool) -> datetime | None:
             at = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return at + timedelta(days=1) if end else at
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 9999 or before year 1
         raise SignalingError("bad_field", f"{name} must be an ISO date or time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -85,6 +85,9 @@ class PhoneLine:
             form = await request.post()
         except web.HTTPRequestEntityTooLarge:
             raise SignalingError("too_large", "the body is too large", status=413) from None
+        except (ValueError, LookupError) as exc:  # undecodable, or an unknown charset
+            raise SignalingError("bad_form", "the body is not a readable form",
+                                 detail=type(exc).__name__) from None
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         self._check_signature(request, self._public(request, VOICE_PATH), params)
         response = VoiceResponse()
