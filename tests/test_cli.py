@@ -86,3 +86,14 @@ def test_serve_with_a_provider_down_closes_the_stack_and_says_so_in_one_line(
     assert err.startswith("rejoinder: a provider is not ready: ") and err.count("\n") == 1
     assert len(quiet_serve) == 1
     assert not [w for w in caught if "Unclosed" in str(w.message)]
+
+
+def test_serve_primes_the_guardrails_safe_line_so_saying_it_costs_no_synthesis(
+        quiet_serve, busy_port, monkeypatch) -> None:
+    monkeypatch.setenv("REJOINDER_GUARDRAILS__SAFE_LINE", "Let's keep to your booking.")
+    assert cli.main(["serve", "--stack", "fake", "--port", str(busy_port)]) == 2
+    (stack,) = quiet_serve  # primed before the server tried to listen
+    assert "Let's keep to your booking." in stack.tts._entries  # synthesised at start
+    monkeypatch.setenv("REJOINDER_GUARDRAILS__ENABLED", "false")
+    assert cli.main(["serve", "--stack", "fake", "--port", str(busy_port)]) == 2
+    assert "Let's keep to your booking." not in quiet_serve[1].tts._entries

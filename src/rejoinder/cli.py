@@ -170,7 +170,8 @@ def _serve(args: argparse.Namespace) -> int:
                     t, a = config.turn, config.agent
                     await prime([*split_clauses(a.greeting, t.clause_min_words),
                                  *split_clauses(t.filler, t.clause_min_words),
-                                 *([a.tool_filler, a.tool_apology] if stack.tools else [])])
+                                 *([a.tool_filler, a.tool_apology] if stack.tools else []),
+                                 *([stack.guardrails.safe_line] if stack.guardrails else [])])
             except ProviderError as exc:
                 raise RejoinderError(f"a provider is not ready: {exc}") from exc
             log.info("providers warm")
