@@ -26,7 +26,10 @@ from rejoinder.providers.local.toolchoice import (
     IntentStage,
     choice_schema,
     clean_arguments,
+    parse_spans,
     parse_tool_reply,
+    span_grammar,
+    spans,
 )
 from rejoinder.tools.base import Tool, ToolCall
 
@@ -111,6 +114,18 @@ def test_reference_digits_are_not_a_time() -> None:
     found, _ = slots.fill({"reference": {"type": "string"}, "time": {"type": "string"}},
                           "Please cancel BK 20261206 003.")
     assert found == {"reference": "BK 20261206 003"}
+
+
+def test_spans_are_the_callers_content_words() -> None:
+    said = "Hi, I'd like to book a beard trim for Tom Baker tomorrow at 3, please."
+    assert spans(said, {"book", "tom", "baker"}) == ["beard trim"]
+    assert spans("Um, yes please, at 3.", set()) == []
+    assert spans("a beard trim massage", set()) == ["beard trim massage"]
+    assert span_grammar(2, ["haircut", 'say "hi"']) == (
+        'root ::= value "\\n" value\nvalue ::= "haircut" | "say \\"hi\\""\n')
+    assert parse_spans("haircut\nfriday", ["service", "day"]) == {
+        "service": "haircut", "day": "friday"}
+    assert parse_spans("haircut", ["service", "day"]) == {"service": "haircut"}
 
 
 def test_a_tool_reply_is_parsed_only_for_known_tools() -> None:
@@ -207,14 +222,38 @@ async def test_tool_turn_reads_typed_fields_and_asks_the_model_only_for_the_rest
     call = items[0]
     assert call.name == "book"
     assert call.args() == {"service": "haircut", "day": "tomorrow", "time": "15:00"}
+    # the one required field no rule reads is the one word left that neither asked for
+    # the tool ("book") nor was read by a rule: no choice, so the model is not asked
+    assert server.requests == []
+
+
+async def test_tool_turn_lets_the_model_choose_among_the_callers_words() -> None:
+    server = _FakeServer(lambda request: "beard trim")
+    llm = _smollm(server)
+    items = await _items(llm, [SYSTEM, ChatMessage(
+        "user", "Book a beard trim or a massage tomorrow at 3.")], agent_tools())
+    assert [(i.name, i.args()) for i in items if isinstance(i, ToolCall)] == [
+        ("book", {"service": "beard trim", "day": "tomorrow", "time": "15:00"})]
     (request,) = server.requests
-    # the model writes the one required field no rule reads, under its schema, greedily
-    assert set(request["json_schema"]["properties"]) == {"service"}
-    assert request["json_schema"]["required"] == ["service"]
+    assert request["grammar"] == 'root ::= value\nvalue ::= "beard trim" | "massage"\n'
+    assert "json_schema" not in request
     assert request["temperature"] == 0.0
     # the instruction comes last, so the conversation's cached prefix still holds
     assert request["messages"][0]["content"] == SYSTEM.content
     assert request["messages"][-1]["role"] == "system"
+    llm._executor.shutdown()
+
+
+async def test_tool_turn_without_words_to_choose_falls_back_to_the_schema() -> None:
+    server = _FakeServer(lambda request: '{"service": "massage"}')
+    llm = _smollm(server)
+    items = await _items(llm, [SYSTEM, ChatMessage("user", "Book me in tomorrow at 3.")],
+                         agent_tools())
+    assert [(i.name, i.args()) for i in items if isinstance(i, ToolCall)] == [
+        ("book", {"service": "massage", "day": "tomorrow", "time": "15:00"})]
+    (request,) = server.requests
+    assert set(request["json_schema"]["properties"]) == {"service"}
+    assert request["json_schema"]["required"] == ["service"]
     llm._executor.shutdown()
 
 

@@ -111,7 +111,8 @@ async def first_item(llm: LLM, case: Case, tools: list[Tool]) -> tuple[str | Non
     return None, {}, (time.perf_counter() - start) * 1000
 
 
-async def run_mode(mode: str, redact: bool, tools: list[Tool]) -> dict[str, Score]:
+async def run_mode(mode: str, redact: bool, tools: list[Tool],
+                   every: int = 1) -> dict[str, Score]:
     from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
 
     tools = tools if mode != "plain" else []
@@ -123,7 +124,7 @@ async def run_mode(mode: str, redact: bool, tools: list[Tool]) -> dict[str, Scor
         scores: dict[str, Score] = {}
         for part, cases in PARTS.items():
             score = scores[part] = Score()
-            for case in cases:
+            for case in cases[::every]:
                 tool, args, ms = await first_item(llm, case, tools)
                 score.outcomes.append(judge(case, tool, args, ms))
         return scores
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--enum", action="store_true",
                     help="the set's own schemas (the service an enum), not the agent's tools")
     ap.add_argument("--json", help="write every turn's outcome here")
+    ap.add_argument("--every", type=int, default=1,
+                    help="for the modes that decode with the model (grammar, prompt,"
+                         " intent_model), only every Nth turn of each part (they take tens"
+                         " of seconds a turn on a busy 2-core machine)")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
@@ -169,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in ["intent-stage", *modes]:  # each mode printed (and saved) as it finishes
         tools = booking_tools() if args.enum else agent_tools()
         parts = results[m] = (run_intent_only(tools) if m == "intent-stage"
-                              else asyncio.run(run_mode(m, args.redact, tools)))
+                              else asyncio.run(run_mode(
+                                  m, args.redact, tools,
+                                  args.every if m in ("grammar", "prompt", "intent_model")
+                                  else 1)))
         for part, score in parts.items():
             s = score.summary()
             scored = [f"{s[k]:>6.1%}" if s[k] is not None else f"{'-':>6}"

@@ -42,7 +42,10 @@ from rejoinder.providers.local.toolchoice import (
     choice_instruction,
     choice_schema,
     clean_arguments,
+    parse_spans,
     parse_tool_reply,
+    span_grammar,
+    spans,
     tools_instruction,
 )
 from rejoinder.tools.base import Tool, ToolCall
@@ -245,12 +248,28 @@ class SmolLM(LLM):
             # fill (a stylist, a phone number), this model invents a value.
             rest = [k for k in rest if k in tool.parameters.get("required", ())]
             if rest:
-                schema = {**tool.parameters,
-                          "properties": {k: props[k] for k in rest},
-                          "required": [k for k in tool.parameters.get("required", ())
-                                       if k in rest]}
-                raw = await self._complete(messages, arguments_instruction(tool, rest), schema)
-                found = {**clean_arguments(tool, _object(raw)), **found}
+                # The model picks each field's value among the caller's own words (a
+                # grammar of their spans, without the words that chose the tool or that the
+                # rules read): it copies the description or invents one when it may write
+                # freely (tooleval: 0 services of 23 right under the schema alone).
+                used = self._intent_stage(tools).cue_words(said, tool.name)
+                for value in found.values():
+                    used.update(str(value).lower().split())
+                candidates = spans(said, used) if mode == "intent" else []
+                if len(candidates) == 1 and len(rest) == 1:  # nothing left to choose
+                    found[rest[0]] = candidates[0]
+                elif candidates:
+                    raw = await self._complete(messages, arguments_instruction(tool, rest),
+                                               None, span_grammar(len(rest), candidates))
+                    found = {**parse_spans(raw, rest), **found}
+                else:
+                    schema = {**tool.parameters,
+                              "properties": {k: props[k] for k in rest},
+                              "required": [k for k in tool.parameters.get("required", ())
+                                           if k in rest]}
+                    raw = await self._complete(messages, arguments_instruction(tool, rest),
+                                               schema)
+                    found = {**clean_arguments(tool, _object(raw)), **found}
             yield _call(tool.name, clean_arguments(tool, found))
         elif mode == "grammar":
             raw = await self._complete(messages, choice_instruction(tools), choice_schema(tools))
@@ -278,14 +297,16 @@ class SmolLM(LLM):
         return self._intent[1]
 
     async def _complete(self, messages: list[ChatMessage], instruction: str,
-                        schema: dict[str, Any] | None) -> str:
+                        schema: dict[str, Any] | None, grammar: str | None = None) -> str:
         """The whole greedy reply to ``messages`` with ``instruction`` after them (a system
         message at the end, so the conversation's cached prefix still holds), held to
-        ``schema`` when given."""
+        ``schema`` (or a GBNF ``grammar``) when given."""
         request = self.request([*messages, ChatMessage("system", instruction)])
         request.update(max_tokens=self.options.tool_max_tokens, temperature=0.0)
         if schema is not None:
             request["json_schema"] = schema
+        if grammar is not None:
+            request["grammar"] = grammar
         parts: list[str] = []
         async for delta in self._requests(request):
             parts.append(delta)

@@ -106,10 +106,69 @@ class IntentStage:
         best = max(scores, key=lambda n: scores[n])  # ties: the first tool listed
         return best if scores[best] >= self.threshold else None
 
+    def cue_words(self, text: str, tool: str) -> set[str]:
+        """The words of ``text`` that asked for ``tool`` (its cue phrases found there)."""
+        said = " ".join(_words(text))
+        out: set[str] = set()
+        for name, patterns in self._entries:
+            if name == tool:
+                for p, _ in patterns:
+                    for m in p.finditer(said):
+                        out.update(m.group(0).split())
+        return out
+
 
 def _phrase(phrase: str) -> re.Pattern[str]:
     return re.compile(r"(?<![a-z0-9'])" + re.escape(" ".join(_words(phrase)))
                       + r"(?![a-z0-9'])")
+
+
+# Words that are never a field's value on their own, nor its first or last word.
+_STOP_WORDS = """a an the i i'd i'm i'll i've me my mine you your we our it it's its is are am
+was were be been do does did can could would will shall should may might must to for of on in
+at by with from and or but so if then that this these those there here what which when where
+who how why any anything some something please thanks thank hi hello hey yeah yes no not okay
+ok um uh er hmm oh well just like want wanna need get got have has had would like love
+maybe around about one also too very really tomorrow today tonight morning afternoon evening
+a.m. p.m. am pm name's what's that's there's here's let's who's how's where's it'd
+you're we're they're"""
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+def spans(text: str, exclude: set[str], max_words: int = 3) -> list[str]:
+    """The runs of up to ``max_words`` of the caller's words that may be a field's value: no
+    digits, not starting or ending with a filler word, none of ``exclude`` (the words that
+    chose the tool, or that the rules already read), and none inside a longer one (given
+    "beard" and "beard trim" the model stops early). In the caller's order."""
+    words = [w for w in _words(text)]
+    out: list[str] = []
+    for n in range(max_words, 0, -1):
+        for i in range(len(words) - n + 1):
+            run = words[i:i + n]
+            if (run[0] in _STOP or run[-1] in _STOP or any(w in exclude for w in run)
+                    or any(c.isdigit() for w in run for c in w)):
+                continue
+            span = " ".join(run)
+            if span not in out and not any(f" {span} " in f" {o} " for o in out):
+                out.append(span)
+    said = " ".join(words)
+    return sorted(out, key=lambda o: said.find(o))
+
+
+def span_grammar(fields: int, candidates: Sequence[str]) -> str:
+    """A llama.cpp grammar (GBNF): ``fields`` lines, each one of ``candidates``. The model
+    chooses among the caller's words and cannot invent any; bare values, not JSON, because
+    every token costs a step of decoding even where the grammar leaves no choice."""
+    def lit(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    body = ' "\\n" '.join(["value"] * fields)
+    return f"root ::= {body}\nvalue ::= {' | '.join(lit(c) for c in candidates)}\n"
+
+
+def parse_spans(raw: str, fields: Sequence[str]) -> dict[str, str]:
+    """The values a :func:`span_grammar` reply gives ``fields`` (fewer if cut short)."""
+    return {f: v.strip() for f, v in zip(fields, raw.split("\n"), strict=False) if v.strip()}
 
 
 def arguments_instruction(tool: Tool, only: Sequence[str] | None = None) -> str:
