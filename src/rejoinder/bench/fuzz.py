@@ -190,6 +190,13 @@ class _Fuzzer:
                                         f"({type(exc).__name__})")
             return 0, ""
         code = ""
+        if status >= 500 and method == "HEAD":  # no body to say why: ask again with GET
+            try:
+                async with self.session.get(self.url + path, headers=headers,
+                                            allow_redirects=False) as again:
+                    body = await again.text(errors="replace")
+            except (aiohttp.ClientError, TimeoutError):
+                body = ""
         if status >= 500:
             try:
                 code = str(json.loads(body).get("code", ""))
