@@ -3,7 +3,7 @@
 
     calls       one row per call: id, transport, start and end, agent, outcome
     turns       one row per finished turn: transcripts (redacted), interruption, stage times
-    tool_calls  one row per tool the agent called in a turn (none are written yet)
+    tool_calls  one row per tool the agent called in a turn (name, redacted arguments, time, status)
 """
 
 from __future__ import annotations
