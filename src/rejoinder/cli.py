@@ -21,13 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the voice agent server")
-    serve.add_argument("--config", type=Path, help="TOML config file")
-    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8080)")
-    serve.add_argument("--stack", choices=["local", "fake"], default="local",
-                       help="local: embedded offline models; fake: fixed-latency fakes")
-    serve.add_argument("--agent", help="a built-in agent (its prompt, greeting and tools):"
-                       " booking", metavar="PROFILE")
+    _server_options(serve)
+    serve.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="run N worker processes behind a gateway over NATS (a local"
+                            " nats-server unless bus.url is set); 0: one process")
+    worker = sub.add_parser("worker", help="run a worker for a gateway (needs bus.url)")
+    _server_options(worker)
+    worker.add_argument("--id", default="", help="this worker's name (default: host-pid)")
+    gateway = sub.add_parser("gateway", help="run the gateway of workers (needs bus.url)")
+    _server_options(gateway)
 
     call = sub.add_parser("call", help="call a server with a WAV as the microphone")
     call.add_argument("--wav", type=Path, required=True, help="16-bit PCM WAV to speak")
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return cloudsim_main(argv[1:])
     args = parser.parse_args(argv)
     try:
-        if args.command == "serve":
+        if args.command in ("serve", "worker", "gateway"):
             return _serve(args)
         if args.command == "bench":
             return _bench(args)
@@ -131,15 +133,22 @@ def _fuzz(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8080)")
+    parser.add_argument("--stack", choices=["local", "fake"], default="local",
+                        help="local: embedded offline models; fake: fixed-latency fakes")
+    parser.add_argument("--agent", help="a built-in agent (its prompt, greeting and tools):"
+                        " booking", metavar="PROFILE")
+
+
 def _serve(args: argparse.Namespace) -> int:
+    """``serve`` (one process, or ``--workers N``), ``worker`` and ``gateway``."""
     import dataclasses
 
     from rejoinder.config import load_config
     from rejoinder.observability.logs import setup_logging
-    from rejoinder.providers.base import ChatMessage
-    from rejoinder.providers.factory import build_stack
-    from rejoinder.server.app import run_server
-    from rejoinder.turn.clauses import split_clauses
 
     if args.agent:  # as [agent] profile, over the file (explicit prompt or tools still win)
         import os
@@ -154,39 +163,113 @@ def _serve(args: argparse.Namespace) -> int:
         server = dataclasses.replace(server, port=args.port)
     config = dataclasses.replace(config, server=server)
     setup_logging(config.log.level, config.log.json)
+    workers = getattr(args, "workers", 0)
+    if workers < 0:
+        raise RejoinderError("--workers must be 0 (one process) or more")
 
     async def run() -> None:
-        _stop_on_sigterm()
-        log.info("loading %s providers", args.stack)
-        stack = await asyncio.to_thread(build_stack, config, args.stack)
-        try:  # from here on, every way out closes the stack (its HTTP sessions above all)
+        if args.command == "serve" and not workers:
+            _stop_on_sigterm()
+            stack = await _ready_stack(config, args.stack)
             try:
-                from rejoinder.tools import load_tools
+                await _listening(run_server(config, stack), server.host, server.port)
+            finally:
+                await stack.close()
+            return
+        stop = asyncio.Event()
+        _set_on_sigterm(stop)
+        if args.command == "worker":
+            from rejoinder.cluster.worker import run_worker
 
-                stack.tools = await load_tools(config.agent) or None  # a bad one: ConfigError
-                await stack.warm([ChatMessage("system", config.agent.system_prompt)])
-                prime = getattr(stack.tts, "prime", None)
-                if prime is not None:  # the greeting and the filler cost nothing when said
-                    t, a = config.turn, config.agent
-                    await prime([*split_clauses(a.greeting, t.clause_min_words),
-                                 *split_clauses(t.filler, t.clause_min_words),
-                                 *([a.tool_filler, a.tool_apology] if stack.tools else []),
-                                 *([stack.guardrails.safe_line] if stack.guardrails else [])])
-            except ProviderError as exc:
-                raise RejoinderError(f"a provider is not ready: {exc}") from exc
-            log.info("providers warm")
+            stack = await _ready_stack(config, args.stack)
             try:
-                await run_server(config, stack)
-            except OSError as exc:  # the address or port cannot be bound
-                raise RejoinderError(_bind_problem(server.host, server.port, exc)) from exc
-        finally:
-            await stack.close()
+                await _listening(run_worker(config, stack, _worker_id(args), stop),
+                                 server.host, server.port)
+            finally:
+                await stack.close()
+            return
+        if args.command == "gateway":
+            await _gateway(config, args.stack, stop, None)
+            return
+        from rejoinder.cluster.supervisor import run_local_cluster
+
+        passed = ["--stack", args.stack, *(["--config", str(args.config)] if args.config else []),
+                  *(["--agent", args.agent] if args.agent else [])]
+        await run_local_cluster(config, workers, passed,
+                                lambda c, s, gone: _gateway(c, args.stack, s, gone), stop)
+
+    from rejoinder.server.app import run_server
 
     try:
         asyncio.run(run())
     except asyncio.CancelledError:  # SIGTERM
         log.info("stopped")
     return 0
+
+
+async def _ready_stack(config: Any, kind: str) -> Any:
+    """The providers loaded, the tools, warm, and the phrases said often primed."""
+    from rejoinder.providers.base import ChatMessage
+    from rejoinder.providers.factory import build_stack
+    from rejoinder.turn.clauses import split_clauses
+
+    log.info("loading %s providers", kind)
+    stack = await asyncio.to_thread(build_stack, config, kind)
+    try:
+        from rejoinder.tools import load_tools
+
+        stack.tools = await load_tools(config.agent) or None  # a bad one: ConfigError
+        await stack.warm([ChatMessage("system", config.agent.system_prompt)])
+        prime = getattr(stack.tts, "prime", None)
+        if prime is not None:  # the greeting and the filler cost nothing when said
+            t, a = config.turn, config.agent
+            await prime([*split_clauses(a.greeting, t.clause_min_words),
+                         *split_clauses(t.filler, t.clause_min_words),
+                         *([a.tool_filler, a.tool_apology] if stack.tools else []),
+                         *([stack.guardrails.safe_line] if stack.guardrails else [])])
+    except ProviderError as exc:
+        await stack.close()
+        raise RejoinderError(f"a provider is not ready: {exc}") from exc
+    except BaseException:
+        await stack.close()
+        raise
+    log.info("providers warm")
+    return stack
+
+
+async def _listening(serving: Any, host: str, port: int) -> None:
+    try:
+        await serving
+    except OSError as exc:  # the address or port cannot be bound
+        raise RejoinderError(_bind_problem(host, port, exc)) from exc
+
+
+async def _gateway(config: Any, kind: str, stop: asyncio.Event,
+                   workers_gone: asyncio.Event | None) -> None:
+    """The gateway: its stack serves post-call analytics only, so it is loaded, not warmed."""
+    from rejoinder.cluster.gateway import run_gateway
+    from rejoinder.providers.factory import build_stack
+
+    stack = await asyncio.to_thread(build_stack, config, kind)
+    try:
+        await _listening(run_gateway(config, stack, stop=stop, workers_gone=workers_gone),
+                         config.server.host, config.server.port)
+    finally:
+        await stack.close()
+
+
+def _worker_id(args: argparse.Namespace) -> str:
+    import os
+    import socket
+
+    return str(args.id or f"{socket.gethostname()}-{os.getpid()}")
+
+
+def _set_on_sigterm(stop: asyncio.Event) -> None:
+    """SIGTERM drains (rejoinder.cluster): ``stop`` is set, and the server stops admitting."""
+    import signal
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
 
 def _bind_problem(host: str, port: int, exc: OSError) -> str:

@@ -91,6 +91,10 @@ class ServerOptions:
     # Set: the call page and /api/offer need this key, or a call token "exp.signature"
     # signed with it (rejoinder.server.operator). Empty: anyone who reaches the page calls.
     call_key: str = ""
+    # SIGTERM stops admitting calls and lets live ones finish for this long; then each is
+    # ended with ``drain_goodbye`` spoken by the agent (a worker, or a server of workers).
+    drain_s: float = 30.0
+    drain_goodbye: str = "I'm sorry, I have to end our call now. Goodbye!"
 
     def __repr__(self) -> str:  # keep the token and the key out of logs and tracebacks
         token, key = ("***" if v else "" for v in (self.admin_token, self.call_key))
@@ -105,7 +109,8 @@ class ServerOptions:
                                   "must be at least 16 characters, without surrounding spaces")
         check_numbers(self, "server", {
             "port": (0, 65535), "max_calls": (1, 10_000), "jitter_buffer_frames": (0, 15),
-            "connect_timeout_s": (0.0, 300.0), "media_timeout_s": (0.0, 300.0)})
+            "connect_timeout_s": (0.0, 300.0), "media_timeout_s": (0.0, 300.0),
+            "drain_s": (0.0, 86_400.0)})
         if self.connect_timeout_s <= 0:
             raise ConfigError("server.connect_timeout_s", "must be positive")
         if self.media_timeout_s <= 0:
@@ -576,6 +581,38 @@ class TelephonyOptions:
 
 
 @dataclass(frozen=True)
+class BusOptions:
+    """Workers dispatched over NATS (``rejoinder serve --workers N``, ``rejoinder worker``,
+    ``rejoinder gateway``: rejoinder.cluster). Unused by a single-process server."""
+
+    # nats://host:port of the NATS server (with JetStream). Empty: ``serve --workers N``
+    # starts a local nats-server of its own; ``worker`` and ``gateway`` need one.
+    url: str = ""
+    # How often a worker publishes its load, and how long without one takes it out of
+    # rotation.
+    heartbeat_s: float = 0.5
+    stale_s: float = 1.5
+    # This worker's own base URL as callers reach it (Twilio media streams go there).
+    # Empty: http://<server.host>:<server.port>.
+    worker_url: str = ""
+    # Where the local nats-server keeps its JetStream files. Empty: "jetstream" next to
+    # the SQLite call store (the data directory).
+    jetstream_dir: str = ""
+    # Workers started by ``serve --workers N`` listen from this port up (0: free ports).
+    worker_port: int = 0
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "bus", {"heartbeat_s": (0.05, 60.0), "stale_s": (0.1, 600.0),
+                                    "worker_port": (0, 65535)})
+        if self.url and not self.url.startswith(("nats://", "tls://")):
+            raise ConfigError("bus.url", "must be a nats:// or tls:// URL")
+        if self.stale_s <= self.heartbeat_s:
+            raise ConfigError("bus.stale_s", "must be longer than bus.heartbeat_s")
+        if self.worker_url and not self.worker_url.startswith(("http://", "https://")):
+            raise ConfigError("bus.worker_url", "must be an http:// or https:// URL")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerOptions = field(default_factory=ServerOptions)
     agent: AgentOptions = field(default_factory=AgentOptions)
@@ -590,6 +627,7 @@ class Config:
     review: ReviewOptions = field(default_factory=ReviewOptions)
     telephony: TelephonyOptions = field(default_factory=TelephonyOptions)
     guardrails: GuardrailOptions = field(default_factory=GuardrailOptions)
+    bus: BusOptions = field(default_factory=BusOptions)
 
 
 def load_config(path: str | Path | None = None,

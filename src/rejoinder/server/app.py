@@ -75,6 +75,7 @@ class Server:
         self.analytics = analytics  # post-call analytics jobs; None: off
         self.call_logs: dict[str, CallLog] = {}
         self._stopping = False
+        self.draining = False  # set by a graceful drain: no new calls (rejoinder.cluster)
         self.ended: OrderedDict[str, list[dict[str, object]]] = OrderedDict()
         self.observability = Observability(config, stack, active_calls=lambda: len(self.calls),
                                            recorder=recorder)
@@ -216,7 +217,14 @@ class Server:
     async def offer(self, request: web.Request) -> web.Response:
         check_content_type(request)
         sdp = parse_offer(await read_json(request))
+        return web.json_response(await self.answer_offer(sdp))
+
+    async def answer_offer(self, sdp: str) -> dict[str, str]:
+        """Start a call on a checked offer: ``{"sdp", "type", "call_id"}`` (also what a
+        worker answers a gateway with, rejoinder.cluster)."""
         limit = self.config.server.max_calls
+        if self.draining:
+            raise OverloadedError("draining", "server is shutting down; try again later")
         if len(self.calls) >= limit:
             raise OverloadedError(
                 "at_capacity",
@@ -250,7 +258,7 @@ class Server:
         log.info("call %s answered", call.id)
         if call.id in self.call_logs:
             self.call_logs[call.id].begin()
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "call_id": call.id})
+        return {"sdp": answer.sdp, "type": answer.type, "call_id": call.id}
 
     # -- lifecycle ------------------------------------------------------------------------
     def _forget(self, call: Call) -> None:
