@@ -249,6 +249,11 @@ def server_process(kind: str, log_path: Path, env: dict[str, str] | None = None,
         env = {**(env or {}), "REJOINDER_TELEPHONY__PUBLIC_URL": f"http://127.0.0.1:{port}",
                "REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN": twilio_auth_token,
                "REJOINDER_TELEPHONY__ALLOW_UNSIGNED": "false"}
+    env = dict(env or {})
+    if not any(k in os.environ or k in env
+               for k in ("REJOINDER_STORE__PATH", "REJOINDER_STORE__URL")):
+        # The bench's calls are recorded beside its results, not among the user's own calls.
+        env["REJOINDER_STORE__PATH"] = str(Path(log_path).parent / "calls.db")
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rejoinder", "serve", "--stack", kind,
