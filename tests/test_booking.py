@@ -293,3 +293,14 @@ def test_bench_tools_wait_for_the_calendar_and_use_their_own_book() -> None:
     assert [(t.name, t.side_effects) for t in bench.TOOLS] == \
         [(t.name, t.side_effects) for t in tools.TOOLS]
     assert tools.database().path != tools.default_path()
+
+
+def test_tool_arguments_carry_their_descriptions() -> None:
+    """What each argument is, in the schema the LLM reads (from ``Annotated[..., Field]``)."""
+    from rejoinder.agents.booking import tools
+
+    props = tools.book.parameters["properties"]
+    assert props["time"]["description"] == "the time of day, 24-hour HH:MM"
+    assert props["day"]["description"].startswith("the day as the caller says it")
+    assert tools.cancel.parameters["properties"]["reference"]["description"] == \
+        "the booking reference, like BK-26DEC06-003"

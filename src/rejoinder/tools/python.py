@@ -61,7 +61,7 @@ def function_tool(fn: AsyncFn, *, side_effects: bool = True, timeout_s: float = 
     if not text or not text.strip():
         raise ConfigError(where, "a tool needs a description: give the function a docstring")
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # keep Field(description=)
     except Exception as exc:
         raise ConfigError(where, f"its type hints cannot be resolved: {exc}") from None
     fields: dict[str, Any] = {}
