@@ -121,6 +121,7 @@ def test_spans_are_the_callers_content_words() -> None:
     assert spans(said, {"book", "tom", "baker"}) == ["beard trim"]
     assert spans("Um, yes please, at 3.", set()) == []
     assert spans("a beard trim massage", set()) == ["beard trim massage"]
+    assert spans("Book a manicure for 1 p.m. The name is Lee", {"book", "lee"}) == ["manicure"]
     assert span_grammar(2, ["haircut", 'say "hi"']) == (
         'root ::= value "\\n" value\nvalue ::= "haircut" | "say \\"hi\\""\n')
     assert parse_spans("haircut\nfriday", ["service", "day"]) == {

@@ -15,8 +15,8 @@ Timed: ``decide_ms``, from the request to the first thing the stream yields (the
 :class:`ToolCall`, or the first words of a reply), p50 and p95 over the turns, against
 ``plain`` (the same turns with no tools offered: the first token). What a mode adds to a tool
 turn is the difference. The model's prompt cache holds the system prompt, as in a call.
-Redaction is off unless ``--redact``: it hides booking references from the model, which is
-the reply loop's business to map back, not the model's choice.
+Redaction is off unless ``--redact`` (with it, a phone number reaches the model as a
+placeholder and is never an argument; the set holds none, so the scores are the same).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ who how why any anything some something please thanks thank hi hello hey yeah ye
 ok um uh er hmm oh well just like want wanna need get got have has had would like love
 maybe around about one also too very really tomorrow today tonight morning afternoon evening
 a.m. p.m. am pm name's what's that's there's here's let's who's how's where's it'd
-you're we're they're"""
+you're we're they're come go noon midday half past quarter o'clock name number"""
 _STOP = frozenset(_STOP_WORDS.split())
 
 
@@ -145,7 +145,7 @@ def spans(text: str, exclude: set[str], max_words: int = 3) -> list[str]:
     for n in range(max_words, 0, -1):
         for i in range(len(words) - n + 1):
             run = words[i:i + n]
-            if (run[0] in _STOP or run[-1] in _STOP or any(w in exclude for w in run)
+            if (_stop(run[0]) or _stop(run[-1]) or any(w in exclude for w in run)
                     or any(c.isdigit() for w in run for c in w)):
                 continue
             span = " ".join(run)
@@ -153,6 +153,10 @@ def spans(text: str, exclude: set[str], max_words: int = 3) -> list[str]:
                 out.append(span)
     said = " ".join(words)
     return sorted(out, key=lambda o: said.find(o))
+
+
+def _stop(word: str) -> bool:
+    return word in _STOP or len(word) < 2  # "p.m." is "p" and "m" as words
 
 
 def span_grammar(fields: int, candidates: Sequence[str]) -> str:
