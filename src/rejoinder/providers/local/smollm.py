@@ -16,6 +16,10 @@ and with it the cache, holds for many turns.
 
 The model is tiny and weak: short canned replies only. It exists so the product runs offline
 out of the box; real deployments point the agent at an OpenAI-compatible server.
+
+Offered tools, it does not choose them itself: an intent stage does, rules read the typed
+arguments, and the model only picks among the caller's words for a field left
+(:mod:`.toolchoice`, :mod:`.slots`; ``tool_mode``).
 """
 
 from __future__ import annotations
