@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ class BenchOptions:
     reply_timeout_s: float = 15.0
     transport: str = "webrtc"            # webrtc | twilio (phone calls via Media Streams)
     auth_token: str | None = None        # Twilio's, to sign with (generated when we start it)
+    # The process of the server at ``url``, for its CPU and memory; None: the process
+    # listening on the URL's loopback port, if it is one of this machine's.
+    server_pid: int | None = None
 
 
 @dataclass
@@ -63,6 +67,7 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
         procs = _Procs()
         profile = None
         url = opts.url
+        server_pid: int | None = None
         # The script's own simulated-cloud values, under those of the command line.
         cloud_overrides = {**_script_overrides(opts), **opts.cloud_overrides}
         if url is None and opts.transport == "twilio" and opts.auth_token is None:
@@ -87,6 +92,9 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             progress(f"starting the server ({opts.stack} stack)")
             env.update(opts.script.server)
             env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
+            # Its own call store: the run neither adds to the operator's records nor pays
+            # for (or waits on) post-call jobs of earlier runs in a shared database.
+            env.setdefault("REJOINDER_STORE__PATH", str((opts.out / "calls.db").resolve()))
             url, procs.server = stack.enter_context(server_process(
                 opts.stack if opts.stack != "cloud" else "local", opts.out / "server.log", env,
                 twilio_auth_token=opts.auth_token if opts.transport == "twilio" else None))
@@ -96,6 +104,11 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             profile = load_profile(opts.profile).with_overrides(
                 _override_fields(cloud_overrides))
         health = asyncio.run(_health(url))
+        if opts.url is not None and procs.server is None:
+            server_pid = opts.server_pid or local_listener(opts.url)
+            if server_pid is not None:
+                progress(f"the server at {opts.url} is process {server_pid}: its CPU and"
+                         " memory are sampled")
         ideal = ideal_cached = None
         if profile is not None:
             pause = health.get("pause_s") if health.get("speculate") else None
@@ -109,7 +122,7 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
         for n in opts.concurrency:
             progress(f"\n{n} concurrent call(s), script {opts.script.name!r} "
                      f"({len(opts.script.turns)} turns each)")
-            pids = {"server": procs.server.pid if procs.server else None,
+            pids = {"server": procs.server.pid if procs.server else server_pid,
                     "cloudsim": procs.cloudsim.pid if procs.cloudsim else None,
                     "bench": os.getpid()}
             runs.append(asyncio.run(_run_level(url, n, opts, (ideal, ideal_cached), pids,
@@ -119,7 +132,8 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": _commit(),
             "host": {"cpus": os.cpu_count(), "mem_gb": _mem_gb()},
-            "stack": opts.stack if opts.url is None else "external",
+            "stack": (opts.stack if opts.url is None else "external" if server_pid is None
+                      else f"running server (pid {server_pid})"),
             "profile": None if profile is None else dataclasses.asdict(profile),
             "script": opts.script.name,
             "transport": opts.transport,
@@ -142,9 +156,11 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
     said: list[dict[str, Any]] = []  # the words of both sides (scripted speech: no one's data)
     tools: list[dict[str, Any]] = []  # tool calls as the caller's events tell them
     errors: list[str] = []
+    lengths: list[float] = []  # seconds each call lasted, from its offer to its hang-up
 
     async def one(i: int) -> None:
         await asyncio.sleep(i * opts.ramp_s)
+        began = time.monotonic()
         limit = opts.script.lead_s + sum(
             len(t.audio) / 16_000 + t.gap_s + opts.reply_timeout_s for t in opts.script.turns)
         try:
@@ -152,14 +168,17 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
                 record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s,
                                         transport=opts.transport, auth_token=opts.auth_token)
         except CallFailed as exc:
+            lengths.append(time.monotonic() - began)
             counts["refused" if exc.status == 503 else "failed"] += 1
             errors.append(str(exc))
             return
         except Exception as exc:
+            lengths.append(time.monotonic() - began)
             counts["failed"] += 1
             errors.append(repr(exc))
             log.exception("call %d failed", i)
             return
+        lengths.append(time.monotonic() - began)
         counts["completed"] += 1
         errors.extend(f"the server sent {e['message']}" for e in record.events
                       if e.get("type") == "protocol_error")  # a phone call's, Twilio's view
@@ -176,12 +195,36 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
                  f"/{sum(not t['backchannel'] for t in mine)} replies);"
                  f" so far v2v p50 {percentile(v2v, 50):.0f} ms, p95 {percentile(v2v, 95):.0f} ms")
 
+    cpu = _CpuTime(pids)
     await asyncio.gather(*(one(i) for i in range(n)))
     sampling.cancel()
+    used = cpu.used(sum(lengths))
     for e in sorted(set(errors)):
         progress(f"  ! {e}")
+    if used["call_s"] > 0:
+        progress("  CPU per call (CPU seconds / call seconds): " + ", ".join(
+            f"{k} {100.0 * v / used['call_s']:.2f} % of a core"
+            for k, v in used["cpu_s"].items()))
     return {"concurrency": n, "calls": counts, "turns": turns, "said": said, "tools": tools,
-            "resources": {"samples": sampler.samples}, "errors": sorted(set(errors))}
+            "resources": {"samples": sampler.samples, **used}, "errors": sorted(set(errors))}
+
+
+class _CpuTime:
+    """CPU seconds (user + system) each process spent during a level. Divided by the calls'
+    summed length it is CPU per call, which other load on the machine moves far less than
+    it moves latency."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {k: v for k, v in pids.items() if v is not None}
+        self._start = time.monotonic()
+        self._ticks = {k: _cpu_ticks(p) for k, p in self.pids.items()}
+
+    def used(self, call_s: float) -> dict[str, Any]:
+        tick = os.sysconf("SC_CLK_TCK")
+        return {"cpu_s": {k: round((_cpu_ticks(p) - self._ticks[k]) / tick, 2)
+                          for k, p in self.pids.items()},
+                "wall_s": round(time.monotonic() - self._start, 2),
+                "call_s": round(call_s, 2)}
 
 
 class _Sampler:
@@ -280,6 +323,35 @@ def server_process(kind: str, log_path: Path, env: dict[str, str] | None = None,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def local_listener(url: str) -> int | None:
+    """The process listening on ``url``'s port, when its host is this machine's loopback and
+    the process is visible to us (Linux ``/proc``); else None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1") or parts.port is None:
+        return None
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == parts.port:
+                inodes.add(f"socket:[{fields[9]}]")  # state 0A: listening
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
 
 
 async def _health(url: str) -> dict[str, Any]:
