@@ -64,9 +64,16 @@ class _Decimator:
         self._taps = (h / h.sum()).astype(np.float32)[::-1].copy()
         self._history = np.zeros(self.TAPS - 1, dtype=np.float32)
         self._skip = 0  # input samples to pass over before the next output sample
+        self._zeros = True  # the history is digital silence
 
     def __call__(self, pcm: PCM) -> PCM:
         keep = self.TAPS - 1
+        if self._zeros and not pcm.any():
+            # Silence in, silence out, exactly: a listening caller's muted (or gated)
+            # microphone costs no filtering. The history stays zeros; only the phase moves.
+            count = max(0, (keep + len(pcm) - self.TAPS - self._skip) // self.factor + 1)
+            self._skip += count * self.factor - len(pcm)
+            return np.zeros(count, dtype=np.int16)
         x = np.empty(keep + len(pcm), dtype=np.float32)
         x[:keep] = self._history
         x[keep:] = pcm
@@ -77,6 +84,7 @@ class _Decimator:
             writeable=False)
         self._skip += count * self.factor - (len(x) - keep)
         self._history = x[len(x) - keep:]
+        self._zeros = not self._history.any()
         out = np.ascontiguousarray(windows) @ self._taps
         np.clip(out, -32768, 32767, out=out)
         pcm16: PCM = np.rint(out, out=out).astype(np.int16)

