@@ -1,5 +1,7 @@
 """The turn engine's end-of-turn policy, replayed offline on the spliced test set (turnset.py).
 
+The decision is the engine's own code (``turn/policy.EndOfTurn``, see :func:`confirmations`);
+what this module adds is the audio, the models' answers at fixed latencies, and the scoring.
 Per 20 ms frame, as ``turn/engine.py`` does: Silero VAD decides speech, but quiet frames after
 audible speech count as silence (``turn/level.py``; the utterance's peak level is kept for
 the whole item here, where the engine starts it again after each reply); ``pause_s`` of silence
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import heapq
 import json
 import math
 import sys
@@ -45,10 +48,11 @@ import numpy as np
 from rejoinder.bench import turnset
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
 from rejoinder.core.telephony import phone_path
-from rejoinder.providers.base import ChatMessage
-from rejoinder.turn.engine import words_unfinished
+from rejoinder.providers.base import LLM, ChatMessage
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
+from rejoinder.turn.policy import Act, EndOfTurn, EndP, QuietTail, words_unfinished
+from rejoinder.turn.policy import Words as Said
 
 WINDOW = 8 * SAMPLE_RATE  # the end-of-turn model hears the last 8 s, as in the engine
 Prob = Callable[[int, int], float]  # P(turn complete) for the samples [start, end)
@@ -68,94 +72,117 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                   frame: int = FRAME_SAMPLES) -> list[Confirmation]:
     """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only.
 
-    ``words`` (with ``opts.hold_unfinished``): whether the speculative transcript, taken
-    at the pause and in ``words_latency_s`` later, is unfinished; no turn is confirmed
-    before it is in, and an unfinished one only at ``max_silence_s``."""
-    latency = round(latency_s * SAMPLE_RATE)
+    The engine's own policy (``turn/policy.EndOfTurn``) decides. The model answers
+    ``latency_s`` after it is asked. ``words`` (with ``opts.hold_unfinished``): whether the
+    speculative transcript, taken when a speculation starts, is unfinished; it is in
+    ``words_latency_s`` later. A frame of silence arrives at its end: an answer or a
+    transcript that arrives within it is heard before it, one at its end after it; the
+    caller's voice is heard from the start of its frame (it cancels an answer arriving
+    within it, which is stale once the caller speaks). As in the engine, a
+    speculation the caller talks over for ``min_speech_s`` is dropped (a shorter sound
+    keeps it, and its transcript); after a confirmation, the caller's next voiced frame
+    drops the reply (they were only pausing) and the utterance goes on."""
     check_words = words is not None and opts.hold_unfinished and opts.speculate
-    words_at, unfinished = 0, False  # when this pause's transcript is in; what it says
-    ready: int | None = None  # when the other signals would have confirmed, held for words
+    policy = EndOfTurn(replace(opts, hold_unfinished=check_words), model=prob is not None)
+    latency = round(latency_s * SAMPLE_RATE)
+    words_latency = round(words_latency_s * SAMPLE_RATE)
     preroll = math.ceil(opts.preroll_s * SAMPLE_RATE / frame) * frame  # whole ring frames
+    min_run = round(opts.min_speech_s * SAMPLE_RATE)
     out: list[Confirmation] = []
-    is_open = paused = pending = waiting = False
-    next_ask = opts.model_after_s  # seconds of silence at which the model is asked (again)
-    origin = onset = start = last = answer_at = 0
-    p: float | None = None  # the latest answer
-    answer = 0.0
+    is_open = waiting = False
+    origin = start = last = 0
+    spec: Said | None = None  # the speculative reply's transcript; None: no reply
+    spec_id = 0
+    # Signals on their way: (arrives at, order, kind, pause or speculation id, value).
+    on_way: list[tuple[int, int, str, int, float]] = []
+
+    def confirm(at: int) -> None:
+        nonlocal waiting
+        out.append(Confirmation(at, last, policy.p))
+        waiting = True
+
+    def deliver(until: int, *, inclusive: bool) -> None:
+        nonlocal spec
+        while on_way and (on_way[0][0] < until or (inclusive and on_way[0][0] == until)):
+            at, _, kind, ident, value = heapq.heappop(on_way)
+            if waiting:
+                continue
+            if kind == "answer":
+                if not policy.answer(ident, value):
+                    continue
+            elif ident != spec_id or spec is None:
+                continue  # the transcript of a dropped speculation
+            else:
+                spec = Said.UNFINISHED if value else Said.FINISHED
+            if policy.done(spec):
+                confirm(at)
+
     for i, voiced in enumerate(speech):
         a, e = i * frame, (i + 1) * frame
+        if not voiced:
+            deliver(e, inclusive=False)
         if voiced:
             if not is_open:  # onset: the ring holds the pre-roll since the last close
-                is_open, onset, start = True, a, max(origin, a - preroll)
+                is_open, start = True, max(origin, a - preroll)
             if waiting:
                 out[-1] = replace(out[-1], resumed=a)
-            last, paused, pending, waiting, p, ready = e, False, False, False, None, None
-            next_ask = opts.model_after_s
-            continue
-        if not is_open or waiting:
-            continue
-        silence = e - last
-        if (last - onset) / SAMPLE_RATE < opts.min_speech_s:
-            if silence / SAMPLE_RATE >= opts.end_silence_s:
+                waiting, spec = False, None
+            policy.speech(frame)
+            last = e
+            if spec is not None and policy.run >= min_run:
+                spec = None  # the caller goes on: the speculation was wasted
+        elif is_open and not waiting:
+            policy.quiet(frame)
+            act = policy.decide(spec)
+            if act & Act.CLOSE:
                 is_open, origin = False, e  # a click or a breath
-            continue
-        if not paused:
-            if silence / SAMPLE_RATE < opts.pause_s:
-                continue
-            paused = True
-            if check_words:
-                assert words is not None
-                unfinished = words(start, e)
-                words_at = e + round(words_latency_s * SAMPLE_RATE)
-        if (prob is not None and not pending and silence / SAMPLE_RATE >= next_ask - 1e-9
-                and (p is None or p < opts.confirm_p)):
-            next_ask = next_ask + opts.reask_s if opts.reask_s > 0 else math.inf
-            answer, pending, answer_at = prob(max(start, e - WINDOW), e), True, e + latency
-        at = None
-        if pending and answer_at <= e:  # the answer arrives within this frame
-            pending, p = False, answer
-            heard = silence if answer_at == e else silence - frame
-            if _done(opts, True, p, heard):
-                at = answer_at
-        if at is None and _done(opts, prob is not None, p, silence):
-            at = e
-        if at is not None and check_words and silence / SAMPLE_RATE < opts.max_silence_s:
-            ready = at if ready is None else ready
-            at = None if words_at > e or unfinished else max(ready, words_at)
-        if (at is None and check_words and opts.finished_silence_s and words_at <= e
-                and not unfinished and silence / SAMPLE_RATE >= opts.finished_silence_s - 1e-9):
-            at = e  # the words read as finished: ``finished_silence_s`` ends the turn
-        if at is not None:
-            out.append(Confirmation(at, last, p))
-            waiting = True
+                policy.new_utterance()
+            if act & Act.SPECULATE:
+                spec, spec_id = Said.PENDING, spec_id + 1
+                if check_words:
+                    assert words is not None
+                    heapq.heappush(on_way, (e + words_latency, i, "words", spec_id,
+                                            float(words(start, e))))
+            if act & Act.ASK:
+                assert prob is not None
+                heapq.heappush(on_way, (e + latency, i, "answer", policy.pause_id,
+                                        prob(max(start, e - WINDOW), e)))
+            if act & Act.CONFIRM:
+                confirm(e)
+        deliver(e, inclusive=True)
     return out
+
+
+def end_of_message(llm: LLM, context: list[ChatMessage]) -> EndP:
+    """``LLM.turn_end_p`` of a caller message after ``context``, for the words check: with
+    no time limit and once per text. On a loaded machine the question can take longer than
+    a call's limit (``turn_end_timeout_s``), and a verdict that depends on load would move
+    the measure by itself (the time the words take is ``words_latency_s``, fixed)."""
+    llm.turn_end_timeout_s = 3600.0
+    known: dict[str, float | None] = {}
+
+    async def end_p(text: str) -> float | None:
+        if text not in known:
+            known[text] = await llm.turn_end_p([*context, ChatMessage("user", text)])
+        return known[text]
+
+    return end_p
 
 
 def credit_quiet_tails(speech: Sequence[bool], audible: Sequence[bool],
                        cap: int) -> list[bool]:
-    """The speech flags as the engine counts them (``Conversation._quiet_end``): once the
-    utterance has had an audible frame, up to ``cap`` quiet frames in a row that the VAD
-    calls speech are silence."""
-    out = list(speech)
-    seen, run = False, 0
-    for i, (voiced, loud) in enumerate(zip(speech, audible, strict=True)):
-        if not voiced or loud:
-            seen, run = seen or voiced, 0
-        elif seen:
-            run += 1
-            out[i] = run > cap
+    """The speech flags as the engine counts them (``turn/policy.QuietTail``, ``cap`` in
+    frames): once the utterance has had an audible frame, up to ``cap`` quiet frames in a
+    row that the VAD calls speech are silence."""
+    tail = QuietTail(cap)
+    out = []
+    for voiced, loud in zip(speech, audible, strict=True):
+        if voiced:
+            out.append(not tail.quiet(1, loud))
+        else:
+            tail.silent()
+            out.append(False)
     return out
-
-
-def _done(opts: TurnOptions, model: bool, p: float | None, silence: int) -> bool:
-    """``Conversation._maybe_confirm``: ``p`` None while the model has not answered."""
-    s = silence / SAMPLE_RATE
-    if not model:
-        return s >= opts.end_silence_s
-    if p is None:
-        return s >= opts.max_silence_s
-    return (p >= opts.confirm_p or (p >= opts.hold_p and s >= opts.end_silence_s)
-            or s >= opts.max_silence_s)
 
 
 def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOptions], *,
@@ -184,6 +211,7 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
     stt = WhisperSTT() if words else None
     llm = SmolLM() if words and options.question_end_p > 0 else None
     system = ChatMessage("system", DEFAULT_SYSTEM_PROMPT)
+    end_p = None if llm is None else end_of_message(llm, [system])
     if llm is not None:
         asyncio.run(llm.warm([system]))  # as a call does before the caller's first word
     times: list[float] = []
@@ -200,7 +228,7 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
             heard[key] = stt.decode(pcm[start:end])
         text = heard[key]
         verdict = asyncio.run(words_unfinished(opts, text, punctuated=stt.punctuates,
-                                               llm=llm, context=[system]))
+                                               end_p=end_p))
         said.append({"at_s": end / SAMPLE_RATE, "text": text, "unfinished": verdict})
         return verdict
 

@@ -4,21 +4,12 @@ Everything about turn-taking lives here; what one reply does is in ``turn/reply.
 Per caller frame the engine takes the VAD's verdict, feeds the caller's utterance to the
 STT session, and moves through these decisions:
 
-- **Silence** is counted from the caller's last audible frame: quiet frames after audible
-  speech are silence even while the VAD, which lags, still calls them speech (up to
-  ``quiet_tail_s`` in a row; ``turn/level.py``).
-- **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): a
-  *speculative* reply starts at once (final transcript, LLM, first TTS clause) with its
-  audio held back. At ``model_after_s`` the end-of-turn model is asked about the audio
-  so far (a little later than the pause: it judges an end better with some silence).
-- **Turn confirmed**, by two signals: the model is sure (P >= ``confirm_p``) as soon as
-  it answers; or ``end_silence_s`` of silence, unless the model says the caller is
-  mid-sentence (P < ``hold_p``: then only ``max_silence_s`` ends the turn). The words are
-  a check on both (``hold_unfinished``): the speculative transcript must be in (the reply
-  cannot speak before it anyway), and if it trails off ("I was wondering if...", "send it
-  to the") only ``max_silence_s`` ends the turn. The held audio plays. If the caller
-  made sounds after the speculation started, the transcript is taken again and a reply
-  built on different words is cancelled and restarted.
+- **Silence, pause, turn confirmed**: decided by the end-of-turn policy
+  (``turn/policy.py``, which ``bench/turneval.py`` replays offline): at a pause a
+  *speculative* reply starts with its audio held back; the end-of-turn model is asked;
+  when the turn is confirmed the held audio plays. If the caller made sounds after the
+  speculation started, the transcript is taken again and a reply built on different
+  words is cancelled and restarted.
 - **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
   cancelled as one unit and the utterance continues. The same happens to a confirmed
   reply the caller has not heard yet: they were only pausing.
@@ -48,17 +39,19 @@ import numpy as np
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import ProviderError
-from rejoinder.core.redact import read_ahead_text
 from rejoinder.core.tasks import cancel_all
 from rejoinder.observability.logs import call_id_var
 from rejoinder.observability.trace import TurnTrace
-from rejoinder.providers.base import LLM, ChatMessage, Stack
+from rejoinder.providers.base import ChatMessage, Stack
 from rejoinder.tools.base import ToolCall
-from rejoinder.turn.level import LevelGate
+from rejoinder.turn.history import commit_turn
+from rejoinder.turn.level import LevelGate, PreRoll
 from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
+from rejoinder.turn.policy import Act, EndOfTurn, QuietTail, Words, words_unfinished
+from rejoinder.turn.readahead import ReadAhead
 from rejoinder.turn.reply import Reply, caller_error
-from rejoinder.turn.tools import Prefetch, prefetch_from_words
+from rejoinder.turn.tools import Prefetch
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +64,6 @@ _vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
 _HOLD_SPECULATIVE = "speculative"
 _HOLD_CALLER = "caller"
 _TURN_MODEL_WINDOW = 8 * SAMPLE_RATE
-
-
-async def words_unfinished(opts: TurnOptions, text: str, *, punctuated: bool,
-                           llm: LLM | None, context: list[ChatMessage]) -> bool:
-    """Whether the caller's transcript reads as unfinished: it trails off
-    (``TurnOptions.is_unfinished``), or it is a question the LLM (if any) finds unlikely to
-    end there (``question_end_p``; ``context``: the messages before it)."""
-    if not text:
-        return False
-    if opts.is_unfinished(text, punctuated=punctuated):
-        return True
-    if llm is None or opts.question_end_p <= 0 or not text.rstrip().endswith("?"):
-        return False
-    try:
-        p = await llm.turn_end_p([*context, ChatMessage("user", text)])
-    except ProviderError as exc:  # no answer: the other signals decide
-        log.debug("turn end from the LLM failed: %s", exc)
-        return False
-    return p is not None and p < opts.question_end_p
 
 
 class Conversation:
@@ -133,29 +107,17 @@ class Conversation:
         # starts playing, or it turns out to be noise or a backchannel.
         self._open = False
         self._frames: list[PCM] = []
-        self._ring: list[PCM] = []      # recent frames while no utterance is open
-        self._ring_len = 0
-        self._voiced = 0                # samples from onset to the last voiced frame
-        self._run = 0                   # samples in the current voiced run
-        self._silence = 0               # samples since the last voiced frame
+        self._preroll = PreRoll(self.opts.preroll_s)  # recent frames while none is open
+        #: The end-of-turn decision, and its counters of the utterance (in samples).
+        self.turn = EndOfTurn(self.opts, model=stack.turn is not None)
         self._level = LevelGate(self.opts.quiet_dbfs)
-        self._quiet_cap = round(self.opts.quiet_tail_s * SAMPLE_RATE)
-        self._audible = False           # the utterance has had an audible frame
-        self._quiet_run = 0             # samples of quiet frames the VAD calls speech
+        self._tail = QuietTail(round(self.opts.quiet_tail_s * SAMPLE_RATE))
         self._loud_run = 0              # samples of loud frames in a row, whatever the VAD says
         self._last_speech = 0.0
-        self._paused = False            # the current silence has reached pause_s
-        self._pause_id = 0
-        self._next_ask_s = 0.0          # silence at which the end-of-turn model is asked next
-        self._asking = False            # a question to the model is on its way
-        self._turn_p: float | None = None  # the model's latest answer in this pause
-        self._turn_failed = False
-        self._end_pause()
-        self._spec_voiced = 0           # self._voiced when the speculation started
+        self._spec_voiced = 0           # self.turn.voiced when the speculation started
         self._interrupting: Reply | None = None  # the reply held by caller speech
-        self._prefilled = ""            # the caller's words last read ahead into the LLM
-        self._prefill: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
+        self.read_ahead = ReadAhead(self, self._spawn)
         #: fillers, tool_fillers, prefetch_hits, prefetch_misses, prefetch_wasted (and above)
         self.prefetch = Prefetch(self.clock, self.stats)
         self._tool_tasks: set[asyncio.Task[Any]] = set()  # started side effects
@@ -176,16 +138,17 @@ class Conversation:
                 self._loud_run = self._loud_run + len(frame) if self._level.loud(frame) else 0
                 p = vad.push(frame) if inline else await loop.run_in_executor(
                     _vad_executor, vad.push, frame)
-                if p >= threshold and not self._quiet_end(frame):
+                audible = p >= threshold and self._level.audible(frame)
+                if p >= threshold and not self._tail.quiet(len(frame), audible):
                     await self._on_speech(frame, now)
                     continue
                 if p < threshold:
-                    self._quiet_run = 0
+                    self._tail.silent()
                     self._level.silence(frame)
                 if self._open:
                     await self._on_silence(frame, now)
                 else:
-                    self._remember(frame)
+                    self._preroll.keep(frame)
         finally:
             await self.close()
 
@@ -199,51 +162,25 @@ class Conversation:
         if self._tool_tasks:  # a started side effect completes (each within its timeout_s)
             await asyncio.wait(set(self._tool_tasks))
 
-    def _remember(self, frame: PCM) -> None:
-        """Keep the last ``preroll_s`` of audio before speech: onsets are soft."""
-        self._ring.append(frame)
-        self._ring_len += len(frame)
-        preroll = self.opts.preroll_s * SAMPLE_RATE
-        while self._ring and self._ring_len - len(self._ring[0]) >= preroll:
-            self._ring_len -= len(self._ring.pop(0))
-
-    def _quiet_end(self, frame: PCM) -> bool:
-        """Whether a frame the VAD calls speech is the caller having stopped: quiet, after
-        audible speech, and not yet ``quiet_tail_s`` of such frames in a row (longer, it is
-        quiet speech: the VAD is trusted again). The VAD lags the end of speech by 50-200
-        ms; the caller's silence starts at their last audible frame (see ``level.py``)."""
-        if self._level.audible(frame):
-            self._audible, self._quiet_run = True, 0
-            return False
-        if not self._audible:
-            return False
-        self._quiet_run += len(frame)
-        return self._quiet_run <= self._quiet_cap
-
     async def _on_speech(self, frame: PCM, now: float) -> None:
         o = self.opts
         if not self._open:
             self._open = True
-            for earlier in self._ring:
+            for earlier in self._preroll.take():
                 self._frames.append(earlier)
                 await self.stt.push(earlier, False)
-            self._ring, self._ring_len = [], 0
-        n = len(frame)
+        t = self.turn
         self._frames.append(frame)
         await self.stt.push(frame, True)
-        self._run += n
-        self._voiced += self._silence + n
-        self._silence = 0
+        t.speech(len(frame))
         self._last_speech = now
-        if self._paused:
-            self._end_pause()
         reply = self._reply
-        run_s = self._run / SAMPLE_RATE
+        run_s = t.run / SAMPLE_RATE
         if self._interrupting is not None:
-            if self._voiced / SAMPLE_RATE >= o.backchannel_max_s:
+            if t.voiced / SAMPLE_RATE >= o.backchannel_max_s:
                 await self._interrupt(self._interrupting)
         elif reply is None:
-            self._read_ahead()
+            self.read_ahead.update()
         elif not reply.confirmed.is_set():
             if run_s >= o.min_speech_s:  # the caller goes on: the speculation was wasted
                 self.stats["wasted"] += 1
@@ -251,52 +188,40 @@ class Conversation:
         elif not self.playout.started(reply.turn):
             if run_s >= o.min_speech_s:  # nothing heard yet: the caller was only pausing
                 await self._drop(reply, "abandoned")
-        elif max(self._run, self._loud_run) / SAMPLE_RATE >= o.barge_in_min_s:
+        elif max(t.run, self._loud_run) / SAMPLE_RATE >= o.barge_in_min_s:
             # Counted from the first loud frame: the VAD said speech only 30-100 ms later.
             self._interrupting = reply
             self.playout.hold(_HOLD_CALLER)
             self.events({"type": "hold", "turn": reply.turn,
-                         "speech_ms": max(self._run, self._loud_run) * 1000 / SAMPLE_RATE})
+                         "speech_ms": max(t.run, self._loud_run) * 1000 / SAMPLE_RATE})
 
     async def _on_silence(self, frame: PCM, now: float) -> None:
-        o = self.opts
+        t = self.turn
         self._frames.append(frame)
         await self.stt.push(frame, False)
-        self._run = 0
-        self._silence += len(frame)
-        silence_s = self._silence / SAMPLE_RATE
+        t.quiet(len(frame))
         reply = self._reply
         if self._interrupting is not None:
-            if not self._paused and silence_s >= o.pause_s:
-                self._paused = True
-                self._pause_id += 1
-                self._spawn(self._judge_interruption(self._interrupting, self._pause_id),
+            if t.pause_begins():
+                self._spawn(self._judge_interruption(self._interrupting, t.pause_id),
                             "interruption")
             return
         if reply is not None and reply.confirmed.is_set():
             return  # the agent's turn; the caller is listening
-        if self._voiced / SAMPLE_RATE < o.min_speech_s:
-            if silence_s >= o.end_silence_s and reply is None:
-                self._close_utterance()  # a click or a breath
-            return
-        if not self._paused and silence_s >= o.pause_s:
-            self._paused = True
-            self._pause_id += 1
-            if reply is None and o.speculate:
-                self._speculate(now)
-        if (self._paused and self.stack.turn is not None and not self._asking
-                and silence_s >= self._next_ask_s
-                and (self._turn_p is None or self._turn_p < o.confirm_p)):
-            # Asked at model_after_s; while it says "not yet", again every reask_s.
-            self._asking = True
-            self._next_ask_s += o.reask_s if o.reask_s > 0 else float("inf")
-            self._spawn(self._ask_turn_model(self._pause_id), "turn-model")
-        self._maybe_confirm(now)
+        act = t.decide(self._words())
+        if act & Act.CLOSE:
+            self._close_utterance()  # a click or a breath
+        if act & Act.SPECULATE:
+            self._speculate(now)
+        if act & Act.ASK:
+            self._spawn(self._ask_turn_model(t.pause_id), "turn-model")
+        if act & Act.CONFIRM:
+            self._confirm(now)
 
     # -- the end of the caller's turn --------------------------------------------------
     def _speculate(self, now: float) -> None:
         self.stats["speculative_starts"] += 1
-        self._spec_voiced = self._voiced
+        self._spec_voiced = self.turn.voiced
         self.playout.hold(_HOLD_SPECULATIVE)
         reply = self._start_reply(self._last_speech, speculative=True)
         reply.trace.mark("vad_end", now)
@@ -308,33 +233,19 @@ class Conversation:
         except ProviderError as exc:
             log.warning("end-of-turn model failed, using silence alone: %s", exc)
             p = None
-        if pause_id != self._pause_id or not self._paused:
-            return  # the caller spoke again meanwhile
-        self._asking = False
-        self._turn_p, self._turn_failed = p, p is None
-        self._maybe_confirm(self.clock.now())
+        if self.turn.answer(pause_id, p):  # not stale: the caller did not speak meanwhile
+            self._maybe_confirm(self.clock.now())
+
+    def _words(self) -> Words | None:
+        """The speculative reply's transcript for the policy; None: no reply."""
+        reply = self._reply
+        if reply is None or not reply.transcript_ready.is_set():
+            return None if reply is None else Words.PENDING
+        return Words.UNFINISHED if reply.unfinished else Words.FINISHED
 
     def _maybe_confirm(self, now: float) -> None:
         reply = self._reply
-        if not self._paused or (reply is not None and reply.confirmed.is_set()):
-            return
-        o, p = self.opts, self._turn_p
-        silence_s = self._silence / SAMPLE_RATE
-        if self.stack.turn is None or self._turn_failed:
-            done = silence_s >= o.end_silence_s
-        elif p is None:  # not answered yet: a pause must not end the turn on silence alone
-            done = silence_s >= o.max_silence_s
-        else:
-            done = (p >= o.confirm_p or (p >= o.hold_p and silence_s >= o.end_silence_s)
-                    or silence_s >= o.max_silence_s)
-        if (done and o.hold_unfinished and reply is not None and silence_s < o.max_silence_s
-                and (not reply.transcript_ready.is_set() or reply.unfinished)):
-            done = False  # the words are not in yet, or they trail off: not an end yet
-        if (not done and o.hold_unfinished and o.finished_silence_s and reply is not None
-                and silence_s >= o.finished_silence_s and reply.transcript_ready.is_set()
-                and not reply.unfinished):
-            done = True  # the model still says "not yet", but the words read as finished
-        if done:
+        if (reply is None or not reply.confirmed.is_set()) and self.turn.done(self._words()):
             self._confirm(now)
 
     async def unfinished(self, text: str) -> bool:
@@ -342,7 +253,16 @@ class Conversation:
         if not self.opts.hold_unfinished:
             return False
         return await words_unfinished(self.opts, text, punctuated=self.stack.stt.punctuates,
-                                      llm=self.stack.llm, context=[self.system, *self.history])
+                                      end_p=self._end_p)
+
+    async def _end_p(self, text: str) -> float | None:
+        """The LLM's P that the caller's message ends with ``text`` (None: unknown)."""
+        messages = [self.system, *self.history, ChatMessage("user", text)]
+        try:
+            return await self.stack.llm.turn_end_p(messages)
+        except ProviderError as exc:  # no answer: the other signals decide
+            log.debug("turn end from the LLM failed: %s", exc)
+            return None
 
     def transcribed(self, reply: Reply) -> None:
         """A reply's transcript is in: it may be the last signal the turn waited for."""
@@ -362,7 +282,7 @@ class Conversation:
         if reply.empty:  # the caller's sound had no words
             reply.confirm(now)
             return
-        if self._voiced != self._spec_voiced:
+        if self.turn.voiced != self._spec_voiced:
             # Sounds since the speculation started: is the transcript still the same?
             reply.confirm(now)
             self._spawn(self._recheck(reply), "recheck")
@@ -400,41 +320,9 @@ class Conversation:
         fresh.confirm(self.clock.now())
         fresh.start()
 
-    def _read_ahead(self) -> None:
-        """While the caller speaks, give the LLM their words so far (``prefill``): the
-        reply's prompt will start the same, so a model with a prompt cache has read most of
-        it by the time the turn ends. One at a time, each time the words change. Not after
-        the caller stops: then the final Whisper pass and smart-turn hold the cores, and a
-        read-ahead of a partial that lands meanwhile took 450-590 ms instead of ~80 and
-        delayed the reply's own request (librivox, 2 runs)."""
-        if not self.opts.prefill or (self._prefill is not None and not self._prefill.done()):
-            return
-        text = self.stt.partial()
-        if self.stack.llm.redact:
-            # Nothing of a number, address or spelled word still being said: only the
-            # redacted words before it, less the last two (core.redact.read_ahead_text).
-            text = read_ahead_text(text)
-        if not text or text == self._prefilled:
-            return
-        self._prefilled = text
-        messages = [self.system, *self.history, ChatMessage("user", text)]
-        box = self.stack.tools
-        if box and box.prefetch and any(not t.side_effects for t in box.tools.values()):
-            # The same prompt, asked for the tools it would call: it reads ahead as well.
-            self._prefill = self._spawn(prefetch_from_words(self, box, messages), "prefetch")
-            return
-        self._prefill = self._spawn(self._prefill_llm(messages), "prefill")
-
-    async def _prefill_llm(self, messages: list[ChatMessage]) -> None:
-        try:
-            await self.stack.llm.prefill(messages)
-        except ProviderError as exc:  # only a lost head start
-            log.debug("prefill failed: %s", exc)
-
     def _start_reply(self, speech_end: float, *, speculative: bool = False,
                      canned: str | None = None) -> Reply:
-        if self._prefill is not None:
-            self._prefill.cancel()  # not started yet: the reply's own request comes first
+        self.read_ahead.cancel()  # not started yet: the reply's own request comes first
         turn = self._turns + 1
         trace = TurnTrace(self.call_id, turn, self._wall_offset)
         trace.mark("speech_end", speech_end)
@@ -463,14 +351,15 @@ class Conversation:
         """The caller paused after speaking over ``reply``: was it an interruption?"""
         o = self.opts
         text: str | None = ""
-        if self._voiced / SAMPLE_RATE >= o.min_speech_s:
+        if self.turn.voiced / SAMPLE_RATE >= o.min_speech_s:
             try:
                 text = await self.stt.finish()
             except ProviderError as exc:  # words not known: the agent stops and listens
                 log.warning("turn %d: speech over the agent not transcribed (%s): %s",
                             reply.turn, caller_error(exc)[0], exc)
                 text = None
-        if self._interrupting is not reply or pause_id != self._pause_id or not self._paused:
+        t = self.turn
+        if self._interrupting is not reply or pause_id != t.pause_id or not t.paused:
             return  # decided meanwhile, or the caller went on (judged at their next pause)
         if text is not None and o.is_backchannel(text):
             self.stats["backchannels" if text else "false_interruptions"] += 1
@@ -496,7 +385,7 @@ class Conversation:
         self.playout.release(_HOLD_CALLER)
         # The caller's words are the start of their turn; if they already paused, the
         # pause starts over so that speculation and the end-of-turn model see it.
-        self._end_pause()
+        self.turn.end_pause()
 
     # -- the agent side ------------------------------------------------------------------
     def _on_clause_start(self, turn: int, index: int, text: str) -> None:
@@ -540,7 +429,7 @@ class Conversation:
             # The caller is speaking over it: their words are the start of their next turn.
             self._interrupting = None
             self.playout.release(_HOLD_CALLER)
-            self._end_pause()
+            self.turn.end_pause()
         else:
             self._restart_utterance()
         self._finish(reply, "failed")
@@ -549,27 +438,21 @@ class Conversation:
     def _restart_utterance(self) -> None:
         """Close the utterance a failed reply answered. Speech the caller has begun since
         is kept (with its pre-roll) as the start of the next one."""
-        keep = self._run + round(self.opts.preroll_s * SAMPLE_RATE) if self._run else 0
+        run = self.turn.run
+        keep = run + round(self.opts.preroll_s * SAMPLE_RATE) if run else 0
         tail = np.concatenate(self._frames)[-keep:] if keep and self._frames else None
         self._close_utterance()
         if tail is not None:
-            self._ring, self._ring_len = [tail], len(tail)
+            self._preroll.start_with(tail)
 
     def _close_utterance(self) -> None:
         self._open = False
-        self._prefilled = ""
+        self.read_ahead.text = ""
         self._frames = []
-        self._voiced = self._run = self._silence = 0
-        self._audible = False
+        self.turn.new_utterance()
+        self._tail.new_utterance()
         self._level.new_utterance()
-        self._end_pause()
         self.stt.reset()
-
-    def _end_pause(self) -> None:
-        """The caller's silence is over (or the utterance): the next one is a new pause."""
-        self._paused = self._asking = self._turn_failed = False
-        self._turn_p = None
-        self._next_ask_s = self.opts.model_after_s
 
     def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
@@ -601,22 +484,8 @@ class Conversation:
         self.history.append(ChatMessage("tool", result, tool_call_id=call.id))
 
     def _commit(self, reply: Reply, agent_text: str, interrupted: bool) -> None:
-        if reply.user_text:
-            self.history.append(ChatMessage("user", reply.user_text))
-        if exchange := getattr(reply, "tool_exchange", None):  # a reply that called tools
-            self.history.extend(exchange)
-            if not interrupted:
-                agent_text = reply.final_text()
-        if agent_text:  # an interruption before the first word leaves nothing said
-            self.history.append(ChatMessage("assistant", agent_text, interrupted=interrupted))
-        cap = self.opts.max_history_messages
-        if len(self.history) > cap:
-            # Drop the oldest half at once rather than one message per turn: the prompt
-            # then keeps the same prefix for many turns, so the LLM's prompt cache holds.
-            cut = len(self.history) - cap // 2
-            while cut < len(self.history) and self.history[cut].role != "user":
-                cut += 1
-            del self.history[:cut]
+        commit_turn(self.history, reply, agent_text, interrupted=interrupted,
+                    cap=self.opts.max_history_messages)
 
     def _finish(self, reply: Reply, outcome: str) -> None:
         if reply.trace.outcome != "pending":

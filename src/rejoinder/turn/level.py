@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rejoinder.core.audio import PCM
+from rejoinder.core.audio import PCM, SAMPLE_RATE
 
 _FULL_SCALE = 32768.0 * 32768.0
 _FLOOR_MARGIN = 4.0                  # 6 dB, in power
@@ -85,3 +85,26 @@ def _power(frame: PCM) -> float:
     mean = float(np.add.reduce(x)) / x.size
     return float(np.dot(x, x)) / x.size - mean * mean
 
+
+class PreRoll:
+    """The last ``seconds`` of audio before speech (onsets are soft): frames are kept while
+    no utterance is open, and handed over when one opens."""
+
+    def __init__(self, seconds: float) -> None:
+        self._limit = seconds * SAMPLE_RATE
+        self._frames: list[PCM] = []
+        self._len = 0
+
+    def keep(self, frame: PCM) -> None:
+        self._frames.append(frame)
+        self._len += len(frame)
+        while self._frames and self._len - len(self._frames[0]) >= self._limit:
+            self._len -= len(self._frames.pop(0))
+
+    def start_with(self, audio: PCM) -> None:
+        """The next utterance starts with ``audio``, however long."""
+        self._frames, self._len = [audio], len(audio)
+
+    def take(self) -> list[PCM]:
+        frames, self._frames, self._len = self._frames, [], 0
+        return frames

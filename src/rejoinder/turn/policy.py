@@ -1,0 +1,219 @@
+"""The end-of-turn policy: when the caller has finished speaking.
+
+One pure class, :class:`EndOfTurn`, holds the decision; the engine (``turn/engine.py``)
+runs it on a live call and ``bench/turneval.py`` replays it on recorded audio, so what is
+measured is what ships. It does no I/O and reads no clock: durations are samples of caller
+audio, fed in frame by frame (``speech``, ``quiet``), and the other signals arrive as
+events (the model's ``answer``, the words of the speculative transcript); each returns
+what to do (:class:`Act`) or whether the turn is over.
+
+- **Silence** is counted from the caller's last audible frame: quiet frames after audible
+  speech are silence even while the VAD, which lags, still calls them speech (up to
+  ``quiet_tail_s`` in a row; :class:`QuietTail`, ``turn/level.py``).
+- **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): a
+  *speculative* reply starts at once (:attr:`Act.SPECULATE`: final transcript, LLM, first
+  TTS clause) with its audio held back. At ``model_after_s`` the end-of-turn model is asked
+  about the audio so far (:attr:`Act.ASK`; a little later than the pause: it judges an end
+  better with some silence).
+- **Turn confirmed**, by two signals: the model is sure (P >= ``confirm_p``) as soon as it
+  answers; or ``end_silence_s`` of silence, unless the model says the caller is
+  mid-sentence (P < ``hold_p``: then only ``max_silence_s`` ends the turn). The words are a
+  check on both (``hold_unfinished``): the speculative transcript must be in (the reply
+  cannot speak before it anyway), and if it trails off ("I was wondering if...", "send it
+  to the") only ``max_silence_s`` ends the turn; if it reads as finished,
+  ``finished_silence_s`` ends it though the model says "not yet".
+- **Caller goes on**: any voiced frame ends the pause (the model's answer to it is stale).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from rejoinder.core.audio import SAMPLE_RATE
+from rejoinder.turn.options import TurnOptions
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Act", "EndOfTurn", "QuietTail", "Words", "words_unfinished"]
+
+EndP = Callable[[str], Awaitable[float | None]]  # P(the message ends here), None: unknown
+
+
+class Act(enum.IntFlag):
+    """What the engine does after a frame of silence."""
+
+    NONE = 0
+    SPECULATE = 1   # a pause began and nothing is speculating: start a held reply
+    ASK = 2         # ask the end-of-turn model about the audio so far
+    CONFIRM = 4     # the turn is over
+    CLOSE = 8       # too little speech before this silence: a click or a breath
+
+
+class Words(enum.Enum):
+    """The speculative reply's transcript, as the policy sees it."""
+
+    PENDING = "pending"          # not in yet
+    UNFINISHED = "unfinished"    # in, and it trails off
+    FINISHED = "finished"        # in, and it reads as finished
+
+
+async def words_unfinished(opts: TurnOptions, text: str, *, punctuated: bool,
+                           end_p: EndP | None) -> bool:
+    """Whether the caller's transcript reads as unfinished: it trails off
+    (``TurnOptions.is_unfinished``), or it is a question whose end the LLM finds unlikely
+    (``end_p`` below ``question_end_p``; ``end_p`` None: no LLM to ask)."""
+    if not text:
+        return False
+    if opts.is_unfinished(text, punctuated=punctuated):
+        return True
+    if end_p is None or opts.question_end_p <= 0 or not text.rstrip().endswith("?"):
+        return False
+    p = await end_p(text)
+    return p is not None and p < opts.question_end_p
+
+
+class QuietTail:
+    """Whether a frame the VAD calls speech is the caller having stopped: quiet, after
+    audible speech in this utterance, and not yet ``cap`` samples of such frames in a row
+    (longer, it is quiet speech: the VAD is trusted again). The VAD lags the end of speech
+    by 50-200 ms; the caller's silence starts at their last audible frame."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._audible = False  # the utterance has had an audible frame
+        self._run = 0          # samples of quiet frames the VAD calls speech, in a row
+
+    def quiet(self, n: int, audible: bool) -> bool:
+        """A frame of ``n`` samples the VAD calls speech: True if it counts as silence."""
+        if audible:
+            self._audible, self._run = True, 0
+            return False
+        if not self._audible:
+            return False
+        self._run += n
+        return self._run <= self.cap
+
+    def silent(self) -> None:
+        """A frame the VAD calls silence."""
+        self._run = 0
+
+    def new_utterance(self) -> None:
+        self._audible = False
+
+
+def _samples(seconds: float) -> int:
+    return round(seconds * SAMPLE_RATE)
+
+
+class EndOfTurn:
+    """The decision for one call, utterance after utterance (see the module's docstring).
+
+    ``model``: an end-of-turn model is asked. Counters, in samples: ``voiced`` (from the
+    utterance's onset to its last voiced frame), ``run`` (the current voiced run) and
+    ``silence`` (since the last voiced frame)."""
+
+    def __init__(self, opts: TurnOptions, *, model: bool) -> None:
+        self.opts = opts
+        self.model = model
+        self._pause = _samples(opts.pause_s)
+        self._end = _samples(opts.end_silence_s)
+        self._max = _samples(opts.max_silence_s)
+        self._finished = _samples(opts.finished_silence_s)
+        self._min_speech = _samples(opts.min_speech_s)
+        self._after = _samples(opts.model_after_s)
+        self._reask = _samples(opts.reask_s)
+        self.voiced = self.run = self.silence = 0
+        self.pause_id = 0
+        self.paused = False        # the current silence has reached pause_s
+        self.asking = False        # a question to the model is on its way
+        self.failed = False        # the model failed in this pause: silence alone decides
+        self.p: float | None = None  # the model's latest answer in this pause
+        self.next_ask: float = self._after  # silence at which the model is asked next
+
+    # -- frames --------------------------------------------------------------------------
+    def speech(self, n: int) -> None:
+        """A voiced frame of ``n`` samples: any pause is over."""
+        self.run += n
+        self.voiced += self.silence + n
+        self.silence = 0
+        if self.paused:
+            self.end_pause()
+
+    def quiet(self, n: int) -> None:
+        """A frame of ``n`` samples of silence; :meth:`decide` says what follows from it
+        (unless the agent holds the turn, or the caller speaks over it: :meth:`pause_begins`)."""
+        self.run = 0
+        self.silence += n
+
+    def pause_begins(self) -> bool:
+        """Whether the silence has just become a pause (once per pause)."""
+        if self.paused or self.silence < self._pause:
+            return False
+        self.paused = True
+        self.pause_id += 1
+        return True
+
+    def decide(self, words: Words | None) -> Act:
+        """After a frame of silence in the caller's utterance, while the turn is theirs.
+        ``words``: the speculative reply's transcript, None while no reply is speculating."""
+        if self.voiced < self._min_speech:
+            return Act.CLOSE if self.silence >= self._end and words is None else Act.NONE
+        act = Act.NONE
+        if self.pause_begins() and words is None and self.opts.speculate:
+            act |= Act.SPECULATE
+            words = Words.PENDING
+        if (self.paused and self.model and not self.asking and self.silence >= self.next_ask
+                and (self.p is None or self.p < self.opts.confirm_p)):
+            # Asked at model_after_s; while it says "not yet", again every reask_s.
+            self.asking = True
+            self.next_ask += self._reask if self._reask > 0 else math.inf
+            act |= Act.ASK
+        if self.done(words):
+            act |= Act.CONFIRM
+        return act
+
+    # -- the other signals -----------------------------------------------------------------
+    def answer(self, pause_id: int, p: float | None) -> bool:
+        """The model's answer to the question asked in pause ``pause_id`` (None: it failed,
+        silence alone decides this pause). False if it is stale (the caller spoke
+        meanwhile); then nothing changes. Otherwise :meth:`done` says what follows."""
+        if pause_id != self.pause_id or not self.paused:
+            return False
+        self.asking = False
+        self.p, self.failed = p, p is None
+        return True
+
+    def done(self, words: Words | None) -> bool:
+        """Whether the turn is over now (in a pause), given the words (see :meth:`decide`)."""
+        if not self.paused:
+            return False
+        o, p, s = self.opts, self.p, self.silence
+        if not self.model or self.failed:
+            over = s >= self._end
+        elif p is None:  # not answered yet: a pause must not end the turn on silence alone
+            over = s >= self._max
+        else:
+            over = (p >= o.confirm_p or (p >= o.hold_p and s >= self._end)
+                    or s >= self._max)
+        if not o.hold_unfinished or words is None:
+            return over
+        if over and s < self._max and words is not Words.FINISHED:
+            return False  # the words are not in yet, or they trail off: not an end yet
+        if (not over and self._finished and s >= self._finished
+                and words is Words.FINISHED):
+            return True  # the model still says "not yet", but the words read as finished
+        return over
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def end_pause(self) -> None:
+        """The caller's silence is over (or the utterance): the next one is a new pause."""
+        self.paused = self.asking = self.failed = False
+        self.p = None
+        self.next_ask = self._after
+
+    def new_utterance(self) -> None:
+        self.voiced = self.run = self.silence = 0
+        self.end_pause()
