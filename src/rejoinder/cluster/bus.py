@@ -165,6 +165,16 @@ class BusSink(Store):
 
 
 # -- a local nats-server -----------------------------------------------------------------
+def die_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM when the parent dies, even by SIGKILL, so
+    no nats-server or worker outlives the server that started it."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -198,7 +208,8 @@ class LocalNats:
         self._proc = await asyncio.create_subprocess_exec(
             binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd",
             str(self.store_dir), "-P", os.path.join(self._tmp, "nats.pid"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent)
         for _ in range(100):  # up within 5 s
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)

@@ -308,7 +308,7 @@ async def run_gateway(config: Config, stack: Stack, *, stop: asyncio.Event | Non
         if runner is not None:
             await runner.cleanup()
         with contextlib.suppress(Exception):
-            await nc.drain()
+            await nc.close()
         if analytics is not None:
             await analytics.close()
         await recorder.close()

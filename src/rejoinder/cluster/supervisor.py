@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from rejoinder.cluster.bus import LocalNats, free_port
+from rejoinder.cluster.bus import LocalNats, die_with_parent, free_port
 from rejoinder.config import Config
 from rejoinder.core.clock import Clock
 from rejoinder.core.tasks import cancel_and_wait
@@ -70,7 +70,8 @@ class Supervisor:
 
     async def _spawn(self, w: WorkerProcess) -> None:
         env = {**self.env, "REJOINDER_SERVER__PORT": str(w.port)}
-        w.proc = await asyncio.create_subprocess_exec(*self.command, "--id", w.id, env=env)
+        w.proc = await asyncio.create_subprocess_exec(*self.command, "--id", w.id, env=env,
+                                                      preexec_fn=die_with_parent)
         w.started_at = self.clock.now()
         log.info("worker %s started (pid %d, port %d)", w.id, w.proc.pid, w.port)
 

@@ -221,4 +221,4 @@ async def run_worker(config: Config, stack: Stack, worker_id: str,
         if runner is not None:
             await runner.cleanup()
         with contextlib.suppress(Exception):
-            await nc.drain()
+            await nc.close()
