@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="cloud: simulated cloud providers in their own process; local:"
                             " the embedded models; fake: in-process fakes")
     bench.add_argument("--url", help="bench an already running server instead")
+    bench.add_argument("--port", type=int,
+                       help="bench the server already running on this loopback port"
+                            " (--url http://127.0.0.1:PORT)")
+    bench.add_argument("--server-pid", type=int, help="with --url or --port: the server's"
+                       " process, for its CPU and memory (default: the process listening on"
+                       " a loopback port)")
     bench.add_argument("--calls", type=int, default=1, help="concurrent calls (1-100)")
     bench.add_argument("--sweep", help="comma-separated concurrencies, e.g. 1,10,25,50")
     bench.add_argument("--profile", default="cloud-typical",
@@ -307,7 +313,13 @@ def _bench(args: argparse.Namespace) -> int:
         print("rejoinder: concurrency must be between 1 and 100", file=sys.stderr)
         return 2
     overrides = dict(kv.split("=", 1) for kv in args.cloud)
+    if args.port is not None:
+        if args.url:
+            print("rejoinder: give --url or --port, not both", file=sys.stderr)
+            return 2
+        args.url = f"http://127.0.0.1:{args.port}"
     opts = BenchOptions(script=load_script(args.script), stack=args.stack, url=args.url,
+                        server_pid=args.server_pid,
                         concurrency=tuple(levels), profile=args.profile,
                         cloud_overrides=overrides, max_calls=args.max_calls, ramp_s=args.ramp,
                         out=args.out, transport=args.transport,
@@ -376,14 +388,17 @@ def _call(args: argparse.Namespace) -> int:
     else:
         result = asyncio.run(place_call(args.url, pcm, tail_s=args.tail,
                                         min_gap_s=args.min_gap,
-                                        jitter_frames=args.jitter_frames, on_event=live))
+                                        jitter_frames=args.jitter_frames, on_event=live,
+                                        on_status=lambda m: print(f"  {m}", flush=True)))
     print(f"\ncall {result.call_id}: voice-to-voice latency measured at the caller")
+    # Turns are numbered as the server numbers them (the transcript above, /api/calls, the
+    # page; a greeting is turn 1); "-": the server reported no turn for that utterance.
     print(f"{'turn':>4} {'v2v ms':>8}  server stages (ms after server end of speech)")
     for t in result.turns:
         v2v = "no reply" if t.v2v_ms is None else f"{t.v2v_ms:8.0f}"
         stages = (t.server or {}).get("ms_after_speech_end", {})
         brief = " ".join(f"{k}={v:.0f}" for k, v in stages.items() if k != "speech_end")
-        print(f"{t.index:>4} {v2v:>8}  {brief}")
+        print(f"{'-' if t.turn is None else t.turn:>4} {v2v:>8}  {brief}")
     lat = result.latencies()
     if lat:
         s = summarize(lat[1:] if len(lat) > 1 else lat)
@@ -404,7 +419,8 @@ def _call(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "call_id": result.call_id,
-            "turns": [{"index": t.index, "v2v_ms": t.v2v_ms, "user_text": t.user_text,
+            "turns": [{"turn": t.turn, "utterance": t.index, "v2v_ms": t.v2v_ms,
+                       "user_text": t.user_text,
                        "agent_text": t.agent_text, "server": t.server} for t in result.turns],
         }, indent=2))
     return 0 if lat else 1

@@ -45,6 +45,14 @@ class TurnResult:
     user_text: str = ""
     agent_text: str = ""
 
+    @property
+    def turn(self) -> int | None:
+        """The server's number for this turn (as in its events and /api/calls; a greeting
+        is turn 1), None when no server turn was joined to the utterance; ``index`` counts
+        the WAV's utterances."""
+        value = (self.server or {}).get("turn")
+        return value if isinstance(value, int) else None
+
 
 @dataclass
 class CallResult:
@@ -59,12 +67,14 @@ class CallResult:
 
 async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: float = 20.0,
                      min_gap_s: float = 0.7, jitter_frames: int = 0,
-                     on_event: Callable[[dict[str, Any]], None] | None = None) -> CallResult:
+                     on_event: Callable[[dict[str, Any]], None] | None = None,
+                     on_status: Callable[[str], None] | None = None) -> CallResult:
     """Call the server at ``url`` and play ``pcm16k``; return per-turn measurements.
 
     ``jitter_frames``: the caller's own jitter buffer (20 ms frames). The default 0
     timestamps agent audio as it *arrives* (design.md's definition); a positive value
-    adds the playout delay a buffering client would have.
+    adds the playout delay a buffering client would have. ``on_status``: told, in words,
+    when the call is connected and when each utterance has been sent.
 
     After the WAV ends, waits until the server has reported as many turns as the WAV
     has utterances (or ``tail_s`` seconds), plus time for the last reply to play.
@@ -82,20 +92,39 @@ async def place_call(url: str, pcm16k: PCM, *, lead_s: float = 1.0, tail_s: floa
     lead = np.zeros(round(lead_s * OUT_RATE), dtype=np.int16)
     first = mic.play(np.concatenate((lead, resample(pcm16k, SAMPLE_RATE, OUT_RATE))))
     conn = Connection(mic, jitter_frames=jitter_frames, on_event=on_event)
+
+    def time_of(offset_s: float) -> float | None:
+        return mic.time_of(first + round((offset_s + lead_s) * OUT_RATE))
+
+    announcer: asyncio.Task[None] | None = None
     try:
         await conn.open(url)
+        if on_status is not None:
+            on_status(f"connected: call {conn.call_id}, {len(utterances)} utterance(s) to send")
+            announcer = asyncio.create_task(
+                _announce_sent(utterances, time_of, on_status, clock), name="sent")
         async with aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as http:
             await _unless_lost(_converse(conn, mic, len(utterances), tail_s, clock),
                                watch_server(lambda: _answers(http, url), conn.lost))
     finally:
+        if announcer is not None:
+            await cancel_all({announcer})
         await conn.close()
-
-    def time_of(offset_s: float) -> float | None:
-        return mic.time_of(first + round((offset_s + lead_s) * OUT_RATE))
 
     return _results(conn.call_id, utterances, time_of, conn.received, conn.events,
                     conn.wall_offset)
+
+
+async def _announce_sent(utterances: list[Utterance],
+                         time_of: Callable[[float], float | None],
+                         on_status: Callable[[str], None], clock: Clock) -> None:
+    """Tell ``on_status`` as each utterance's last sample has been sent."""
+    for i, u in enumerate(utterances, 1):
+        while time_of(u.end_s) is None:
+            await clock.sleep(0.05)
+        on_status(f"sent utterance {i}/{len(utterances)} "
+                  f"({u.start_s:.1f}-{u.end_s:.1f} s of the WAV)")
 
 
 async def _converse(conn: Connection, mic: Mic, utterances: int, tail_s: float,
