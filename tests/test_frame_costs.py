@@ -4,11 +4,15 @@ filtering it gives), and a new call's VAD instance is made before the call needs
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
+from aiortc.rtp import RtpPacket
 
 import rejoinder.turn.level as level
-from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, Resampler, _Decimator
+from rejoinder.core.audio import OUT_FRAME_SAMPLES, OUT_RATE, SAMPLE_RATE, Resampler, _Decimator
+from rejoinder.transports.webrtc import InlineDecoder, OpusPackets, frame_to_pcm
 from rejoinder.turn.level import LevelGate
 
 
@@ -88,3 +92,52 @@ def test_a_calls_vad_instance_is_made_before_the_call_needs_it() -> None:
         second.close()
     finally:
         vad.close()
+
+
+class _Queue(list[object]):
+    def put_nowait(self, item: object) -> None:
+        self.append(item)
+
+
+class _Receiver:
+    def __init__(self) -> None:
+        self._track = types.SimpleNamespace(_queue=_Queue())
+
+
+def _decoded(packets: list[bytes], skip: bool) -> tuple[list[np.ndarray], int]:
+    receiver = _Receiver()
+    decoder = InlineDecoder(receiver)  # type: ignore[arg-type]
+    calls = 0
+    codec = decoder._codec
+
+    class Counting:
+        def decode(self, packet: object) -> object:
+            nonlocal calls
+            calls += 1
+            return codec.decode(packet)
+
+    decoder._codec = Counting()
+    for seq, data in enumerate(packets):
+        if not skip:
+            decoder._settled = False
+        packet = RtpPacket(sequence_number=seq, timestamp=seq * OUT_FRAME_SAMPLES)
+        packet._data = data  # type: ignore[attr-defined]  # as the receiver sets it
+        decoder.add(packet)
+    return [frame_to_pcm(f).copy() for f in receiver._track._queue], calls
+
+
+def test_a_repeated_silence_packet_is_not_decoded_again_and_gives_the_same_audio() -> None:
+    t = np.arange(OUT_RATE) / OUT_RATE
+    voice = (6000 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.int16)
+    encoder = OpusPackets()
+    speech = [bytes(p) for k in range(0, 960 * 30, 960)
+              if (p := encoder.encode(voice[k:k + 960], k)) is not None]
+    silence = bytes(OpusPackets.silence(0))  # what the bench's mic (and a muted one) sends
+    packets = speech[:15] + [silence] * 40 + speech[15:] + [silence] * 10
+    skipping, decodes = _decoded(packets, skip=True)
+    every, all_decodes = _decoded(packets, skip=False)
+    assert all_decodes == len(packets)
+    assert decodes < len(packets) - 40  # most of the silence was not decoded
+    assert len(skipping) == len(every) == len(packets)
+    for a, b in zip(skipping, every, strict=True):
+        assert np.array_equal(a, b)  # the silence, and the speech after it, bit for bit
