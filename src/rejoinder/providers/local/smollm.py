@@ -175,6 +175,7 @@ class SmolLM(LLM):
         if o.nice:
             _renice(_threads() - before, o.nice)
         self._executor = ThreadPoolExecutor(max_workers=o.parallel, thread_name_prefix="smollm")
+        self._running: set[threading.Event] = set()  # the stop flags of requests in flight
         self._intent: tuple[tuple[Tool, ...], IntentStage] | None = None
 
     def request(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
@@ -352,12 +353,14 @@ class SmolLM(LLM):
             return False
 
         def work() -> None:
+            self._running.add(stop)
             try:
                 if not stop.is_set():  # the consumer may have left while this waited for a slot
                     self._server.handle_chat_completions(request, on_chunk)
             except BaseException as exc:
                 failure.append(exc)
             finally:
+                self._running.discard(stop)
                 if "timings" in final:
                     self._count_prompt(final["timings"])
                 put(_End(failure[0] if failure else None))
@@ -426,9 +429,22 @@ class SmolLM(LLM):
             self._prompt_cached += int(timings.get("cache_n") or 0)
 
     def close(self) -> None:
-        """Stop taking requests; the native server is freed once running ones have stopped."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop taking requests and stop the running ones at their next token; the native
+        server is freed once they have stopped, on a thread of its own. Freeing it waits for
+        running requests, and they call back into Python for every token, so freeing it here
+        while one runs deadlocks the caller's thread."""
+        executor, server = self._executor, self._server
+        executor.shutdown(wait=False, cancel_futures=True)
+        for stop in list(self._running):
+            stop.set()
         self._server = None
+
+        def free() -> None:
+            nonlocal server
+            executor.shutdown(wait=True)
+            server = None
+
+        threading.Thread(target=free, name="smollm-close", daemon=True).start()
 
 
 def _spoken(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
