@@ -289,3 +289,87 @@ def test_the_deployment_examples_parse():
         assert " gateway " in ini["Service"]["ExecStart"] or \
             " worker " in ini["Service"]["ExecStart"]
         assert ini["Service"]["KillSignal"] == "SIGTERM"
+
+
+class _Record:
+    """A JetStream message as the writer sees it."""
+
+    def __init__(self, item: Any) -> None:
+        self.data, _ = encode(item)
+        self.subject = "rejoinder.records.w1"
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def in_progress(self) -> None:
+        return None
+
+
+def test_the_store_writer_outlives_every_error_nats_raises():
+    """nats-py's fetch raises the builtin TimeoutError (not its own) when its time is
+    spent before the server answers, as on a loaded machine; the stream may be away at
+    start and the connection may close. The writer goes on through each, and what the
+    workers sent is written: none of them may stop it for the rest of the run (which
+    left the database empty, every record waiting in the stream)."""
+    import asyncio
+
+    import nats.errors
+    import nats.js.errors
+
+    from rejoinder.cluster.gateway import write_records
+    from rejoinder.testing.virtual_time import run_virtual
+
+    at = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
+    records = [CallStart("c1", "webrtc", "a", at), TurnRecord("c1", 1, 1, "completed", at),
+               CallEnd("c1", at, "ended")]
+    messages = [_Record(r) for r in records]
+    fetches: list[Any] = [TimeoutError(), nats.errors.TimeoutError(),
+                          nats.errors.ConnectionClosedError(), messages[:2],
+                          nats.js.errors.FetchTimeoutError(), messages[2:]]
+
+    class Sub:
+        async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109
+            if not fetches:
+                await asyncio.sleep(3600)
+            outcome = fetches.pop(0)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return list(outcome)
+
+    class Js:
+        def __init__(self) -> None:
+            self.refused = 1
+
+        async def pull_subscribe(self, subject: str, durable: str, stream: str) -> Sub:
+            if self.refused:  # JetStream not ready yet
+                self.refused -= 1
+                raise nats.js.errors.ServiceUnavailableError()
+            return Sub()
+
+    class Store:
+        def __init__(self) -> None:
+            self.written: list[Any] = []
+            self.all_in = asyncio.Event()
+
+        async def write(self, items: list[Any]) -> None:
+            self.written.extend(items)
+            if len(self.written) >= len(records):
+                self.all_in.set()
+
+    async def scenario() -> tuple[list[Any], list[str]]:
+        store, ended = Store(), []
+        writer = asyncio.create_task(write_records(Js(), store, ended.append))  # type: ignore[arg-type]
+        all_in = asyncio.create_task(store.all_in.wait())
+        await asyncio.wait({writer, all_in}, return_when=asyncio.FIRST_COMPLETED)
+        all_in.cancel()
+        assert not writer.done(), f"the writer stopped: {writer.exception()!r}"
+        writer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        return store.written, ended
+
+    written, ended = run_virtual(scenario())
+    assert written == records
+    assert ended == ["c1"]
+    assert all(m.acked for m in messages)

@@ -205,14 +205,30 @@ async def write_records(js: Any, store: Store, on_end: Any = None,
     """Consume the records stream until cancelled: each batch written in one go, in
     order, and acked after the commit. A failing database is retried with a growing
     pause while the batch's messages are kept from redelivery (``in_progress``)."""
-    nats = require_nats()
     clock = clock or Clock()
-    psub = await js.pull_subscribe(f"{RECORDS}.>", durable=WRITER, stream=STREAM)
+    psub: Any = None
+    wait_s, away = _RETRY_FIRST_S, False
     while True:
+        # Nothing that NATS raises ends the writer: a writer that stopped would leave
+        # every record of every call in the stream, unwritten, for the rest of the run.
         try:
+            if psub is None:
+                psub = await js.pull_subscribe(f"{RECORDS}.>", durable=WRITER,
+                                               stream=STREAM)
             msgs = await psub.fetch(_BATCH, timeout=1.0)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nothing to write (nats-py raises its own and the builtin)
             continue
+        except Exception as exc:
+            if not away:
+                log.warning("call store: cannot read the records stream (%s); retrying",
+                            type(exc).__name__)
+            away = True
+            await clock.sleep(wait_s)
+            wait_s = min(wait_s * 2, _RETRY_MAX_S)
+            continue
+        if away:
+            log.info("call store: reading the records stream again")
+        wait_s, away = _RETRY_FIRST_S, False
         items: list[Write] = []
         for msg in msgs:
             try:
@@ -238,7 +254,10 @@ async def write_records(js: Any, store: Store, on_end: Any = None,
         if failing:
             log.info("call store: writing again")
         for msg in msgs:
-            await msg.ack()
+            try:
+                await msg.ack()
+            except Exception as exc:  # written: redelivered after ack_wait at worst
+                log.warning("call store: ack failed (%s)", type(exc).__name__)
         if on_end is not None:
             for item in items:
                 if isinstance(item, CallEnd):
@@ -286,6 +305,7 @@ async def run_gateway(config: Config, stack: Stack, *, stop: asyncio.Event | Non
         writer = asyncio.create_task(write_records(
             js, recorder.store, analytics.submit if analytics is not None else None),
             name="store-writer")
+        writer.add_done_callback(_writer_ended)
         runner = web.AppRunner(server.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -312,6 +332,13 @@ async def run_gateway(config: Config, stack: Stack, *, stop: asyncio.Event | Non
         if analytics is not None:
             await analytics.close()
         await recorder.close()
+
+
+def _writer_ended(task: asyncio.Task[None]) -> None:
+    """The writer only ends when cancelled; anything else is said out loud."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("call store: the records writer stopped (%r); records stay in the stream"
+                  " until the gateway restarts", task.exception())
 
 
 def _on_beat(server: GatewayServer) -> Any:
