@@ -203,6 +203,7 @@ def _smollm(server: _FakeServer, mode: str = "intent") -> SmolLM:
     llm._server = server
     llm._executor = ThreadPoolExecutor(max_workers=1)
     llm._intent = None
+    llm._running = set()
     return llm
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -62,9 +62,13 @@ def kind_of(name: str, schema: Mapping[str, Any]) -> str | None:
     return None
 
 
-def fill(properties: Mapping[str, Any], text: str,
-         today: dt.date | None = None) -> tuple[dict[str, Any], list[str]]:
-    """``(arguments read by rule, names of the fields left to the model)``."""
+def fill(properties: Mapping[str, Any], text: str, today: dt.date | None = None,
+         known: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """``(arguments read by rule, names of the fields left to the model)``.
+
+    ``known``: the references the conversation already holds (a tool gave them), oldest
+    first; a reference field takes the one the caller read out, however the recogniser
+    wrote it, or the only one there is when the caller names none ("cancel my booking")."""
     found: dict[str, Any] = {}
     rest: list[str] = []
     refs = [m.group(0) for m in _REFERENCE.finditer(text) if _is_reference(m.group(0))]
@@ -89,7 +93,7 @@ def fill(properties: Mapping[str, Any], text: str,
         elif kind == "day":
             value = day(plain, today if spec.get("format") == "date" else None)
         elif kind == "reference":
-            value = refs[0] if refs else None
+            value = reference(text, refs, known)
         elif kind == "phone":
             value = phones[0] if phones else None
         elif kind == "name":
@@ -100,6 +104,77 @@ def fill(properties: Mapping[str, Any], text: str,
         if value is not None:
             found[name] = value
     return found, rest
+
+
+def known_references(texts: Iterable[str]) -> list[str]:
+    """The references written in ``texts`` (tool results, the agent's words), each once,
+    in the order they last appear."""
+    out: list[str] = []
+    for text in texts:
+        for m in _REFERENCE.finditer(text):
+            if _is_reference(m.group(0)):
+                ref = m.group(0)
+                out = [r for r in out if r != ref] + [ref]
+    return out
+
+
+def reference(text: str, written: Sequence[str], known: Sequence[str]) -> str | None:
+    """The reference the caller means: a known one they read out (as written, or as a
+    recogniser wrote it read aloud: "BK26 December 06, 0-0-1", "BK26DC 060 001"), else one
+    written in their words, else the only one the conversation holds."""
+    for ref in written:
+        for k in known:
+            if _squash(k) == _squash(ref):
+                return k
+    for ref in written:  # well formed, like a known one, yet another: another booking
+        if any(_shape(ref) == _shape(k) for k in known):
+            return ref
+    said = _squash(text)
+    if known and sum(c.isdigit() for c in said) >= 3:
+        scored = sorted((_distance_within(_squash(k), said), i) for i, k in enumerate(known))
+        best, i = scored[0]
+        close = best <= max(2, len(_squash(known[i])) // 4)
+        if close and (len(scored) == 1 or scored[1][0] > best):
+            return known[i]
+    if written:
+        return written[0]
+    return known[-1] if len(known) == 1 else None
+
+
+_SPOKEN_DIGITS = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+                  "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9"}
+_MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august",
+                "september", "october", "november", "december")
+_SEPARATORS = {"dash", "hyphen", "slash", "minus", "and"}
+
+
+def _squash(text: str) -> str:
+    """Letters and digits only, upper case, digits and months said as words written short
+    ("two six december" is "26DEC"), the words for separators dropped."""
+    out = []
+    for w in re.findall(r"[A-Za-z]+|\d+", text):
+        low = w.lower()
+        if low in _SEPARATORS:
+            continue
+        if low in _MONTH_NAMES:
+            w = low[:3]
+        out.append(_SPOKEN_DIGITS.get(low, w))
+    return "".join(out).upper()
+
+
+def _shape(ref: str) -> str:
+    return re.sub(r"[A-Z]", "A", re.sub(r"\d", "9", _squash(ref)))
+
+
+def _distance_within(pattern: str, text: str) -> int:
+    """The fewest edits that turn ``pattern`` into some stretch of ``text`` (Sellers)."""
+    previous = [0] * (len(text) + 1)  # a match may start anywhere in ``text``
+    for i, p in enumerate(pattern, 1):
+        current = [i] + [0] * len(text)
+        for j, t in enumerate(text, 1):
+            current[j] = min(previous[j - 1] + (p != t), previous[j] + 1, current[j - 1] + 1)
+        previous = current
+    return min(previous)
 
 
 def _is_reference(token: str) -> bool:
@@ -126,9 +201,16 @@ def _enum(values: list[str], text: str) -> str | None:
     return best[1] if best else None
 
 
+def misheard(text: str) -> str:
+    """``text`` with what Whisper tiny.en often writes for a spoken "three" ("at free")
+    put right: "at free" is never meant."""
+    return re.sub(r"\b(at|around|about|by|until) (?:free|tree)\b", r"\1 three", text,
+                  flags=re.I)
+
+
 def clock(text: str) -> str | None:
     """The clock time said, as ``HH:MM`` (business hours for a bare hour)."""
-    low = text.lower()
+    low = misheard(text.lower())
     if re.search(r"\b(noon|midday)\b", low):
         return "12:00"
     for m in _CLOCK.finditer(low):

@@ -95,6 +95,10 @@ class SmolLMOptions:
     # schema; "prompt": the tools are described in the prompt and a <tool_call> reply parsed.
     tool_mode: Literal["intent", "intent_model", "grammar", "prompt"] = "intent"
     tool_max_tokens: int = 80  # the longest arguments (or choice) the model may write
+    # Said after the reply to a tool result that holds a reference (a booking's) when the
+    # reply left it out or garbled it: this model rarely copies a code letter for letter,
+    # and a caller who never hears it cannot move or cancel. "" says nothing.
+    read_back: str = "Your reference is {reference}."
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -234,24 +238,69 @@ class SmolLM(LLM):
         # speaks (one call a turn is what this model can do well; the loop bounds rounds).
         if tools and messages and messages[-1].role == "user":
             return self._tool_turn(messages, tuple(tools))
+        if messages and messages[-1].role == "tool" and self.options.read_back:
+            refs = slots.known_references([messages[-1].content])
+            if refs:
+                return self._reading_back(self.request(messages), refs[-1])
         return self._requests(self.request(messages))
+
+    async def _reading_back(self, request: dict[str, Any],
+                            reference: str) -> AsyncGenerator[str, None]:
+        said: list[str] = []
+        async for delta in self._requests(request):
+            said.append(delta)
+            yield delta
+        if reference not in "".join(said):
+            yield (" " if said else "") + self.options.read_back.format(reference=reference)
 
     async def _tool_turn(self, messages: list[ChatMessage],
                          tools: tuple[Tool, ...]) -> AsyncGenerator[StreamItem, None]:
         mode = self.options.tool_mode
         if mode in ("intent", "intent_model"):
             said = messages[-1].content
+            known = slots.known_references(m.content for m in messages[:-1]
+                                           if m.role in ("tool", "assistant"))
             name = self._intent_stage(tools).choose(said)
             tool = next((t for t in tools if t.name == name), None)
+            earlier = _asked_for_more(messages)
+            if tool is None and mode == "intent" and earlier is not None:
+                # A follow-up that only gives what the agent asked for ("tomorrow at three
+                # please"): the tool the caller's previous words chose, if these fill a field.
+                before = self._intent_stage(tools).choose(earlier)
+                tool = next((t for t in tools if t.name == before), None)
+                if tool is not None and not slots.fill(
+                        dict(tool.parameters.get("properties") or {}), said, known=known)[0]:
+                    tool = None
+                if tool is not None:
+                    said = f"{earlier} {said}"
             if tool is None:
                 async for delta in self._requests(self.request(messages)):
                     yield delta
                 return
             props = dict(tool.parameters.get("properties") or {})
-            found, rest = slots.fill(props, said) if mode == "intent" else ({}, list(props))
+            found: dict[str, Any]
+            if mode != "intent":
+                found, rest = {}, list(props)
+            elif said != messages[-1].content and earlier is not None:  # later words win
+                found, rest = slots.fill(props, earlier, known=known)
+                now, _ = slots.fill(props, messages[-1].content, known=known)
+                found.update(now)
+                rest = [k for k in props if k not in found and slots.kind_of(
+                    k, props[k] if isinstance(props[k], dict) else {}) is None]
+            else:
+                found, rest = slots.fill(props, said, known=known)
+            required = tool.parameters.get("required", ())
+            missing = [k for k in required if k not in found and k not in rest]
+            if missing:
+                # A field the rules own (a day, a time, a reference) the caller has not
+                # said: ask for it; the model would invent one, and the tool would fail.
+                ask = ChatMessage("system", _ask_for(tool, missing))
+                async for delta in self._requests(self.request([*messages, ask])):
+                    yield delta
+                return
             # Only required fields go to the model: given an optional one the caller did not
             # fill (a stylist, a phone number), this model invents a value.
-            rest = [k for k in rest if k in tool.parameters.get("required", ())]
+            rest = [k for k in rest if k in required]
             if rest:
                 # The model picks each field's value among the caller's own words (a
                 # grammar of their spans, without the words that chose the tool or that the
@@ -445,6 +494,23 @@ class SmolLM(LLM):
             server = None
 
         threading.Thread(target=free, name="smollm-close", daemon=True).start()
+
+
+def _asked_for_more(messages: Sequence[ChatMessage]) -> str | None:
+    """The caller's previous words, when the agent answered them with words alone (it
+    asked for something) and the caller has now spoken again; else None."""
+    for m in reversed(messages[:-1]):
+        if m.role == "tool" or m.tool_calls:
+            return None
+        if m.role == "user":
+            return m.content
+    return None
+
+
+def _ask_for(tool: Tool, fields: Sequence[str]) -> str:
+    props = tool.parameters.get("properties") or {}
+    wanted = ", ".join(str((props.get(f) or {}).get("description", f)) for f in fields)
+    return f"To {tool.name.replace('_', ' ')}, ask the caller for {wanted}. One short question."
 
 
 def _spoken(messages: Sequence[ChatMessage]) -> list[ChatMessage]:

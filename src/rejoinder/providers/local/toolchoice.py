@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rejoinder.providers.local.slots import misheard
 from rejoinder.tools.base import Tool
 
 
@@ -89,13 +90,16 @@ class IntentStage:
             for cue in cues:
                 if cue.names & (name_words | {t.name.lower()}):
                     patterns += [(_phrase(p), cue.weight) for p in cue.phrases]
+            cued = {p.pattern for p, _ in patterns}
             for w in sorted(name_words - _GENERIC):
-                if len(w) > 2:  # the tool's own name said aloud ("transfer", "refund")
+                # the tool's own name said aloud ("transfer", "refund"), unless a cue says
+                # it already: "book" twice would tie "move my book in ..." with reschedule
+                if len(w) > 2 and _phrase(w).pattern not in cued:
                     patterns.append((_phrase(w.replace("_", " ")), 2.0))
             self._entries.append((t.name, patterns))
 
     def scores(self, text: str) -> dict[str, float]:
-        said = " ".join(_words(text))
+        said = " ".join(_words(misheard(text)))  # "at free" is a time, not availability
         return {name: sum(w for p, w in patterns if p.search(said))
                 for name, patterns in self._entries}
 
