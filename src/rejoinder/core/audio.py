@@ -64,16 +64,21 @@ class _Decimator:
         self._taps = (h / h.sum()).astype(np.float32)[::-1].copy()
         self._history = np.zeros(self.TAPS - 1, dtype=np.float32)
         self._skip = 0  # input samples to pass over before the next output sample
-        self._zeros = True  # the history is digital silence
+        # The same chunk over and over (a listening caller's steady silence): from its third
+        # copy on, the filter's state is what it was a chunk before, so the output is too.
+        self._last: tuple[PCM, PCM] | None = None  # the last chunk in, and what came out
+        self._repeats = 0  # how many chunks before the last one were the same as it
+        self._skip_moved = True  # the last chunk changed the phase
 
     def __call__(self, pcm: PCM) -> PCM:
         keep = self.TAPS - 1
-        if self._zeros and not pcm.any():
-            # Silence in, silence out, exactly: a listening caller's muted (or gated)
-            # microphone costs no filtering. The history stays zeros; only the phase moves.
-            count = max(0, (keep + len(pcm) - self.TAPS - self._skip) // self.factor + 1)
-            self._skip += count * self.factor - len(pcm)
-            return np.zeros(count, dtype=np.int16)
+        last = self._last
+        if last is not None and len(pcm) >= keep and np.array_equal(pcm, last[0]):
+            if self._repeats >= 1 and not self._skip_moved:
+                return last[1].copy()  # exactly what filtering it again gives (tested)
+            self._repeats += 1
+        else:
+            self._repeats = 0
         x = np.empty(keep + len(pcm), dtype=np.float32)
         x[:keep] = self._history
         x[keep:] = pcm
@@ -82,13 +87,15 @@ class _Decimator:
         windows = np.lib.stride_tricks.as_strided(
             x[self._skip:], shape=(count, self.TAPS), strides=(self.factor * step, step),
             writeable=False)
-        self._skip += count * self.factor - (len(x) - keep)
+        moved = count * self.factor - (len(x) - keep)
+        self._skip += moved
+        self._skip_moved = moved != 0
         self._history = x[len(x) - keep:]
-        self._zeros = not self._history.any()
         out = np.ascontiguousarray(windows) @ self._taps
         np.clip(out, -32768, 32767, out=out)
         pcm16: PCM = np.rint(out, out=out).astype(np.int16)
-        return pcm16
+        self._last = (pcm.copy(), pcm16)  # a copy: the caller may reuse its buffer
+        return pcm16.copy()
 
 
 def resample(pcm: PCM, in_rate: int, out_rate: int) -> PCM:

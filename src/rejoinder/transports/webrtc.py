@@ -318,6 +318,7 @@ async def caller_frames(track: MediaStreamTrack, *,
     """The caller's audio as 16 kHz mono int16 chunks, until the track ends.
     ``on_frame`` is called as each decoded frame arrives (the caller is still there)."""
     resampler: Resampler | None = None
+    last: tuple[av.AudioFrame, PCM] | None = None  # a frame the decoder repeats, as samples
     while True:
         try:
             frame = await track.recv()
@@ -328,7 +329,9 @@ async def caller_frames(track: MediaStreamTrack, *,
             on_frame()
         if resampler is None or resampler.in_rate != frame.sample_rate:
             resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
-        pcm = resampler(frame_to_pcm(frame))
+        if last is None or frame is not last[0]:
+            last = (frame, frame_to_pcm(frame))
+        pcm = resampler(last[1])
         if pcm.size:
             yield pcm
 
