@@ -109,6 +109,16 @@ async def test_a_worker_killed_mid_call_ends_only_its_own_call(tmp_path):
             record = await _until(stored, 15, "the killed call's turns are not stored")
             assert [t["turn"] for t in record["turns"]][:len(done_at_kill[killed])] == \
                 [e["turn"] for e in done_at_kill[killed]]
+            # The call that went on is stored whole: every turn, and its end.
+            other_id = str(traces[other][0]["call_id"])
+
+            async def stored_whole() -> Any:
+                async with http.get(f"{url}/api/calls/{other_id}") as r:
+                    if r.status != 200:
+                        return None
+                    body = await r.json()
+                return body if len(body["turns"]) == UTTERANCES and body["ended_at"] else None
+            await _until(stored_whole, 15, "the call that went on is not stored whole")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
