@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+
+import numpy as np
+import pytest
 
 from rejoinder.bench.turneval import end_of_message
 from rejoinder.providers.base import ChatMessage
 from rejoinder.testing import FakeLLM
 from rejoinder.testing.virtual_time import run_virtual
 from rejoinder.turn.options import TurnOptions
-from rejoinder.turn.policy import Act, EndOfTurn, QuietTail, Words, words_unfinished
+from rejoinder.turn.policy import (
+    Act,
+    EndOfTurn,
+    EndWeights,
+    Heard,
+    QuietTail,
+    Words,
+    end_features,
+    words_unfinished,
+)
 
 FRAME = 320  # 20 ms
 OPTS = TurnOptions(model_after_s=0.16, reask_s=0.0)
@@ -126,3 +139,91 @@ def test_turneval_keeps_a_speculations_words_through_a_short_sound_as_the_engine
                           words=words, words_latency_s=0.24)
     assert heard == [16_000 + 1_600]  # once, at the first pause: not again after the sound
     assert found[-1].at == 21_760 + 4_800  # the end: 300 ms of silence after the sound
+
+
+FITTED = replace(OPTS, end_signal="fitted", end_threshold=0.5)
+# P(end) crosses 0.5 at 0.5 s of silence for a finished transcript; "unfinished" pushes it
+# past max_silence_s.
+WEIGHTS = EndWeights({"bias": -5.0, "silence_s": 10.0, "unfinished": -10.0})
+
+
+def test_the_fitted_signal_ends_the_turn_when_its_p_reaches_the_threshold() -> None:
+    policy = EndOfTurn(FITTED, model=True, weights=WEIGHTS)
+    policy.speech(16_000)
+    quiet_until(policy, 0.3, Words.PENDING)
+    assert policy.end_p() is None  # no transcript yet
+    policy.hear(Heard("I would like a table.", unfinished=False, end_p=0.6))
+    assert policy.end_p() is None  # the model has not answered
+    policy.answer(policy.pause_id, 0.2)
+    assert policy.end_p() == pytest.approx(1 / (1 + math.exp(2.0)))  # 0.3 s: z = -2
+    acts = quiet_until(policy, 0.5, Words.FINISHED)
+    assert acts[-1] == Act.CONFIRM and Act.CONFIRM not in acts[:-1]
+
+
+def test_the_fitted_signal_holds_unfinished_words_and_pending_ones_to_max_silence() -> None:
+    for words, heard in ((Words.UNFINISHED, Heard("Send it to", True)), (Words.PENDING, None)):
+        policy = EndOfTurn(FITTED, model=True, weights=WEIGHTS)
+        policy.speech(16_000)
+        quiet_until(policy, 0.3, words)
+        if heard is not None:
+            policy.hear(heard)
+        policy.answer(policy.pause_id, 0.99)
+        acts = quiet_until(policy, FITTED.max_silence_s, words)
+        assert acts[-1] == Act.CONFIRM and Act.CONFIRM not in acts[:-1]
+
+
+def test_the_weights_that_ship_load_and_name_only_known_features() -> None:
+    weights = EndWeights.load()
+    known = end_features(0.5, 0.5, Heard("Hello.", False, 0.5))
+    assert weights.weights and set(weights.weights) <= set(known)
+    assert 0.0 < weights.p(known) < 1.0
+
+
+def test_fitting_recovers_which_way_each_signal_points() -> None:
+    from rejoinder.bench.fitturn import fit
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(400), rng.uniform(0.3, 1.0, 400), rng.integers(0, 2, 400)])
+    y = (rng.uniform(size=400) < 1 / (1 + np.exp(-(-3 + 6 * x[:, 1] - 4 * x[:, 2])))).astype(float)
+    beta = fit(x, y, np.ones(400) / 400, l2=0.0)
+    assert beta[1] > 2 and beta[2] < -1
+
+
+def test_with_the_fitted_signal_the_llm_is_asked_about_every_transcript() -> None:
+    from rejoinder.testing import fake_stack
+    from rejoinder.turn.engine import Conversation
+
+    async def main(signal: str) -> tuple[int, Heard | None]:
+        llm = FakeLLM(["ok"], turn_end=lambda text: 0.7)
+        conv = Conversation(fake_stack(llm=llm), "sys",
+                            options=TurnOptions(end_signal=signal))
+        assert not await conv.unfinished("I would like a table for two.")
+        return len(llm.turn_ends), conv.turn.heard
+
+    asked, heard = run_virtual(main("fitted"))
+    assert asked == 1 and heard == Heard("I would like a table for two.", False, 0.7)
+    assert run_virtual(main("rules")) == (0, None)  # the rules ask about questions only
+
+
+def test_end_signal_is_rules_or_fitted() -> None:
+    from rejoinder.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="turn.end_signal"):
+        TurnOptions(end_signal="magic")
+    with pytest.raises(ConfigError, match="turn.end_threshold"):
+        TurnOptions(end_threshold=1.5)
+
+
+def test_turneval_replays_the_fitted_signal_with_what_the_transcript_says() -> None:
+    from rejoinder.bench.turneval import confirmations
+
+    speech = [True] * 50 + [False] * 75  # 1 s of speech, then the end
+
+    def words(start: int, end: int) -> Heard:
+        return Heard("I would like a table.", unfinished=False, end_p=0.6)
+
+    found = confirmations(speech, FITTED, lambda a, b: 0.2, latency_s=0.11, words=words,
+                          words_latency_s=0.24, weights=WEIGHTS)
+    # The transcript is in at 340 ms of silence, where z = -5 + 3.4 (P 0.17); P reaches
+    # the threshold (0.5) at 500 ms of silence.
+    assert [c.at for c in found] == [16_000 + 8_000]

@@ -46,17 +46,27 @@ from typing import Any
 import numpy as np
 
 from rejoinder.bench import turnset
+from rejoinder.bench.narrowband import split_of
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
 from rejoinder.core.telephony import phone_path
 from rejoinder.providers.base import LLM, ChatMessage
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
-from rejoinder.turn.policy import Act, EndOfTurn, EndP, QuietTail, words_unfinished
+from rejoinder.turn.policy import (
+    Act,
+    EndOfTurn,
+    EndP,
+    EndWeights,
+    Heard,
+    QuietTail,
+    words_unfinished,
+)
 from rejoinder.turn.policy import Words as Said
 
 WINDOW = 8 * SAMPLE_RATE  # the end-of-turn model hears the last 8 s, as in the engine
 Prob = Callable[[int, int], float]  # P(turn complete) for the samples [start, end)
-Words = Callable[[int, int], bool]  # whether the transcript of [start, end) is unfinished
+# The transcript of [start, end): whether it is unfinished, or all the fitted signal reads.
+Words = Callable[[int, int], "bool | Heard"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,8 @@ class Confirmation:
 
 def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, *,
                   latency_s: float, words: Words | None = None, words_latency_s: float = 0.0,
-                  frame: int = FRAME_SAMPLES) -> list[Confirmation]:
+                  frame: int = FRAME_SAMPLES,
+                  weights: EndWeights | None = None) -> list[Confirmation]:
     """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only.
 
     The engine's own policy (``turn/policy.EndOfTurn``) decides. The model answers
@@ -83,7 +94,8 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     keeps it, and its transcript); after a confirmation, the caller's next voiced frame
     drops the reply (they were only pausing) and the utterance goes on."""
     check_words = words is not None and opts.hold_unfinished and opts.speculate
-    policy = EndOfTurn(replace(opts, hold_unfinished=check_words), model=prob is not None)
+    policy = EndOfTurn(replace(opts, hold_unfinished=check_words), model=prob is not None,
+                       weights=weights)
     latency = round(latency_s * SAMPLE_RATE)
     words_latency = round(words_latency_s * SAMPLE_RATE)
     preroll = math.ceil(opts.preroll_s * SAMPLE_RATE / frame) * frame  # whole ring frames
@@ -94,7 +106,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     spec: Said | None = None  # the speculative reply's transcript; None: no reply
     spec_id = 0
     # Signals on their way: (arrives at, order, kind, pause or speculation id, value).
-    on_way: list[tuple[int, int, str, int, float]] = []
+    on_way: list[tuple[int, int, str, int, float | Heard]] = []
 
     def confirm(at: int) -> None:
         nonlocal waiting
@@ -108,12 +120,15 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
             if waiting:
                 continue
             if kind == "answer":
+                assert isinstance(value, float)
                 if not policy.answer(ident, value):
                     continue
             elif ident != spec_id or spec is None:
                 continue  # the transcript of a dropped speculation
             else:
-                spec = Said.UNFINISHED if value else Said.FINISHED
+                assert isinstance(value, Heard)
+                policy.hear(value)
+                spec = Said.UNFINISHED if value.unfinished else Said.FINISHED
             if policy.done(spec):
                 confirm(at)
 
@@ -141,12 +156,13 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                 spec, spec_id = Said.PENDING, spec_id + 1
                 if check_words:
                     assert words is not None
-                    heapq.heappush(on_way, (e + words_latency, i, "words", spec_id,
-                                            float(words(start, e))))
+                    got = words(start, e)
+                    heard = got if isinstance(got, Heard) else Heard("", got)
+                    heapq.heappush(on_way, (e + words_latency, i, "words", spec_id, heard))
             if act & Act.ASK:
                 assert prob is not None
                 heapq.heappush(on_way, (e + latency, i, "answer", policy.pause_id,
-                                        prob(max(start, e - WINDOW), e)))
+                                        float(prob(max(start, e - WINDOW), e))))
             if act & Act.CONFIRM:
                 confirm(e)
         deliver(e, inclusive=True)
@@ -188,14 +204,17 @@ def credit_quiet_tails(speech: Sequence[bool], audible: Sequence[bool],
 def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOptions], *,
              use_model: bool, model_latency_s: float,
              words_latency_s: float = 0.24, phone: bool = False,
-             vad_rate: int = SAMPLE_RATE) -> list[dict[str, Any]]:
+             vad_rate: int = SAMPLE_RATE,
+             weights: EndWeights | None = None) -> list[dict[str, Any]]:
     """Replay every item of the manifest through each policy of ``options``; a report (a
     dict) per policy. With ``hold_unfinished``, Whisper transcribes the utterance at each
     pause. The model's answer and Whisper's transcript for a stretch of audio are computed
     once and shared by the policies (a sweep costs little more than one policy); the words
     check on a transcript runs per policy, since its options may differ. ``phone``: every
     item goes through the phone path first (8 kHz mu-law, ``core/telephony.phone_path``);
-    ``vad_rate`` 8000: Silero runs in its 8 kHz mode (``SileroOptions.sample_rate``)."""
+    ``vad_rate`` 8000: Silero runs in its 8 kHz mode (``SileroOptions.sample_rate``).
+    ``weights``: the fitted signal's (``end_signal = "fitted"``; default: those that ship).
+    The LLM's P of the message ending is recorded for every transcript (``said``)."""
     variants = [options] if isinstance(options, TurnOptions) else list(options)
     options = variants[0]
     from rejoinder.config import DEFAULT_SYSTEM_PROMPT
@@ -209,7 +228,9 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
     model = SmartTurn() if use_model else None
     words = options.hold_unfinished and options.speculate
     stt = WhisperSTT() if words else None
-    llm = SmolLM() if words and options.question_end_p > 0 else None
+    llm = SmolLM() if words else None
+    if weights is None and any(v.end_signal == "fitted" for v in variants):
+        weights = EndWeights.load()
     system = ChatMessage("system", DEFAULT_SYSTEM_PROMPT)
     end_p = None if llm is None else end_of_message(llm, [system])
     if llm is not None:
@@ -220,8 +241,9 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
     answers: dict[tuple[str, int, int], float] = {}  # the model's, by item and samples
 
     def unfinished(file: str, pcm: PCM, opts: TurnOptions, said: list[dict[str, Any]],
-                   start: int, end: int) -> bool:
-        """The engine's words check on Whisper's transcript of [start, end)."""
+                   start: int, end: int) -> Heard:
+        """The engine's words check on Whisper's transcript of [start, end), and the LLM's
+        P of the message ending there (for the fitted signal)."""
         assert stt is not None
         key = (file, start, end)
         if key not in heard:
@@ -229,8 +251,10 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
         text = heard[key]
         verdict = asyncio.run(words_unfinished(opts, text, punctuated=stt.punctuates,
                                                end_p=end_p))
-        said.append({"at_s": end / SAMPLE_RATE, "text": text, "unfinished": verdict})
-        return verdict
+        p = asyncio.run(end_p(text)) if end_p is not None and text else None
+        said.append({"at_s": end / SAMPLE_RATE, "text": text, "unfinished": verdict,
+                     "end_p": p})
+        return Heard(text, verdict, p)
 
     def ask(file: str, pcm: PCM, asked: list[tuple[float, float]], start: int,
             end: int) -> float:
@@ -271,7 +295,8 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
                 check = (None if stt is None
                          else functools.partial(unfinished, item.file, pcm, opts, said))
                 found = confirmations(flags, opts, prob, latency_s=model_latency_s,
-                                      words=check, words_latency_s=words_latency_s)
+                                      words=check, words_latency_s=words_latency_s,
+                                      weights=weights)
                 out.append({**_score(item, found), "asked": asked, "said": said})
     finally:
         vad.close()
@@ -298,6 +323,10 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
             "predict_calls": len(times),
             "predict_ms_mean": 1000 * float(np.mean(times)) if times else None,
             "overall": _summary(rs),
+            # Tuning and held-out parts (different recordings, speakers and voices): every
+            # default is chosen on the tuning part only.
+            "by_split": {s: _summary([r for r in rs if split_of(r["file"]) == s])
+                         for s in ("tune", "held-out")},
             "by_source": {g: _summary([r for r in rs if r["group"] == g]) for g in groups},
             "items": rs,
         })
@@ -362,7 +391,8 @@ def table(reports: list[dict[str, Any]]) -> str:
             f"{'missed':>7}{'early':>6}")
     lines = [head]
     for rep in reports:
-        for name, s in [("overall", rep["overall"]), *rep["by_source"].items()]:
+        splits = [(f"split {k}", v) for k, v in rep.get("by_split", {}).items()]
+        for name, s in [("overall", rep["overall"]), *splits, *rep["by_source"].items()]:
             rate = ("-" if s["cut_off_rate"] is None else
                     f"{s['items_cut_off']}/{s['items_with_pause']} {100 * s['cut_off_rate']:.1f}%")
             cpp = "-" if s["cutoffs_per_pause"] is None else f"{s['cutoffs_per_pause']:.3f}"
@@ -395,16 +425,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-words", action="store_true",
                     help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
-                  "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s")
+                  "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s",
+                  "end_threshold")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     ap.add_argument("--sweep", metavar="KNOB=V1,V2,...",
                     help="also score these values of one knob (e.g. finished_silence_s=0.5,0.6),"
                          " reusing the model's answers and the transcripts")
+    ap.add_argument("--end-signal", choices=("rules", "fitted"),
+                    help="how the signals are combined (turn.end_signal)")
+    ap.add_argument("--weights", type=Path,
+                    help="the fitted signal's weights (default: turn/end_weights.json)")
     args = ap.parse_args(argv)
     knobs = {k: getattr(args, k) for k in knob_names}
     opts = replace(TurnOptions(), **{k: v for k, v in knobs.items() if v is not None},
                    hold_unfinished=not args.no_words)
+    if args.end_signal:
+        opts = replace(opts, end_signal=args.end_signal)
+    weights = None if args.weights is None else EndWeights.load(args.weights)
     sweep: list[dict[str, Any]] = [{}]
     if args.sweep:
         knob, _, values = args.sweep.partition("=")
@@ -418,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest, [replace(opts, model="smart-turn" if m else "none", **change)
                        for change in sweep],
             use_model=m, model_latency_s=args.model_latency_s,
-            words_latency_s=args.words_latency_s, phone=args.phone, vad_rate=args.vad_rate)]
+            words_latency_s=args.words_latency_s, phone=args.phone, vad_rate=args.vad_rate,
+            weights=weights)]
     sys.stdout.write(table(reports) + "\n")
     if args.json:
         args.json.write_text(json.dumps({r["policy"]: r for r in reports}, indent=1))

@@ -28,6 +28,7 @@ jitter cannot stretch or shrink them; the clock only stamps when things happened
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -48,7 +49,7 @@ from rejoinder.turn.history import commit_turn
 from rejoinder.turn.level import LevelGate, PreRoll
 from rejoinder.turn.options import TurnOptions, words
 from rejoinder.turn.playout import Playout
-from rejoinder.turn.policy import Act, EndOfTurn, QuietTail, Words, words_unfinished
+from rejoinder.turn.policy import Act, EndOfTurn, EndWeights, QuietTail, Words
 from rejoinder.turn.readahead import ReadAhead
 from rejoinder.turn.reply import Reply, caller_error
 from rejoinder.turn.tools import Prefetch
@@ -64,6 +65,11 @@ _vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
 _HOLD_SPECULATIVE = "speculative"
 _HOLD_CALLER = "caller"
 _TURN_MODEL_WINDOW = 8 * SAMPLE_RATE
+
+
+@functools.cache
+def _weights() -> EndWeights:
+    return EndWeights.load()  # read once per process: the file ships with the package
 
 
 class Conversation:
@@ -109,7 +115,8 @@ class Conversation:
         self._frames: list[PCM] = []
         self._preroll = PreRoll(self.opts.preroll_s)  # recent frames while none is open
         #: The end-of-turn decision, and its counters of the utterance (in samples).
-        self.turn = EndOfTurn(self.opts, model=stack.turn is not None)
+        self.turn = EndOfTurn(self.opts, model=stack.turn is not None, weights=(
+            _weights() if self.opts.end_signal == "fitted" else None))
         self._level = LevelGate(self.opts.quiet_dbfs)
         self._tail = QuietTail(round(self.opts.quiet_tail_s * SAMPLE_RATE))
         self._loud_run = 0              # samples of loud frames in a row, whatever the VAD says
@@ -249,20 +256,8 @@ class Conversation:
             self._confirm(now)
 
     async def unfinished(self, text: str) -> bool:
-        """The words check for a speculative transcript (see :func:`words_unfinished`)."""
-        if not self.opts.hold_unfinished:
-            return False
-        return await words_unfinished(self.opts, text, punctuated=self.stack.stt.punctuates,
-                                      end_p=self._end_p)
-
-    async def _end_p(self, text: str) -> float | None:
-        """The LLM's P that the caller's message ends with ``text`` (None: unknown)."""
-        messages = [self.system, *self.history, ChatMessage("user", text)]
-        try:
-            return await self.stack.llm.turn_end_p(messages)
-        except ProviderError as exc:  # no answer: the other signals decide
-            log.debug("turn end from the LLM failed: %s", exc)
-            return None
+        """The words check for a speculative transcript (``ReadAhead.judge``)."""
+        return await self.read_ahead.judge(text)
 
     def transcribed(self, reply: Reply) -> None:
         """A reply's transcript is in: it may be the last signal the turn waited for."""

@@ -35,7 +35,8 @@ _SECONDS = ("pause_s", "end_silence_s", "max_silence_s", "finished_silence_s",
             "backchannel_max_s", "preroll_s", "filler_after_s")
 _RANGES: dict[str, tuple[float, float]] = {
     **dict.fromkeys(_SECONDS, (0.0, 10.0)),
-    **dict.fromkeys(("vad_threshold", "confirm_p", "hold_p", "question_end_p"), (0.0, 1.0)),
+    **dict.fromkeys(("vad_threshold", "confirm_p", "hold_p", "question_end_p",
+                     "end_threshold"), (0.0, 1.0)),
     "quiet_dbfs": (-120.0, 0.0),  # 16-bit silence is -96 dBFS
     "unpunctuated_words": (0, 100),
     "max_history_messages": (2, 1000),
@@ -87,6 +88,15 @@ class TurnOptions:
     # more with no closing punctuation is unfinished ("And Mr. John Dashwood had"); shorter
     # commands often come without ("10 of clubs"). 0: off.
     unpunctuated_words: int = 5
+    # How the signals are combined: "rules" (the thresholds above) or "fitted": one
+    # calibrated P(the turn is over) from the silence, the model's P, the words and the
+    # LLM's P of the message ending (turn/policy.py; weights in turn/end_weights.json,
+    # fitted by bench/fitturn.py), the turn ending when it reaches ``end_threshold``.
+    # Rules by default: on turneval's tuning part "fitted" at 0.6 cut off as many (9 of
+    # 27) at a mean end delay 38 ms lower, within that part's noise, for one more LLM
+    # question per turn (docs/benchmarks.md). 0.6 was chosen on the tuning part.
+    end_signal: str = "rules"
+    end_threshold: float = 0.6
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
     prefill: bool = True           # read the caller's words into the LLM while they speak
     model: str = "smart-turn"      # the end-of-turn model: "smart-turn" or "none" (silence)
@@ -125,6 +135,8 @@ class TurnOptions:
             raise ConfigError("turn.quiet_dbfs", "must be below 0 (full scale)")
         if self.hold_p > self.confirm_p:
             raise ConfigError("turn.hold_p", "must not be above turn.confirm_p")
+        if self.end_signal not in ("rules", "fitted"):
+            raise ConfigError("turn.end_signal", f"{self.end_signal!r} is not rules or fitted")
         if self.model not in ("smart-turn", "none"):
             raise ConfigError("turn.model", f"{self.model!r} is not smart-turn or none")
         if self.max_reply_sentences < 1:

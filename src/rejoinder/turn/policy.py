@@ -22,24 +22,36 @@ what to do (:class:`Act`) or whether the turn is over.
   cannot speak before it anyway), and if it trails off ("I was wondering if...", "send it
   to the") only ``max_silence_s`` ends the turn; if it reads as finished,
   ``finished_silence_s`` ends it though the model says "not yet".
+- **The fitted signal** (``end_signal = "fitted"``): instead of those rules, one calibrated
+  probability that the turn is over, from the silence so far, the model's P, the words'
+  verdict and the LLM's P of the message ending there (:class:`EndWeights`, a logistic
+  model fitted on the tuning part of turneval's set by ``bench/fitturn.py``); the turn
+  ends when it reaches ``end_threshold`` (or at ``max_silence_s``), once the transcript
+  and the model's answer are in.
 - **Caller goes on**: any voiced frame ends the pause (the model's answer to it is stale).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 from rejoinder.core.audio import SAMPLE_RATE
 from rejoinder.turn.options import TurnOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Act", "EndOfTurn", "QuietTail", "Words", "words_unfinished"]
+__all__ = ["Act", "EndOfTurn", "EndWeights", "Heard", "QuietTail", "Words", "end_features",
+           "words_unfinished"]
 
-EndP = Callable[[str], Awaitable[float | None]]  # P(the message ends here), None: unknown
+# P(the message ends here), None: unknown.
+EndP = Callable[[str], Coroutine[object, object, float | None]]
 
 
 class Act(enum.IntFlag):
@@ -58,6 +70,59 @@ class Words(enum.Enum):
     PENDING = "pending"          # not in yet
     UNFINISHED = "unfinished"    # in, and it trails off
     FINISHED = "finished"        # in, and it reads as finished
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The speculative transcript, as the fitted signal reads it."""
+
+    text: str
+    unfinished: bool             # the words check's verdict (:func:`words_unfinished`)
+    end_p: float | None = None   # the LLM's P that the message ends here; None: unknown
+
+
+_CLOSING = frozenset(".?!…\"')")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def end_features(silence_s: float, turn_p: float | None, heard: Heard) -> dict[str, float]:
+    """What the fitted signal weighs (each a number; a missing signal is 0 with a flag)."""
+    text = heard.text.strip()
+    return {
+        "bias": 1.0,
+        "silence_s": silence_s,
+        "turn_logit": 0.0 if turn_p is None else _logit(turn_p),
+        "turn_missing": float(turn_p is None),
+        "unfinished": float(heard.unfinished),
+        "llm_logit": 0.0 if heard.end_p is None else _logit(heard.end_p),
+        "llm_missing": float(heard.end_p is None),
+        "question": float(text.endswith("?")),
+        "open": float(bool(text) and text[-1] not in _CLOSING),
+    }
+
+
+@dataclass(frozen=True)
+class EndWeights:
+    """A logistic model of P(the turn is over) over :func:`end_features`."""
+
+    weights: Mapping[str, float]
+
+    def p(self, features: Mapping[str, float]) -> float:
+        z = sum(w * features[name] for name, w in self.weights.items())
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> EndWeights:
+        """From ``path``, or the weights that ship (``turn/end_weights.json``)."""
+        if path is None:
+            text = resources.files("rejoinder.turn").joinpath("end_weights.json").read_text()
+        else:
+            text = Path(path).read_text()
+        return cls(dict(json.loads(text)["weights"]))
 
 
 async def words_unfinished(opts: TurnOptions, text: str, *, punctuated: bool,
@@ -115,9 +180,13 @@ class EndOfTurn:
     utterance's onset to its last voiced frame), ``run`` (the current voiced run) and
     ``silence`` (since the last voiced frame)."""
 
-    def __init__(self, opts: TurnOptions, *, model: bool) -> None:
+    def __init__(self, opts: TurnOptions, *, model: bool,
+                 weights: EndWeights | None = None) -> None:
         self.opts = opts
         self.model = model
+        #: The fitted signal's model (``end_signal = "fitted"``; None: the rules decide).
+        self.weights = weights if opts.end_signal == "fitted" else None
+        self.heard: Heard | None = None  # the speculation's transcript, for the weights
         self._pause = _samples(opts.pause_s)
         self._end = _samples(opts.end_silence_s)
         self._max = _samples(opts.max_silence_s)
@@ -164,7 +233,7 @@ class EndOfTurn:
         act = Act.NONE
         if self.pause_begins() and words is None and self.opts.speculate:
             act |= Act.SPECULATE
-            words = Words.PENDING
+            words, self.heard = Words.PENDING, None
         if (self.paused and self.model and not self.asking and self.silence >= self.next_ask
                 and (self.p is None or self.p < self.opts.confirm_p)):
             # Asked at model_after_s; while it says "not yet", again every reask_s.
@@ -191,6 +260,8 @@ class EndOfTurn:
         if not self.paused:
             return False
         o, p, s = self.opts, self.p, self.silence
+        if self.weights is not None and words is not None and o.hold_unfinished:
+            return self._fitted(words)
         if not self.model or self.failed:
             over = s >= self._end
         elif p is None:  # not answered yet: a pause must not end the turn on silence alone
@@ -206,6 +277,26 @@ class EndOfTurn:
                 and words is Words.FINISHED):
             return True  # the model still says "not yet", but the words read as finished
         return over
+
+    def hear(self, heard: Heard) -> None:
+        """The speculation's transcript is in (for the fitted signal)."""
+        self.heard = heard
+
+    def end_p(self) -> float | None:
+        """The fitted P(the turn is over) now; None while a signal it needs is missing."""
+        if self.weights is None or self.heard is None:
+            return None
+        if self.model and self.p is None and not self.failed:
+            return None  # the model has not answered yet
+        return self.weights.p(end_features(self.silence / SAMPLE_RATE, self.p, self.heard))
+
+    def _fitted(self, words: Words) -> bool:
+        if self.silence >= self._max:
+            return True
+        if words is Words.PENDING:
+            return False
+        p = self.end_p()
+        return p is not None and p >= self.opts.end_threshold
 
     # -- bookkeeping -----------------------------------------------------------------------
     def end_pause(self) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rejoinder.core.errors import ProviderError
 from rejoinder.core.redact import read_ahead_text
 from rejoinder.providers.base import ChatMessage
+from rejoinder.turn.policy import Heard, words_unfinished
 from rejoinder.turn.tools import prefetch_from_words
 
 if TYPE_CHECKING:
@@ -59,6 +60,35 @@ class ReadAhead:
         """A reply starts: its own request comes first."""
         if self._task is not None:
             self._task.cancel()
+
+    async def judge(self, text: str) -> bool:
+        """The words check for a speculative transcript (``policy.words_unfinished``); for
+        the fitted signal the policy also hears the LLM's P of the message ending there."""
+        conv = self.conv
+        if not conv.opts.hold_unfinished:
+            return False
+        known: dict[str, float | None] = {}
+
+        async def end_p(words: str) -> float | None:
+            if words not in known:
+                known[words] = await self._end_p(words)
+            return known[words]
+
+        verdict = await words_unfinished(conv.opts, text, punctuated=conv.stack.stt.punctuates,
+                                         end_p=end_p)
+        if conv.turn.weights is not None:
+            conv.turn.hear(Heard(text, verdict, await end_p(text) if text else None))
+        return verdict
+
+    async def _end_p(self, text: str) -> float | None:
+        """The LLM's P that the caller's message ends with ``text`` (None: unknown)."""
+        conv = self.conv
+        messages = [conv.system, *conv.history, ChatMessage("user", text)]
+        try:
+            return await conv.stack.llm.turn_end_p(messages)
+        except ProviderError as exc:  # no answer: the other signals decide
+            log.debug("turn end from the LLM failed: %s", exc)
+            return None
 
     async def _prefill(self, messages: list[ChatMessage]) -> None:
         try:
