@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,3 +228,32 @@ def test_turneval_replays_the_fitted_signal_with_what_the_transcript_says() -> N
     # The transcript is in at 340 ms of silence, where z = -5 + 3.4 (P 0.17); P reaches
     # the threshold (0.5) at 500 ms of silence.
     assert [c.at for c in found] == [16_000 + 8_000]
+
+
+def test_a_caller_who_went_on_after_a_confirmation_gets_more_patience() -> None:
+    opts = replace(OPTS, patience_s=0.2)
+    policy = EndOfTurn(opts, model=False)
+    for expected_s in (0.3, 0.5, 0.7):  # end_silence_s, then 0.2 s more after each
+        policy.speech(16_000)
+        acts = quiet_until(policy, expected_s, None)
+        assert acts[-1] & Act.CONFIRM and not any(a & Act.CONFIRM for a in acts[:-1])
+        policy.overridden()  # the caller went on: they had only paused
+    assert EndOfTurn(OPTS, model=False).patience == 0  # off by default
+
+
+def test_the_engine_gives_more_patience_after_the_caller_overrides_a_confirmation() -> None:
+    from rejoinder.testing import FakeSTT, FakeTTS, Latency, fake_stack
+    from rejoinder.testing.loopback import converse
+
+    stt = FakeSTT(["book a table", "for two"], Latency(first_s=0.05))
+    llm = FakeLLM(["Sure.", "Done."], Latency(first_s=1.0))
+    options = TurnOptions(model="none", patience_s=0.2)
+
+    async def main() -> tuple[Any, Any, Any]:
+        return await converse(fake_stack(stt=stt, llm=llm, tts=FakeTTS(Latency(first_s=0.05))),
+                              [("silence", 0.5), ("speech", 1.0), ("silence", 0.5),
+                               ("speech", 1.0)], options=options)
+
+    conv, _, _ = run_virtual(main())
+    # Confirmed 0.3 s into the pause, before the slow reply was heard; the caller went on.
+    assert conv.turn.patience == round(0.2 * 16_000)

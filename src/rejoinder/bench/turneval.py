@@ -142,6 +142,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
             if waiting:
                 out[-1] = replace(out[-1], resumed=a)
                 waiting, spec = False, None
+                policy.overridden()  # (the engine: after min_speech_s of it, before a pause)
             policy.speech(frame)
             last = e
             if spec is not None and policy.run >= min_run:
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
                   "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s",
-                  "end_threshold")
+                  "end_threshold", "patience_s")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     ap.add_argument("--sweep", metavar="KNOB=V1,V2,...",

@@ -194,6 +194,7 @@ class Conversation:
                 await self._drop(reply, "wasted")
         elif not self.playout.started(reply.turn):
             if run_s >= o.min_speech_s:  # nothing heard yet: the caller was only pausing
+                t.overridden()
                 await self._drop(reply, "abandoned")
         elif max(t.run, self._loud_run) / SAMPLE_RATE >= o.barge_in_min_s:
             # Counted from the first loud frame: the VAD said speech only 30-100 ms later.

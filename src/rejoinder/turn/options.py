@@ -32,7 +32,7 @@ _TRAILING = re.compile(r"(\.\.\.|…|-|–|—|,)\s*$")
 # silence that long has hung up. The word and message counts stop at sizes no call reaches.
 _SECONDS = ("pause_s", "end_silence_s", "max_silence_s", "finished_silence_s",
             "model_after_s", "reask_s", "quiet_tail_s", "min_speech_s", "barge_in_min_s",
-            "backchannel_max_s", "preroll_s", "filler_after_s")
+            "backchannel_max_s", "preroll_s", "filler_after_s", "patience_s")
 _RANGES: dict[str, tuple[float, float]] = {
     **dict.fromkeys(_SECONDS, (0.0, 10.0)),
     **dict.fromkeys(("vad_threshold", "confirm_p", "hold_p", "question_end_p",
@@ -97,6 +97,10 @@ class TurnOptions:
     # question per turn (docs/benchmarks.md). 0.6 was chosen on the tuning part.
     end_signal: str = "rules"
     end_threshold: float = 0.6
+    # Adaptive within a call: each time the caller goes on after their turn was confirmed
+    # (they had only paused), later silences must be this much longer to end a turn
+    # (end_silence_s, finished_silence_s; the fitted signal's silence). 0: off.
+    patience_s: float = 0.0
     speculate: bool = True         # start STT/LLM/TTS at the pause, before the turn is certain
     prefill: bool = True           # read the caller's words into the LLM while they speak
     model: str = "smart-turn"      # the end-of-turn model: "smart-turn" or "none" (silence)

@@ -194,6 +194,8 @@ class EndOfTurn:
         self._min_speech = _samples(opts.min_speech_s)
         self._after = _samples(opts.model_after_s)
         self._reask = _samples(opts.reask_s)
+        self._patience_step = _samples(opts.patience_s)
+        self.patience = 0  # samples of silence added for this call (:meth:`overridden`)
         self.voiced = self.run = self.silence = 0
         self.pause_id = 0
         self.paused = False        # the current silence has reached pause_s
@@ -262,21 +264,27 @@ class EndOfTurn:
         o, p, s = self.opts, self.p, self.silence
         if self.weights is not None and words is not None and o.hold_unfinished:
             return self._fitted(words)
+        end = self._end + self.patience  # a caller who paused before is given more time
         if not self.model or self.failed:
-            over = s >= self._end
+            over = s >= end
         elif p is None:  # not answered yet: a pause must not end the turn on silence alone
             over = s >= self._max
         else:
-            over = (p >= o.confirm_p or (p >= o.hold_p and s >= self._end)
-                    or s >= self._max)
+            over = (p >= o.confirm_p or (p >= o.hold_p and s >= end) or s >= self._max)
         if not o.hold_unfinished or words is None:
             return over
         if over and s < self._max and words is not Words.FINISHED:
             return False  # the words are not in yet, or they trail off: not an end yet
-        if (not over and self._finished and s >= self._finished
+        if (not over and self._finished and s >= self._finished + self.patience
                 and words is Words.FINISHED):
             return True  # the model still says "not yet", but the words read as finished
         return over
+
+    def overridden(self) -> None:
+        """The caller went on after a turn was confirmed (before they heard the reply): they
+        pause long mid-sentence, so every later silence of the call must be ``patience_s``
+        longer to end a turn (up to ``max_silence_s``), and longer again after each."""
+        self.patience = min(self.patience + self._patience_step, self._max)
 
     def hear(self, heard: Heard) -> None:
         """The speculation's transcript is in (for the fitted signal)."""
@@ -288,7 +296,8 @@ class EndOfTurn:
             return None
         if self.model and self.p is None and not self.failed:
             return None  # the model has not answered yet
-        return self.weights.p(end_features(self.silence / SAMPLE_RATE, self.p, self.heard))
+        silence_s = max(0, self.silence - self.patience) / SAMPLE_RATE
+        return self.weights.p(end_features(silence_s, self.p, self.heard))
 
     def _fitted(self, words: Words) -> bool:
         if self.silence >= self._max:
