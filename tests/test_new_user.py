@@ -91,3 +91,21 @@ def test_bench_finds_the_process_of_a_server_on_a_loopback_port() -> None:
 def test_bench_port_and_url_are_one_or_the_other(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--port", "8080", "--url", "http://127.0.0.1:8080"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+async def test_a_real_call_reports_connected_and_each_utterance_sent(serve: Any) -> None:
+    from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, Latency, fake_stack
+    from rejoinder.testing.loopback import script_audio
+
+    stack = fake_stack(stt=FakeSTT(["hello", "again"], Latency(first_s=0.1)),
+                       llm=FakeLLM(["Hi.", "Sure."], Latency(first_s=0.1)),
+                       tts=FakeTTS(Latency(first_s=0.05), sample_rate=24_000))
+    audio = script_audio([("silence", 0.5), ("speech", 1.0), ("silence", 3.0),
+                          ("speech", 0.8), ("silence", 2.5)])
+    said: list[str] = []
+    async with serve(stack) as url:
+        result = await caller.place_call(url, audio, tail_s=5, on_status=said.append)
+    assert said[0] == f"connected: call {result.call_id}, 2 utterance(s) to send"
+    assert [s.split(" (")[0] for s in said[1:]] == ["sent utterance 1/2", "sent utterance 2/2"]
+    assert [t.turn for t in result.turns] == [1, 2]
