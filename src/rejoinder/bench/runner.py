@@ -92,9 +92,6 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
             progress(f"starting the server ({opts.stack} stack)")
             env.update(opts.script.server)
             env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
-            # Its own call store: the run neither adds to the operator's records nor pays
-            # for (or waits on) post-call jobs of earlier runs in a shared database.
-            env.setdefault("REJOINDER_STORE__PATH", str((opts.out / "calls.db").resolve()))
             url, procs.server = stack.enter_context(server_process(
                 opts.stack if opts.stack != "cloud" else "local", opts.out / "server.log", env,
                 twilio_auth_token=opts.auth_token if opts.transport == "twilio" else None))
