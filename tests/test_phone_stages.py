@@ -11,8 +11,8 @@ from aiohttp import web
 
 from rejoinder.bench.caller import CallRecord, SpokenTurn
 from rejoinder.bench.measure import turns_of
-from rejoinder.bench.phone_stages import fetch_phone_traces, traces_of
 from rejoinder.client.measure import Received
+from rejoinder.client.phone_stages import fetch_phone_traces, traces_of
 
 STORED = {
     "call_id": "c2", "transport": "twilio", "twilio_call_sid": "CA2",

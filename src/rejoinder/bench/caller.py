@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from rejoinder.bench.phone_stages import fetch_phone_traces
 from rejoinder.bench.scripts import Script, Turn
 from rejoinder.client.connection import Connection, Mic, encode_frames
 from rejoinder.client.measure import find_utterances
+from rejoinder.client.phone_stages import fetch_phone_traces
 from rejoinder.client.twilio import PHONE_RATE, PhoneCall, PhoneMic
 from rejoinder.core.audio import OUT_RATE, PCM, SAMPLE_RATE, resample
 from rejoinder.core.clock import Clock

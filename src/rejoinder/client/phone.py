@@ -12,6 +12,7 @@ import numpy as np
 from rejoinder.client.caller import CallResult, _results, _until_quiet
 from rejoinder.client.connection import CallFailed
 from rejoinder.client.measure import find_utterances, onset_after
+from rejoinder.client.phone_stages import fetch_phone_traces
 from rejoinder.client.twilio import PHONE_RATE, PhoneCall, PhoneMic
 from rejoinder.core.audio import PCM, SAMPLE_RATE, resample
 from rejoinder.core.clock import Clock
@@ -28,7 +29,8 @@ async def place_phone_call(url: str, pcm16k: PCM, *, auth_token: str | None,
 
     After the WAV ends, waits for the agent to answer the last utterance (at most
     ``tail_s`` seconds) and for that reply to finish playing. Media Streams carry no
-    server events, so the turns have no transcripts or server stages.
+    server events, so the turns' server stages and numbers come from the server's call
+    store afterwards (none when it keeps no records); they have no transcripts.
     """
     clock = Clock()
     utterances = find_utterances(pcm16k, SAMPLE_RATE, min_gap_s=min_gap_s)
@@ -42,6 +44,7 @@ async def place_phone_call(url: str, pcm16k: PCM, *, auth_token: str | None,
     def time_of(offset_s: float) -> float | None:
         return mic.time_of(first + round((offset_s + lead_s) * PHONE_RATE))
 
+    opened_wall = clock.wall()
     try:
         await call.open(url)
         await mic.idle.wait()
@@ -55,5 +58,6 @@ async def place_phone_call(url: str, pcm16k: PCM, *, auth_token: str | None,
         await _until_quiet(call.received, clock, quiet_s=1.5, limit_s=tail_s)
     finally:
         await call.close()
-    return _results(call.call_id, utterances, time_of, call.received, call.events,
-                    call.wall_offset)
+    traces = await fetch_phone_traces(url, call.call_id, opened_wall, len(utterances))
+    return _results(call.call_id, utterances, time_of, call.received,
+                    [*call.events, *traces], call.wall_offset)

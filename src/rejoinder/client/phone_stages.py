@@ -1,4 +1,4 @@
-"""The server's stages of a phone call's turns, for the bench.
+"""The server's stages of a phone call's turns, for the bench and `rejoinder call`.
 
 Media Streams have no events channel, so a phone caller gets no turn records as the call
 goes. The server's call store has them (``GET /api/calls/{id}``, answered to loopback
