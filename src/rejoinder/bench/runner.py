@@ -88,7 +88,11 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
                        "REJOINDER_TTS__PROVIDER": "remote", "REJOINDER_TTS__URL": cloud_url,
                        # Silence alone ends the turn: a fixed end of turn keeps the ideal
                        # path exact, so the overhead is the orchestration's alone.
-                       "REJOINDER_TURN__MODEL": "none"}
+                       "REJOINDER_TURN__MODEL": "none",
+                       # The simulated LLM writes canned words, never the analytics' JSON:
+                       # each call would end in three failed post-call jobs on the cores the
+                       # next calls are measured on.
+                       "REJOINDER_ANALYTICS__ENABLED": "false"}
             progress(f"starting the server ({opts.stack} stack)")
             env.update(opts.script.server)
             env["REJOINDER_SERVER__MAX_CALLS"] = str(opts.max_calls)
