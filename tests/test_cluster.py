@@ -373,3 +373,55 @@ def test_the_store_writer_outlives_every_error_nats_raises():
     assert written == records
     assert ended == ["c1"]
     assert all(m.acked for m in messages)
+
+
+async def test_the_calls_of_a_restarted_worker_are_recorded_as_ended():
+    """A worker heard again under a new pid was killed and restarted: the calls the
+    gateway sent to its old process get their end (outcome worker_lost) instead of a
+    call row open for ever; a call that ended on its own, a call on another worker and a
+    call the new process took are left alone."""
+    from rejoinder.store.recorder import Recorder
+
+    class Written:
+        def __init__(self) -> None:
+            self.items: list[Any] = []
+
+        async def write(self, items: list[Any]) -> None:
+            self.items.extend(items)
+
+    store = Written()
+    recorder = Recorder(store)  # type: ignore[arg-type]
+    recorder.start()
+    clock = ManualClock()
+
+    class Numbered(FakeNats):
+        async def request(self, subject: str, payload: bytes,
+                          timeout: float) -> _Msg:  # noqa: ASYNC109
+            msg = await super().request(subject, payload, timeout)
+            body = json.loads(msg.data)
+            body["call_id"] += f"-{len(self.requests)}"
+            return _Msg(json.dumps(body).encode())
+
+    gw = GatewayServer(Config(store=StoreOptions(path=":memory:")), fake_stack(), Numbered(),
+                       recorder, clock=clock)
+
+    def beat(worker: str, calls: int, pid: int) -> bytes:
+        return Heartbeat(worker, calls, 8, f"http://{worker}:8080", pid).encode()
+
+    gw.on_heartbeat(beat("w1", 0, 100))
+    gw.on_heartbeat(beat("w2", 1, 200))
+    ids = [(await gw.answer_offer(OFFER_SDP))["call_id"] for _ in range(3)]
+    assert ids == ["call-on-w1-1", "call-on-w1-2", "call-on-w2-3"]
+    gw.call_ended("call-on-w1-2")  # its end came through the stream
+    gw.on_heartbeat(beat("w1", 2, 100))  # the same process: nothing lost
+    gw.on_heartbeat(beat("w2", 1, 200))
+    clock.t += 5.0
+    gw.on_heartbeat(beat("w1", 0, 101))  # restarted
+    gw.on_heartbeat(beat("w2", 1, 200))
+    assert (await gw.answer_offer(OFFER_SDP))["call_id"] == "call-on-w1-4"
+    gw.on_heartbeat(beat("w1", 1, 101))
+    await recorder.flush()
+    await recorder.close()
+    assert [(e.call_id, e.outcome) for e in store.items] == [("call-on-w1-1", "worker_lost")]
+    assert isinstance(store.items[0], CallEnd)
+    assert sorted(gw.placed) == ["call-on-w1-4", "call-on-w2-3"]

@@ -1,6 +1,6 @@
 """A real ``rejoinder serve --workers 2 --stack fake`` with a real nats-server and two real
-WebRTC callers: a worker killed -9 mid-call harms only its own call, is restarted, and the
-turns its call completed are in the store."""
+WebRTC callers: a worker killed -9 mid-call harms only its own call, is restarted, the
+turns its call completed are in the store, and its call row is closed (worker_lost)."""
 
 from __future__ import annotations
 
@@ -109,6 +109,13 @@ async def test_a_worker_killed_mid_call_ends_only_its_own_call(tmp_path):
             record = await _until(stored, 15, "the killed call's turns are not stored")
             assert [t["turn"] for t in record["turns"]][:len(done_at_kill[killed])] == \
                 [e["turn"] for e in done_at_kill[killed]]
+            # Its call row is closed by the gateway, which saw the worker come back anew.
+            async def closed() -> Any:
+                async with http.get(f"{url}/api/calls/{call_id}") as r:
+                    body = await r.json()
+                return body if body["ended_at"] else None
+            assert (await _until(closed, 15, "the killed call has no end"))["outcome"] == \
+                "worker_lost"
             # The call that went on is stored whole: every turn, and its end.
             other_id = str(traces[other][0]["call_id"])
 

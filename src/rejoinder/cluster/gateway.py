@@ -14,7 +14,10 @@ the operator's routes and the call records are served as in single-process mode,
 - the records the workers publish to JetStream are written to the store here, in order,
   and acked only after the commit, so a database that is down loses nothing: they wait in
   the stream (on disk) and are written when it is back. A call's end starts its post-call
-  analytics here too.
+  analytics here too;
+- a worker heard again under a new process id was killed and restarted: the WebRTC calls
+  this gateway sent to its old process ended with it, and their end is recorded here
+  (outcome ``worker_lost``), as the worker can no longer do it.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class GatewayServer(Server):
         self.clock = clock or Clock()
         self.table = LoadTable(config.bus.stale_s)
         self.phone = GatewayPhone(self)
+        # Live WebRTC calls sent to a worker: call id -> (worker, its pid; 0 not yet known).
+        # An entry goes when the call's end is written, or when its worker restarts.
+        self.placed: dict[str, tuple[str, int]] = {}
 
     def on_heartbeat(self, data: bytes) -> None:
         try:
@@ -79,10 +85,39 @@ class GatewayServer(Server):
             log.warning("a heartbeat that is not one: %s", exc)
             return
         self.table.heard(beat, self.clock.now())
+        if beat.pid:
+            self._check_restart(beat.worker, beat.pid)
+
+    def _check_restart(self, worker: str, pid: int) -> None:
+        lost = []
+        for call_id, (on, was) in list(self.placed.items()):
+            if on != worker:
+                continue
+            if not was:
+                self.placed[call_id] = (on, pid)
+            elif was != pid:
+                lost.append(call_id)
+        if lost:
+            log.warning("worker %s was restarted: %d of its calls ended with its old"
+                        " process", worker, len(lost))
+        for call_id in lost:
+            del self.placed[call_id]
+            if self.recorder is not None:
+                self.recorder.put(CallEnd(call_id, self.recorder.now(), "worker_lost"))
+            if self.analytics is not None:
+                self.analytics.submit(call_id)
+
+    def call_ended(self, call_id: str) -> None:
+        """A call's end was written (from its worker's records)."""
+        self.placed.pop(call_id, None)
 
     async def answer_offer(self, sdp: str) -> dict[str, str]:
         reply = await self.dispatch(OFFER, {"sdp": sdp, "type": "offer"},
                                     self.config.server.connect_timeout_s + 5.0)
+        worker = str(reply.get("worker", ""))
+        if worker:
+            state = self.table.workers.get(worker)
+            self.placed[str(reply["call_id"])] = (worker, state.beat.pid if state else 0)
         return {"sdp": str(reply["sdp"]), "type": str(reply["type"]),
                 "call_id": str(reply["call_id"])}
 
@@ -302,9 +337,12 @@ async def run_gateway(config: Config, stack: Stack, *, stop: asyncio.Event | Non
         js = await ensure_stream(nc)
         server = GatewayServer(config, stack, nc, recorder, analytics)
         await nc.subscribe(HEARTBEAT, cb=_on_beat(server))
-        writer = asyncio.create_task(write_records(
-            js, recorder.store, analytics.submit if analytics is not None else None),
-            name="store-writer")
+        def ended(call_id: str) -> None:
+            server.call_ended(call_id)
+            if analytics is not None:
+                analytics.submit(call_id)
+        writer = asyncio.create_task(write_records(js, recorder.store, ended),
+                                     name="store-writer")
         writer.add_done_callback(_writer_ended)
         runner = web.AppRunner(server.app(), access_log=None)
         await runner.setup()
