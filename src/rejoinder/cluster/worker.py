@@ -162,7 +162,10 @@ async def drain(server: Server, deadline_s: float, goodbye: str,
 
 
 async def say_goodbye(call: Call, line: str) -> None:
-    """The agent says ``line`` (whatever it was saying is cut), then the call ends."""
+    """The agent says ``line`` (whatever it was saying is cut), then the call ends.
+
+    It reaches into the engine's private ``_reply`` / ``_start_reply``: the engine has no
+    public "say this now" yet; when it has one, this should use it."""
     conv = call.conversation
     try:
         if line:
