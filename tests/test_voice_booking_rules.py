@@ -134,7 +134,7 @@ async def test_a_reply_to_a_result_with_a_reference_reads_it_back() -> None:
                ChatMessage("tool", json.dumps({"booked": True, "reference": REF}),
                            tool_call_id="call_1")]
     said = "".join(str(i) for i in await _items(llm, history))
-    assert said == f"You are booked for Monday. Your reference is {REF}."
+    assert said == f"Your reference is {REF}. You are booked for Monday."
     server.reply = lambda request: f"Booked, reference {REF}."
     assert "".join(str(i) for i in await _items(llm, history)) == f"Booked, reference {REF}."
     llm._executor.shutdown()

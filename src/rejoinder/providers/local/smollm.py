@@ -246,12 +246,27 @@ class SmolLM(LLM):
 
     async def _reading_back(self, request: dict[str, Any],
                             reference: str) -> AsyncGenerator[str, None]:
-        said: list[str] = []
-        async for delta in self._requests(request):
-            said.append(delta)
-            yield delta
-        if reference not in "".join(said):
-            yield (" " if said else "") + self.options.read_back.format(reference=reference)
+        """The reply to a tool result that holds a reference, with the reference said in
+        its first sentence: the model's first sentence when it says it, else the read-back
+        line before it. First, not last: a spoken reply is cut after a few sentences
+        (``turn.max_reply_sentences``), and a caller who never hears the reference cannot
+        move or cancel."""
+        first: list[str] = []
+        deltas = self._requests(request)
+        try:
+            async for delta in deltas:
+                first.append(delta)
+                if any(c in ".!?" for c in delta):
+                    break
+            text = "".join(first)
+            if reference not in text:
+                yield self.options.read_back.format(reference=reference) + (" " if text else "")
+            if text:
+                yield text
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()  # a reply cut short stops the model now
 
     async def _tool_turn(self, messages: list[ChatMessage],
                          tools: tuple[Tool, ...]) -> AsyncGenerator[StreamItem, None]:
