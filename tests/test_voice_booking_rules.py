@@ -136,5 +136,6 @@ async def test_a_reply_to_a_result_with_a_reference_reads_it_back() -> None:
     said = "".join(str(i) for i in await _items(llm, history))
     assert said == f"Your reference is {REF}. You are booked for Monday."
     server.reply = lambda request: f"Booked, reference {REF}."
-    assert "".join(str(i) for i in await _items(llm, history)) == f"Booked, reference {REF}."
+    assert "".join(str(i) for i in await _items(llm, history)) == (
+        f"Your reference is {REF}. Booked, reference {REF}.")
     llm._executor.shutdown()

@@ -246,23 +246,14 @@ class SmolLM(LLM):
 
     async def _reading_back(self, request: dict[str, Any],
                             reference: str) -> AsyncGenerator[str, None]:
-        """The reply to a tool result that holds a reference, with the reference said in
-        its first sentence: the model's first sentence when it says it, else the read-back
-        line before it. First, not last: a spoken reply is cut after a few sentences
+        """The reply to a tool result that holds a reference: the read-back line first, then
+        the model's words. First, not last: a spoken reply is cut after a few sentences
         (``turn.max_reply_sentences``), and a caller who never hears the reference cannot
-        move or cancel."""
-        first: list[str] = []
+        move or cancel. It is ready before the model's first token, so it also starts the
+        audio sooner; a model that says the reference too says it twice."""
+        yield self.options.read_back.format(reference=reference) + " "
         deltas = self._requests(request)
         try:
-            async for delta in deltas:
-                first.append(delta)
-                if any(c in ".!?" for c in delta):
-                    break
-            text = "".join(first)
-            if reference not in text:
-                yield self.options.read_back.format(reference=reference) + (" " if text else "")
-            if text:
-                yield text
             async for delta in deltas:
                 yield delta
         finally:
