@@ -138,4 +138,10 @@ async def test_a_reply_to_a_result_with_a_reference_reads_it_back() -> None:
     server.reply = lambda request: f"Booked, reference {REF}."
     assert "".join(str(i) for i in await _items(llm, history)) == (
         f"Your reference is {REF}. Booked, reference {REF}.")
+    # The line the model copies from the history is not said twice.
+    server.reply = lambda request: f"Your reference is {REF}. See you then."
+    assert "".join(str(i) for i in await _items(llm, history)) == (
+        f"Your reference is {REF}. See you then.")
+    server.reply = lambda request: f"Your reference is {REF}."
+    assert "".join(str(i) for i in await _items(llm, history)) == f"Your reference is {REF}. "
     llm._executor.shutdown()

@@ -251,11 +251,20 @@ class SmolLM(LLM):
         (``turn.max_reply_sentences``), and a caller who never hears the reference cannot
         move or cancel. It is ready before the model's first token, so it also starts the
         audio sooner; a model that says the reference too says it twice."""
-        yield self.options.read_back.format(reference=reference) + " "
+        line = self.options.read_back.format(reference=reference)
+        yield line + " "
         deltas = self._requests(request)
+        held = ""  # the model's words while they repeat the line (this model copies it)
         try:
             async for delta in deltas:
-                yield delta
+                held += delta
+                if line.startswith(held.strip()):
+                    continue
+                if held.lstrip().startswith(line):
+                    held = held.lstrip()[len(line):].lstrip()
+                if held.strip():
+                    yield held
+                held = ""
         finally:
             await deltas.aclose()  # a reply cut short stops the model now
 
