@@ -24,16 +24,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: The stages of a turn whose times (ms after the caller's end of speech) are columns.
-STAGE_COLUMNS = (
-    "vad_end",
-    "turn_confirmed",
-    "stt_final",
-    "llm_first_token",
-    "first_clause",
-    "tts_first_audio",
-    "first_audio_sent",
-)
+from rejoinder.observability.trace import STAGES
+
+#: The stages of a turn whose times (ms after the caller's end of speech) are columns:
+#: every stage of the trace but the end of speech itself, which they count from.
+STAGE_COLUMNS = tuple(s for s in STAGES if s != "speech_end")
 
 _NAMING = {
     "ix": "ix_%(column_0_label)s",
