@@ -41,9 +41,9 @@ def local_stack():
     return load_local_stack()
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _data_home(tmp_path_factory):
-    """Call records of the servers tests start (and their subprocesses) go to a temp dir."""
-    import os
-
-    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("data-home"))
+@pytest.fixture(autouse=True)
+def _data_home(tmp_path_factory, monkeypatch):
+    """Call records of the servers a test starts (and their subprocesses) go to a temp dir of
+    that test's own: a server resumes the post-call jobs it finds in its store, and with one
+    store for the session a test's server ran earlier tests' jobs on its own scripted LLM."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
