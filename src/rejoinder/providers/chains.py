@@ -4,8 +4,7 @@ Each entry is built as the section alone would build its provider (``providers.f
 with its own limits (``timeout_s``: the first item; ``stream_idle_timeout_s``: every gap
 after it) and its own circuit breaker. ``fallback_to_local = true`` adds the embedded
 model as the last backend, loaded on first use in a worker thread: that first request
-pays the load (Whisper tiny.en, SmolLM2 or Piper: about 0.5 to 2 s on 2 cores, measured
-in docs/benchmarks.md "Provider fallback") on top of the failures before it.
+pays the model's load time (not measured yet) on top of the failures before it.
 """
 
 from __future__ import annotations
