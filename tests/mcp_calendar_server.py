@@ -1,7 +1,10 @@
-"""A tiny MCP server (stdio) for the tests: a calendar with one read-only lookup and one
-booking. Run as ``python tests/mcp_calendar_server.py``."""
+"""A tiny MCP server for the tests: a calendar with one read-only lookup and one booking.
+Run as ``python tests/mcp_calendar_server.py`` (stdio), or with ``--http PORT`` to serve
+streamable HTTP at ``http://127.0.0.1:PORT/mcp``."""
 
 from __future__ import annotations
+
+import sys
 
 from mcp.server.fastmcp import FastMCP
 from mcp.types import ToolAnnotations
@@ -30,4 +33,8 @@ def broken(day: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    if sys.argv[1:2] == ["--http"]:
+        server.settings.port = int(sys.argv[2])
+        server.run("streamable-http")
+    else:
+        server.run("stdio")

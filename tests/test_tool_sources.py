@@ -1,17 +1,21 @@
 """Where tools come from: decorated functions, modules, HTTP webhooks, a real MCP server
-(a subprocess over stdio); bad definitions fail at start naming the tool; the
-OpenAI-compatible provider offers tools and assembles streamed tool_calls."""
+(a subprocess over stdio, or over streamable HTTP); bad definitions fail at start naming
+the tool; the OpenAI-compatible provider offers tools and assembles streamed tool_calls."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from rejoinder.cluster.bus import free_port
 from rejoinder.config import AgentOptions, McpServerOptions, WebhookToolOptions, _build
 from rejoinder.core.errors import ConfigError
 from rejoinder.providers.base import ChatMessage
@@ -19,6 +23,7 @@ from rejoinder.providers.openai.llm import OpenAILLM, to_openai_messages
 from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, fake_stack
 from rejoinder.testing.loopback import converse
 from rejoinder.tools import Tool, Toolbox, ToolCall, load_module, load_tools, tool
+from rejoinder.tools.mcp import McpToolError
 from rejoinder.turn.options import TurnOptions
 
 MCP_SERVER = Path(__file__).with_name("mcp_calendar_server.py")
@@ -232,6 +237,124 @@ async def test_an_mcp_tool_error_is_a_failed_call_and_a_dead_server_fails_at_sta
         await load_tools(AgentOptions(mcp_servers=[McpServerOptions(
             name="gone", command=[sys.executable, "-c", "import sys; sys.exit(3)"])]))
     assert info.value.field == "agent.mcp_servers.gone"
+
+
+# -- MCP over streamable HTTP ----------------------------------------------------------------
+async def _listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            assert process.poll() is None, "the MCP server exited"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+class McpHttpServer:
+    """The calendar served over streamable HTTP by a process of its own, on one port."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 (waited on in kill)
+                [sys.executable, str(MCP_SERVER), "--http", str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=log)
+        await _listening(self.port, self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+async def mcp_http(tmp_path: Path) -> AsyncIterator[McpHttpServer]:
+    server = McpHttpServer(tmp_path / "mcp.log")
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def test_an_mcp_server_over_streamable_http_serves_its_tools_in_a_conversation(mcp_http):
+    box = await load_tools(AgentOptions(mcp_servers=[McpServerOptions(
+        name="calendar", url=mcp_http.url, timeout_s=10.0)]))
+    try:
+        assert sorted(box.tools) == ["book_slot", "broken", "free_slots"]
+        assert box.tools["free_slots"].side_effects is False  # readOnlyHint
+        assert box.tools["book_slot"].side_effects is True
+        assert box.tools["free_slots"].parameters["required"] == ["day"]
+
+        def reply(messages: list[ChatMessage]):
+            last = messages[-1]
+            if last.role == "tool":
+                return f"I have {' or '.join(json.loads(last.content)['result'])}."
+            return [ToolCall("c1", "free_slots", '{"day": "friday"}')]
+
+        tts = FakeTTS()
+        stack = fake_stack(stt=FakeSTT(["what's free on friday"]), llm=FakeLLM(reply),
+                           tts=tts)
+        stack.tools = box
+        conv, _, events = await converse(stack, [("silence", 0.3), ("speech", 0.6)],
+                                         options=TurnOptions(speculate=False), extra_s=1.5)
+        assert tts.spoken == ["I have friday 09:00 or friday 14:30."]
+        assert [(e["name"], e["status"]) for e in events if e["type"] == "tool"] == [
+            ("free_slots", "started"), ("free_slots", "ok")]
+        assert await box.tools["book_slot"].invoke({"slot": "friday 09:00", "name": "Ada"}) \
+            == {"reference": "BK-001", "slot": "friday 09:00"}
+        with pytest.raises(Exception, match="reported an error"):
+            await box.tools["broken"].invoke({"day": "monday"})
+    finally:
+        await box.close()
+
+
+async def test_an_mcp_http_server_that_restarts_or_dies_is_reconnected_to(mcp_http):
+    box = await load_tools(AgentOptions(mcp_servers=[McpServerOptions(
+        name="calendar", url=mcp_http.url, timeout_s=10.0)]))
+    try:
+        book, free = box.tools["book_slot"], box.tools["free_slots"]
+        assert (await book.invoke({"slot": "mon 09:00", "name": "Ada"}))["reference"] == \
+            "BK-001"
+        # Restarted between two calls: the new process does not know the session (HTTP
+        # 404, nothing ran), so the call goes again on a new session and is answered.
+        mcp_http.kill()
+        await mcp_http.start()
+        assert (await book.invoke({"slot": "mon 14:30", "name": "Ada"}))["reference"] == \
+            "BK-001"  # the new process's first booking
+        # Gone: the call fails at once, not after the tool's 10 s limit (the SDK leaves
+        # a call whose connection failed unanswered).
+        mcp_http.kill()
+        started = time.monotonic()
+        with pytest.raises(McpToolError, match="connection lost"):
+            async with asyncio.timeout(5):
+                await free.invoke({"day": "tue"})
+        assert time.monotonic() - started < 3.0
+        with pytest.raises(McpToolError, match="ConnectError"):  # still gone
+            await free.invoke({"day": "tue"})
+        await mcp_http.start()  # back: the next call connects again
+        assert await free.invoke({"day": "tue"}) == {"result": ["tue 09:00", "tue 14:30"]}
+    finally:
+        await box.close()
+    with pytest.raises(McpToolError, match="closed"):  # no connecting again after close
+        await free.invoke({"day": "tue"})
+
+
+async def test_an_mcp_url_that_serves_nothing_fails_at_start_saying_why(mcp_http):
+    for url, why in ((f"http://127.0.0.1:{free_port()}/mcp", "ConnectError"),
+                     (mcp_http.url.replace("/mcp", "/nope"), "answered 404")):
+        with pytest.raises(ConfigError, match=f"cannot connect: .*{why}") as info:
+            await load_tools(AgentOptions(mcp_servers=[McpServerOptions(name="gone", url=url)]))
+        assert info.value.field == "agent.mcp_servers.gone"
 
 
 # -- the OpenAI-compatible provider ------------------------------------------------------------
