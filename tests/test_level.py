@@ -53,6 +53,20 @@ def test_loud_frames_the_vad_misses_at_an_onset_do_not_lift_the_floor() -> None:
     assert gate.audible(frame(-47)) and not gate.audible(frame(-50))
 
 
+def test_low_rumble_is_not_speech() -> None:
+    """Levels are measured above ~100 Hz, as the caller measures its own end of speech
+    (client/measure.highpass): a recording's rumble is not the caller talking."""
+    gate = LevelGate(-45.0)
+    assert gate.audible(frame(-15))
+    for start in range(0, 800, 80):  # wherever the frame falls in the rumble's cycle
+        rumble = tone(0.07, freq=20.0, amplitude=np.sqrt(2) * 10 ** (-30 / 20))[start:][:320]
+        assert not gate.audible(rumble) and not gate.loud(rumble)
+    hum = tone(0.02, freq=150.0, amplitude=np.sqrt(2) * 10 ** (-43 / 20))
+    assert gate.audible(hum) and gate.loud(frame(-43))
+    # A DC offset is not sound either.
+    assert not gate.loud(np.full(320, 3000, dtype=np.int16))
+
+
 class _Counting(VADStream):
     window = 320
 

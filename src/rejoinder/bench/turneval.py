@@ -202,6 +202,21 @@ def credit_quiet_tails(speech: Sequence[bool], audible: Sequence[bool],
     return out
 
 
+def speech_flags(pcm: PCM, probs: Sequence[float], opts: TurnOptions) -> list[bool]:
+    """Per frame, speech as the engine counts it: the VAD's verdict, less the quiet tail
+    (the level gate, ``turn/level.py``, with the policy's own ``quiet_dbfs``)."""
+    gate = LevelGate(opts.quiet_dbfs)
+    flags, audible = [], []
+    for k, p in enumerate(probs):
+        frame = pcm[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES]
+        flags.append(p >= opts.vad_threshold)
+        audible.append(flags[-1] and gate.audible(frame))
+        if not flags[-1]:
+            gate.silence(frame)
+    cap = round(opts.quiet_tail_s * SAMPLE_RATE / FRAME_SAMPLES)
+    return credit_quiet_tails(flags, audible, cap)
+
+
 def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOptions], *,
              use_model: bool, model_latency_s: float,
              words_latency_s: float = 0.24, phone: bool = False,
@@ -275,20 +290,14 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
             pcm = read_wav(manifest.parent / item.file)
             if phone:
                 pcm = phone_path(pcm)
-            stream, gate = vad.stream(), LevelGate(options.quiet_dbfs)
-            flags, audible = [], []
+            stream = vad.stream()
             try:
-                for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-                    frame = pcm[a:a + FRAME_SAMPLES]
-                    flags.append(stream.push(frame) >= options.vad_threshold)
-                    audible.append(flags[-1] and gate.audible(frame))
-                    if not flags[-1]:
-                        gate.silence(frame)
+                probs = [stream.push(pcm[a:a + FRAME_SAMPLES])
+                         for a in range(0, len(pcm) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
             finally:
                 stream.close()
-            cap = round(options.quiet_tail_s * SAMPLE_RATE / FRAME_SAMPLES)
-            flags = credit_quiet_tails(flags, audible, cap)
             for opts, out in zip(variants, results, strict=True):
+                flags = speech_flags(pcm, probs, opts)
                 asked: list[tuple[float, float]] = []  # (when, P) for each question
                 said: list[dict[str, Any]] = []  # the transcript at each pause
                 prob = (None if model is None
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
                   "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s",
-                  "end_threshold", "patience_s")
+                  "end_threshold", "patience_s", "quiet_dbfs")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     ap.add_argument("--sweep", metavar="KNOB=V1,V2,...",

@@ -26,6 +26,8 @@ hold the agent's audio, so the hold does not add its own wait to the VAD's onset
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rejoinder.core.audio import PCM, SAMPLE_RATE
@@ -34,6 +36,7 @@ _FULL_SCALE = 32768.0 * 32768.0
 _FLOOR_MARGIN = 4.0                  # 6 dB, in power
 _PEAK_MARGIN = 0.01                  # 20 dB, in power
 _FLOOR_RISE = 10.0 ** (0.05 / 10.0)  # 0.05 dB per frame the VAD calls silence
+_HIGHPASS_HZ = 100.0
 _FLOOR_MIN = 1.0                     # -93 dBFS: a floor of digital silence can still rise
 
 
@@ -78,12 +81,42 @@ class LevelGate:
 
 
 def _power(frame: PCM) -> float:
-    """Mean square of the frame, without its DC offset."""
-    if frame.size == 0:
+    """Mean square of the frame above ~100 Hz: drift and low rumble are not speech (Opus in
+    voice mode removes them before the server hears a WebRTC caller; a phone line does not).
+    A 20 ms frame resolves 50 Hz, so the split is coarse: the frame's straight-line trend
+    goes first (drift under ~30 Hz, where a recording's rumble mostly lies, comes out 20 dB
+    or more down), then the spectrum is weighed as the caller's own filter does."""
+    n = frame.size
+    if n < 2:
         return 0.0
+    ramp, ramp_energy = _ramp(n)
     x = frame.astype(np.float32)
-    mean = float(np.add.reduce(x)) / x.size
-    return float(np.dot(x, x)) / x.size - mean * mean
+    x -= float(np.add.reduce(x)) / n
+    x -= ramp * (float(np.dot(x, ramp)) / ramp_energy)
+    spectrum = np.fft.rfft(x)
+    power = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
+    return float(np.dot(power, _weights(n))) / (n * n)
+
+
+@functools.cache
+def _ramp(n: int) -> tuple[np.ndarray, float]:
+    """A straight line through an ``n``-sample frame, centred (orthogonal to a constant)."""
+    ramp = (np.arange(n) - (n - 1) / 2.0).astype(np.float32)
+    return ramp, float(np.dot(ramp, ramp))
+
+
+@functools.cache
+def _weights(n: int) -> np.ndarray:
+    """Per rfft bin of an ``n``-sample frame: the one-sided spectrum's weight in the mean
+    square (Parseval), times a raised-cosine high-pass from 50 to 100 Hz (the caller's
+    own filter in ``client/measure.highpass``)."""
+    freqs = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    edge = np.clip((freqs - _HIGHPASS_HZ / 2) / (_HIGHPASS_HZ / 2), 0.0, 1.0)
+    weights = (0.5 - 0.5 * np.cos(np.pi * edge)) ** 2 * 2.0
+    if n % 2 == 0:
+        weights[-1] /= 2.0  # the Nyquist bin is not mirrored
+    out: np.ndarray = weights.astype(np.float32)
+    return out
 
 
 class PreRoll:
