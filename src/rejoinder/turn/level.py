@@ -7,6 +7,11 @@ whether each frame Silero calls speech is audible; quiet frames after audible sp
 the caller having stopped, and count as silence (for at most ``quiet_tail_s`` in a row:
 longer, it is quiet speech, and the VAD is trusted again).
 
+A frame's level is its power above ~100 Hz, as the caller measures its own end of speech
+(``client/measure.highpass``): a recording's low rumble is not speech. Opus removes it
+before the server hears a WebRTC caller; a phone line (mu-law) keeps it, and measured
+whole it held the end of speech 100-150 ms late on noisy recordings over the phone.
+
 A frame is audible when its level is above all of:
 - ``quiet_dbfs`` (-45 dBFS by default: 5 dB under the level at which the benchmark's
   caller places the end of its own speech, so that the server does not find an end the
