@@ -6,6 +6,7 @@ provider latencies it knows exactly (a :class:`Profile`).
     profile.py  the latency/failure profile, loaded from TOML (``profiles/*.toml``)
     faults.py   per-request failure draws, deterministic for a seed
     service.py  the aiohttp app (HTTP protocol in its docstring) and ``main(argv)``
+    sttstream.py  the streaming STT's WebSocket (partials while the audio comes, finals)
     process.py  ``start_cloudsim`` / ``stop_cloudsim``: run it as a child process
     stack.py    ``cloud_stack(url)``: the provider stack that talks to it
 

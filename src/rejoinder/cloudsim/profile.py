@@ -1,7 +1,8 @@
 """Latency profiles of the simulated cloud: one frozen dataclass per service, loaded from TOML.
 
     seed = 0                      # failure draws and jitter are deterministic given the seed
-    [stt]  final_s, jitter_s, timeout_rate, drop_rate
+    [stt]  final_s, jitter_s, partial_interval_s, partial_lag_s, words_per_s, transcript,
+           timeout_rate, drop_rate
     [llm]  ttft_s, tokens_per_s, jitter_s, reply, tool_calls, timeout_rate, drop_rate
     [tts]  ttfb_s, rtf, jitter_s, sample_rate, seconds_per_word, chunk_s, timeout_rate, drop_rate
 
@@ -61,13 +62,30 @@ class ServiceProfile:
 class STTProfile(ServiceProfile):
     section: ClassVar[str] = "stt"
 
-    final_s: float = 0.15   # from the end of the uploaded audio to the transcript
+    final_s: float = 0.15   # from the end of the uploaded audio (or a finalize) to the transcript
     jitter_s: float = 0.0   # uniform 0..jitter added to the wait
+    # The streaming endpoint's interim transcripts: one every partial_interval_s while the
+    # socket is open (when its text changed), covering the audio received up to
+    # partial_lag_s before it. Defaults: a cloud recogniser's look-ahead and round trip
+    # (vendors quote 0.2-0.5 s for their interim words), and Deepgram's pace of about one
+    # interim a second of audio, faster services' 0.2-0.3 s between the two.
+    partial_interval_s: float = 0.5
+    partial_lag_s: float = 0.3
+    # How fast a known transcript (X-Transcript, ``transcript`` below) grows in the
+    # partials: words per second of audio (2.5: 150 words a minute, conversational pace).
+    words_per_s: float = 2.5
+    # The words of every utterance when the request names none; empty: "utterance of 2.3
+    # seconds" (whose figures the read-ahead never sends: it stops before a number).
+    transcript: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._require("final_s", 0.0 <= self.final_s < math.inf, "must be >= 0 and finite")
-        self._require("jitter_s", 0.0 <= self.jitter_s < math.inf, "must be >= 0 and finite")
+        for name in ("final_s", "jitter_s", "partial_lag_s"):
+            self._require(name, 0.0 <= getattr(self, name) < math.inf,
+                          "must be >= 0 and finite")
+        self._require("partial_interval_s", 0.01 <= self.partial_interval_s <= 60.0,
+                      "must be in [0.01, 60]")
+        self._require("words_per_s", 0.0 < self.words_per_s <= 20.0, "must be in (0, 20]")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,14 @@ the endpoints a real vendor would offer, so that the server reaches them over so
                                 arguments streamed in pieces at the same pace
     POST /v1/stt                raw PCM16 mono (X-Sample-Rate, default 16000) -> {"text": ...},
                                 ``stt.final_s`` after the body is received; the text is the
-                                X-Transcript header if sent, else "utterance of 2.3 seconds"
+                                X-Transcript header if sent, else the profile's
+                                ``stt.transcript``, else "utterance of 2.3 seconds"
+    GET  /v1/stt/stream         WebSocket, one per utterance (:mod:`.sttstream`): binary
+                                PCM16 audio up (?sample_rate=16000) as it is spoken;
+                                {"type": "partial", "text"} down every
+                                ``stt.partial_interval_s``, ``stt.partial_lag_s`` behind
+                                the audio; {"type": "finalize"} up -> {"type": "final",
+                                "text"} ``stt.final_s`` later; the socket stays open
     POST /v1/tts                {"text": ..., "sample_rate"?: int} -> chunked raw PCM16 mono
                                 (X-Sample-Rate): first chunk after ``tts.ttfb_s``, then a chunk
                                 of d seconds every d * rtf; a 440 Hz tone, 0.3 s per word
@@ -18,7 +25,8 @@ Every response runs on its own :class:`Timeline`: the waits are counted from whe
 arrived, so the simulator's own work does not add up into the profile's pacing.
 
 Injected failures: a "timeout" request is never answered (no headers; the handler waits until
-the client disconnects); a "drop" closes the connection midway (no [DONE], partial audio).
+the client disconnects); a "drop" closes the connection midway (no [DONE], partial audio;
+a streaming STT socket is cut at its first finalize, after the partials).
 """
 
 from __future__ import annotations
@@ -42,6 +50,13 @@ from aiohttp import web
 
 from rejoinder.cloudsim.faults import FaultDice
 from rejoinder.cloudsim.profile import Profile, load_profile, override_flags
+from rejoinder.cloudsim.sttstream import (
+    MAX_RATE,
+    MIN_RATE,
+    StreamSession,
+    sample_rate,
+    seconds_text,
+)
 from rejoinder.cloudsim.timeline import Timeline
 from rejoinder.core.audio import PCM
 from rejoinder.core.clock import Clock
@@ -69,6 +84,7 @@ class CloudSim:
         app.router.add_get("/health", self.health)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/stt", self.stt)
+        app.router.add_get("/v1/stt/stream", self.stt_stream)
         app.router.add_post("/v1/tts", self.tts)
         return app
 
@@ -135,8 +151,8 @@ class CloudSim:
         body = await request.read()
         if len(body) % 2:
             return _error(400, "the body must be whole PCM16 samples (an even byte count)")
-        text = request.headers.get("X-Transcript") or \
-            f"utterance of {len(body) / 2 / rate:.1f} seconds"
+        text = request.headers.get("X-Transcript") or self.profile.stt.transcript or \
+            seconds_text(len(body) // 2, rate)
         p = self.profile.stt
         fault, seed = self._dice["stt"].roll()
         stt = FakeSTT(lambda _audio: text, Latency(
@@ -147,6 +163,22 @@ class CloudSim:
             _cut(request)
             return web.Response(status=500)  # not sent: the connection is gone
         return web.json_response({"text": transcript})
+
+    async def stt_stream(self, request: web.Request) -> web.StreamResponse:
+        rate = sample_rate(request)
+        if rate is None:
+            return _error(400, f"sample_rate must be an integer between {MIN_RATE} and "
+                               f"{MAX_RATE}")
+        ws = web.WebSocketResponse()
+        if not ws.can_prepare(request).ok:
+            return _error(400, "GET /v1/stt/stream is a WebSocket: send an upgrade request")
+        text = request.headers.get("X-Transcript") or request.query.get("transcript") or \
+            self.profile.stt.transcript
+        await ws.prepare(request)
+        fault, seed = self._dice["stt"].roll()
+        await StreamSession(ws, self.profile.stt, rate, text, self.clock, fault, seed).run(
+            request)
+        return ws
 
     async def tts(self, request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
