@@ -284,10 +284,12 @@ class STTBackendOptions(_Backend):
     provider: str = "local"
     url: str = ""
     api_key: str = ""
+    streaming: bool = False
 
     def check(self, where: str) -> None:
         super().check(where)
         _remote_or_local(where, self.provider, self.url)
+        _streaming(where, self.provider, self.streaming)
 
     def __repr__(self) -> str:
         return f"STTBackendOptions(name={self.name!r}, provider={self.provider!r}, " \
@@ -374,6 +376,9 @@ class STTOptions:
     provider: str = "local"  # "local" (Whisper tiny.en) or "remote" (HTTP: POST {url}/v1/stt)
     url: str = ""
     api_key: str = ""
+    # remote only: send the audio as it is spoken (WebSocket {url}/v1/stt/stream) and read
+    # the caller's interim words ahead; off: the whole utterance is posted at its end.
+    streaming: bool = False
     stream_idle_timeout_s: float = 5.0  # the transcript, from when the turn asks for it
     backends: list[STTBackendOptions] = field(default_factory=list)  # as [[llm.backends]]
     fallback_to_local: bool = False
@@ -382,10 +387,12 @@ class STTOptions:
         _check_backends("stt", self.provider, self.backends)
         check_numbers(self, "stt", {})
         _remote_or_local("stt", self.provider, self.url)
+        _streaming("stt", self.provider, self.streaming)
         _idle_limit("stt", self.stream_idle_timeout_s)
 
     def __repr__(self) -> str:
-        return f"STTOptions(provider={self.provider!r}, url={self.url!r})"
+        return f"STTOptions(provider={self.provider!r}, url={self.url!r}, " \
+               f"streaming={self.streaming!r})"
 
 
 @dataclass(frozen=True)
@@ -422,6 +429,12 @@ def _remote_or_local(section: str, provider: str, url: str) -> None:
         raise ConfigError(f"{section}.provider", f"{provider!r} is not 'local' or 'remote'")
     if provider == "remote" and not url.startswith(("http://", "https://")):
         raise ConfigError(f"{section}.url", "a remote provider needs an http(s):// URL")
+
+
+def _streaming(section: str, provider: str, streaming: bool) -> None:
+    if streaming and provider != "remote":
+        raise ConfigError(f"{section}.streaming", "applies to provider = 'remote' only (the "
+                          "embedded Whisper always transcribes while the caller speaks)")
 
 
 @dataclass(frozen=True)

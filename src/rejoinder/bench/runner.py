@@ -83,6 +83,10 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
                     opts.profile, **cloud_overrides)  # type: ignore[arg-type]
                 stack.callback(stop_cloudsim, procs.cloudsim)
                 env = {"REJOINDER_STT__PROVIDER": "remote", "REJOINDER_STT__URL": cloud_url,
+                       # Audio up as it is spoken, interim words back (as the STT of any
+                       # cloud voice stack); REJOINDER_STT__STREAMING=false: the batch one.
+                       "REJOINDER_STT__STREAMING": os.environ.get("REJOINDER_STT__STREAMING",
+                                                                  "true"),
                        "REJOINDER_LLM__PROVIDER": "openai", "REJOINDER_LLM__MODEL": "cloudsim",
                        "REJOINDER_LLM__BASE_URL": cloud_url + "/v1",
                        "REJOINDER_TTS__PROVIDER": "remote", "REJOINDER_TTS__URL": cloud_url,

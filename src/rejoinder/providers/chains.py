@@ -63,6 +63,7 @@ def build_stt_chain(config: Config, kind: str, stats: FallbackStats) -> Fallback
 
     def build(entry: STTBackendOptions) -> STT:
         section = STTOptions(provider=entry.provider, url=entry.url, api_key=entry.api_key,
+                             streaming=entry.streaming,
                              stream_idle_timeout_s=entry.stream_idle_timeout_s)
         stt = factory._stt(dataclasses.replace(config, stt=section), kind)
         stt.timeout_s = entry.timeout_s
@@ -72,7 +73,7 @@ def build_stt_chain(config: Config, kind: str, stats: FallbackStats) -> Fallback
     c = config.stt
     local = STTBackendOptions(stream_idle_timeout_s=c.stream_idle_timeout_s)
     entries = c.backends or [STTBackendOptions(
-        provider=c.provider, url=c.url, api_key=c.api_key,
+        provider=c.provider, url=c.url, api_key=c.api_key, streaming=c.streaming,
         stream_idle_timeout_s=c.stream_idle_timeout_s)]
     return FallbackSTT(_backends("stt", entries, c.fallback_to_local, build, local, stats),
                        stats)

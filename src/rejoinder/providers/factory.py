@@ -88,7 +88,7 @@ def _stt(config: Config, kind: str) -> STT:
     if c.provider == "remote":
         from rejoinder.providers.remote.stt import RemoteSTT
 
-        return RemoteSTT(c.url, api_key=c.api_key)
+        return RemoteSTT(c.url, api_key=c.api_key, streaming=c.streaming)
     if kind == "fake":
         from rejoinder.testing.fakes import FakeSTT, Latency
 
