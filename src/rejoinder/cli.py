@@ -174,16 +174,16 @@ def _serve(args: argparse.Namespace) -> int:
         raise RejoinderError("--workers must be 0 (one process) or more")
 
     async def run() -> None:
+        stop = asyncio.Event()
+        _set_on_sigterm(stop)
         if args.command == "serve" and not workers:
-            _stop_on_sigterm()
             stack = await _ready_stack(config, args.stack)
             try:
-                await _listening(run_server(config, stack), server.host, server.port)
+                await _listening(run_server(config, stack, stop=stop), server.host,
+                                 server.port)
             finally:
                 await stack.close()
             return
-        stop = asyncio.Event()
-        _set_on_sigterm(stop)
         if args.command == "worker":
             from rejoinder.cluster.worker import run_worker
 
@@ -206,10 +206,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from rejoinder.server.app import run_server
 
-    try:
-        asyncio.run(run())
-    except asyncio.CancelledError:  # SIGTERM
-        log.info("stopped")
+    asyncio.run(run())  # SIGTERM: drained, then here
+    log.info("stopped")
     return 0
 
 
@@ -272,7 +270,8 @@ def _worker_id(args: argparse.Namespace) -> str:
 
 
 def _set_on_sigterm(stop: asyncio.Event) -> None:
-    """SIGTERM drains (rejoinder.cluster): ``stop`` is set, and the server stops admitting."""
+    """SIGTERM drains (rejoinder.server.drain): ``stop`` is set, and the server stops
+    admitting calls; Ctrl-C stops at once."""
     import signal
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -347,15 +346,6 @@ def _auth_token(args: argparse.Namespace) -> str | None:
     token: str | None = args.auth_token or os.environ.get(
         "REJOINDER_TELEPHONY__TWILIO_AUTH_TOKEN")
     return token
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a service manager stopping us) shuts down like Ctrl-C does."""
-    import signal
-
-    task = asyncio.current_task()
-    if task is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ It is a single-process server (:class:`rejoinder.server.app.Server`) on its own 
   what a call completed is on the NATS server's disk within milliseconds, whatever
   becomes of this process.
 
-SIGTERM drains: no new calls, live calls go on for ``server.drain_s``, then the agent says
+SIGTERM drains (:mod:`rejoinder.server.drain`, as a single-process server does): no new
+calls, live calls go on for ``server.drain_s``, then the agent says
 ``server.drain_goodbye`` in each and ends it.
 """
 
@@ -37,15 +38,12 @@ from rejoinder.core.tasks import cancel_and_wait
 from rejoinder.observability.logs import call_id_var
 from rejoinder.providers.base import Stack
 from rejoinder.server.app import Server
-from rejoinder.server.call import Call
+from rejoinder.server.drain import drain
 from rejoinder.server.guard import parse_offer
 from rejoinder.server.telephony import MEDIA_PATH, log_state
 from rejoinder.store import Recorder
 
 log = logging.getLogger(__name__)
-
-_GOODBYE_MAX_S = 10.0  # the goodbye line is short; a stuck one does not hold the exit
-
 
 class Worker:
     """One worker: its server, its NATS subscriptions and heartbeat."""
@@ -142,44 +140,6 @@ class Worker:
         for task in list(self._handlers):
             task.cancel()
         await self.recorder.close()
-
-
-async def drain(server: Server, deadline_s: float, goodbye: str,
-                clock: Clock | None = None) -> None:
-    """Stop admitting, let live calls end on their own for ``deadline_s``, then say
-    ``goodbye`` in each and end it."""
-    clock = clock or Clock()
-    server.draining = True
-    if server.calls:
-        log.info("draining: %d live calls, up to %.0f s", len(server.calls), deadline_s)
-    end = clock.now() + deadline_s
-    while server.calls and clock.now() < end:
-        await clock.sleep(min(0.2, end - clock.now()))
-    calls = list(server.calls.values())
-    if calls:
-        log.info("drain deadline: ending %d calls with a goodbye", len(calls))
-        await asyncio.gather(*(say_goodbye(c, goodbye) for c in calls))
-
-
-async def say_goodbye(call: Call, line: str) -> None:
-    """The agent says ``line`` (whatever it was saying is cut), then the call ends.
-
-    It reaches into the engine's private ``_reply`` / ``_start_reply``: the engine has no
-    public "say this now" yet; when it has one, this should use it."""
-    conv = call.conversation
-    try:
-        if line:
-            current = conv._reply
-            if current is not None:
-                await current.cancel()
-                conv.playout.flush()
-            reply = conv._start_reply(conv.clock.now(), canned=line)
-            if reply.task is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_GOODBYE_MAX_S):
-                        await asyncio.shield(reply.task)
-    finally:
-        await call.close()
 
 
 def _ws(url: str) -> str:

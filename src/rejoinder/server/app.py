@@ -7,7 +7,8 @@ LLM provider streams with, so one dependency does both jobs.
     GET  /                  the call page
     POST /api/offer         {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "call_id"}
     GET  /api/calls/{id}    the turn records of a live or recently ended call
-    GET  /api/health        {status, calls, max_calls, end_silence_s, pause_s, speculate,
+    GET  /api/health        {status ("ok" | "draining"), calls, max_calls, end_silence_s,
+                             pause_s, speculate,
                              turn_model, phrase_cache: {hits, misses, hit_rate, entries}}
     GET  /metrics           Prometheus text format (rejoinder.observability.metrics)
 
@@ -38,6 +39,7 @@ from rejoinder.observability.logs import call_id_var
 from rejoinder.observability.metrics import CONTENT_TYPE_LATEST
 from rejoinder.providers.base import Stack
 from rejoinder.server.call import Call
+from rejoinder.server.drain import drain
 from rejoinder.server.guard import (
     MAX_BODY_BYTES,
     check_content_type,
@@ -75,7 +77,7 @@ class Server:
         self.analytics = analytics  # post-call analytics jobs; None: off
         self.call_logs: dict[str, CallLog] = {}
         self._stopping = False
-        self.draining = False  # set by a graceful drain: no new calls (rejoinder.cluster)
+        self.draining = False  # set by a graceful drain: no new calls (server.drain)
         self.ended: OrderedDict[str, list[dict[str, object]]] = OrderedDict()
         self.observability = Observability(config, stack, active_calls=lambda: len(self.calls),
                                            recorder=recorder)
@@ -143,7 +145,8 @@ class Server:
                             content_type="application/javascript")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "calls": len(self.calls),
+        return web.json_response({"status": "draining" if self.draining else "ok",
+                                  "calls": len(self.calls),
                                   "max_calls": self.config.server.max_calls,
                                   "end_silence_s": self.config.turn.end_silence_s,
                                   "pause_s": self.config.turn.pause_s,
@@ -284,8 +287,10 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | None = None,
-                     bound: list[int] | None = None) -> None:
-    """Serve until cancelled. ``bound`` receives the actual port (useful with port 0)."""
+                     bound: list[int] | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until cancelled, or until ``stop`` is set: then drain (``server.drain_s``,
+    :mod:`rejoinder.server.drain`) and return. ``bound`` receives the actual port (useful
+    with port 0)."""
     recorder = await open_recorder(config.store)
     analytics = open_analytics(config, stack, recorder)
     server = Server(config, stack, recorder, analytics)
@@ -302,7 +307,8 @@ async def run_server(config: Config, stack: Stack, *, ready: asyncio.Event | Non
     if ready is not None:
         ready.set()
     try:
-        await asyncio.Event().wait()
+        await (stop or asyncio.Event()).wait()
+        await drain(server, config.server.drain_s, config.server.drain_goodbye)
     finally:
         await runner.cleanup()
         if analytics is not None:

@@ -128,6 +128,7 @@ class Conversation:
         #: fillers, tool_fillers, prefetch_hits, prefetch_misses, prefetch_wasted (and above)
         self.prefetch = Prefetch(self.clock, self.stats)
         self._tool_tasks: set[asyncio.Task[Any]] = set()  # started side effects
+        self._ending = False  # the goodbye is being said (say_goodbye)
 
     # -- the caller side ---------------------------------------------------------------
     async def run(self, frames: AsyncIterator[PCM]) -> None:
@@ -141,6 +142,8 @@ class Conversation:
             self._start_reply(self.clock.now(), canned=self.greeting)
         try:
             async for frame in frames:
+                if self._ending:  # saying goodbye: the caller is no longer listened to
+                    continue
                 now = self.clock.now()
                 self._loud_run = self._loud_run + len(frame) if self._level.loud(frame) else 0
                 p = vad.push(frame) if inline else await loop.run_in_executor(
@@ -429,6 +432,29 @@ class Conversation:
         else:
             self._restart_utterance()
         self._finish(reply, "failed")
+
+    # -- the end of the call ----------------------------------------------------------------
+    async def say_goodbye(self, text: str) -> None:
+        """Say ``text`` now, as a turn of its own, and return once it has been played (the
+        call ends next: a server draining). A reply in progress ends where the caller
+        stopped hearing it, as at a barge-in; one they heard nothing of is abandoned. From
+        here on the caller is not listened to: their words would not stop the goodbye."""
+        self._ending = True
+        await cancel_all(self._tasks)  # a turn-model question, a word check: no new turn
+        reply, self._reply = self._reply, None
+        self._interrupting = None
+        if reply is not None:
+            heard = self.playout.heard(reply.turn)
+            self.playout.flush()
+            await reply.cancel()
+            if heard:
+                self._commit(reply, heard, interrupted=True)
+            self._finish(reply, "interrupted" if heard else "abandoned")
+        self.playout.release(_HOLD_SPECULATIVE)
+        self.playout.release(_HOLD_CALLER)
+        goodbye = self._start_reply(self.clock.now(), canned=text)
+        if goodbye.task is not None:
+            await asyncio.wait((goodbye.task,))  # its failure is reported by reply_failed
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _restart_utterance(self) -> None:
