@@ -9,7 +9,12 @@ the server receives a call). Commands:
   in its 16 kHz mode on the upsampled audio and in its 8 kHz mode;
 - ``split MANIFEST``: turnset.py's manifest as ``manifest-tune.json`` and
   ``manifest-held-out.json``, split by the same rule, for ``turneval``;
-- ``turns LABEL=TURNEVAL.json ...``: ``turneval --json`` reports scored per split.
+- ``turns LABEL=TURNEVAL.json ...``: ``turneval --json`` reports scored per split;
+- ``eos [--script S]``: per turn of a bench script, where the engine puts the end of speech
+  (Silero, the level gate and the quiet tail, as ``turneval`` replays them) against the
+  caller's own end of speech, as recorded, through the phone (the caller's resampling to
+  8 kHz, mu-law, the server's decoder) and over WebRTC (the bench caller's Opus, decoded and
+  decimated as the server does).
 
 Utterances, split so that nothing reported as held out was used to choose a fix:
 
@@ -21,7 +26,7 @@ Utterances, split so that nothing reported as held out was used to choose a fix:
 
 WER is word-level edit distance over the reference's word count, after lowercasing, dropping
 punctuation and reading numbers as words (``normalise``). Run it with
-``python -m rejoinder.bench.narrowband wer|vad|split|turns [ARGS] [--json OUT]``.
+``python -m rejoinder.bench.narrowband wer|vad|split|turns|eos [ARGS] [--json OUT]``.
 """
 
 from __future__ import annotations
@@ -309,10 +314,86 @@ def turneval_by_split(reports: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+# -- the end of speech per transport ----------------------------------------------------------
+
+def over_phone(pcm: PCM) -> PCM:
+    """16 kHz audio as a phone call's server hears it from the bench's phone caller."""
+    from rejoinder.core.audio import SAMPLE_RATE, resample
+    from rejoinder.core.telephony import PHONE_RATE, PhoneDecoder
+
+    narrow = resample(pcm, SAMPLE_RATE, PHONE_RATE)
+    narrow = np.concatenate([narrow, np.zeros(-len(narrow) % 160, np.int16)])
+    decoder = PhoneDecoder()
+    return np.concatenate([decoder(ulaw_encode(narrow[k:k + 160]))
+                           for k in range(0, len(narrow), 160)])
+
+
+def over_webrtc(pcm: PCM) -> PCM:
+    """16 kHz audio as a WebRTC call's server hears it from the bench's caller (Opus)."""
+    import av
+
+    from rejoinder.client.connection import encode_frames
+    from rejoinder.core.audio import OUT_RATE, SAMPLE_RATE, Resampler, resample
+
+    decoder = av.CodecContext.create("opus", "r")
+    down = Resampler(OUT_RATE, SAMPLE_RATE)
+    out = []
+    for packet in encode_frames(resample(pcm, SAMPLE_RATE, OUT_RATE)):
+        for frame in decoder.decode(av.Packet(packet)):
+            left = frame.to_ndarray()[0]  # float planar
+            out.append(down(np.clip(left * 32768.0, -32768, 32767).astype(np.int16)))
+    return np.concatenate(out)
+
+
+def eos_offsets(script: str, quiet_dbfs: float | None = None) -> list[dict[str, Any]]:
+    """Per turn of ``script``: ms from the caller's end of speech to the engine's (the end
+    of its last frame counted as speech), per path. Each turn is heard alone, after 0.5 s
+    of silence and before 2 s of it."""
+    from dataclasses import replace
+
+    from rejoinder.bench.scripts import load_script
+    from rejoinder.bench.turneval import speech_flags
+    from rejoinder.client.measure import find_utterances
+    from rejoinder.core.audio import SAMPLE_RATE
+    from rejoinder.providers.local.silero import SileroVAD
+    from rejoinder.turn.options import TurnOptions
+
+    opts = TurnOptions()
+    if quiet_dbfs is not None:
+        opts = replace(opts, quiet_dbfs=quiet_dbfs)
+    paths: dict[str, Callable[[PCM], PCM]] = {
+        "16k": lambda pcm: pcm, "phone": over_phone, "webrtc": over_webrtc}
+    vad = SileroVAD()
+    rows = []
+    try:
+        for turn in load_script(script).turns:
+            lead = SAMPLE_RATE // 2
+            pcm = np.concatenate([np.zeros(lead, np.int16), turn.audio,
+                                  np.zeros(2 * SAMPLE_RATE, np.int16)])
+            found = find_utterances(turn.audio, SAMPLE_RATE, min_gap_s=10.0)
+            eos = lead + round(found[-1].end_s * SAMPLE_RATE)
+            row: dict[str, Any] = {"say": turn.say}
+            for label, path in paths.items():
+                heard = path(pcm)
+                stream = vad.stream()
+                try:
+                    probs = [stream.push(heard[a:a + FRAME_SAMPLES]) for a in
+                             range(0, len(heard) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+                finally:
+                    stream.close()
+                flags = np.array(speech_flags(heard, probs, opts))
+                last = _last(flags) * FRAME_SAMPLES
+                row[label] = round((last - eos) * 1000 / SAMPLE_RATE)
+            rows.append(row)
+    finally:
+        vad.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rejoinder.bench.narrowband",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=("wer", "vad", "split", "turns"))
+    ap.add_argument("command", choices=("wer", "vad", "split", "turns", "eos"))
     ap.add_argument("manifest", nargs="*",
                     help="split: turnset.py's manifest.json; turns: LABEL=TURNEVAL.json ...")
     ap.add_argument("--groups", default="librivox,commands,espeak",
@@ -321,9 +402,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="wer: also the phone path with this pre-emphasis (a candidate fix)")
     ap.add_argument("--isolate", action="store_true",
                     help="wer: also the 8 kHz band without mu-law, and mu-law at 16 kHz")
+    ap.add_argument("--script", default="librivox", help="eos: the bench script")
+    ap.add_argument("--quiet-dbfs", type=float, help="eos: turn.quiet_dbfs (default: its own)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     result: Any
+    if args.command == "eos":
+        result = eos_offsets(args.script, args.quiet_dbfs)
+        sys.stdout.write(f"{'turn':<26}{'16k':>7}{'phone':>7}{'webrtc':>8}   ms after the "
+                         "caller's end of speech\n")
+        for r in result:
+            sys.stdout.write(f"{r['say'][:25]:<26}{r['16k']:>+7}{r['phone']:>+7}{r['webrtc']:>+8}\n")
+        for label in ("16k", "phone", "webrtc"):
+            values = [r[label] for r in result]
+            sys.stdout.write(f"{label}: median {float(np.median(values)):+.0f} ms, "
+                             f"max {max(values):+d} ms\n")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return 0
     if args.command == "turns":
         pairs = [arg.partition("=") for arg in args.manifest or []]
         if not pairs or any(not path for _, _, path in pairs):
