@@ -41,23 +41,24 @@ Process = subprocess.Popen[str]
 
 
 def start_cloudsim(profile: str | Path = "cloud-typical", *, host: str = "127.0.0.1",
-                   **overrides: float | int | str) -> tuple[Process, str]:
-    """Start the simulator on a free port; return the process and its base URL once it listens.
+                   port: int = 0, **overrides: float | int | str) -> tuple[Process, str]:
+    """Start the simulator on ``port`` (0: a free one); return the process and its base URL
+    once it listens (a given port: to start one again where its clients expect it).
 
     Override values may be typed (``llm_ttft=0.3``) or text as on the command line
     (``llm_ttft="0.3"``). A bad profile or override raises :class:`ConfigError` here, before
     anything starts; a child that does not come up within ``STARTUP_TIMEOUT_S`` (or exits)
     raises ``RuntimeError`` with the end of its stderr.
     """
-    return _start(profile, host, overrides)
+    return _start(profile, host, overrides, port)
 
 
-def _start(profile: str | Path, host: str,
-           overrides: Mapping[str, float | int | str]) -> tuple[Process, str]:
+def _start(profile: str | Path, host: str, overrides: Mapping[str, float | int | str],
+           port: int = 0) -> tuple[Process, str]:
     flags = override_flags()
     changes: dict[str, object] = {}
     argv = [sys.executable, "-m", "rejoinder.cloudsim", "--profile", str(profile),
-            "--host", host, "--port", "0"]
+            "--host", host, "--port", str(port)]
     for key, value in overrides.items():
         if key not in flags:
             raise ConfigError(key, f"unknown cloudsim override (known: {', '.join(flags)})")
