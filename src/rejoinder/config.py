@@ -92,7 +92,7 @@ class ServerOptions:
     # signed with it (rejoinder.server.operator). Empty: anyone who reaches the page calls.
     call_key: str = ""
     # SIGTERM stops admitting calls and lets live ones finish for this long; then each is
-    # ended with ``drain_goodbye`` spoken by the agent (a worker, or a server of workers).
+    # ended with ``drain_goodbye`` spoken by the agent (rejoinder.server.drain).
     drain_s: float = 30.0
     drain_goodbye: str = "I'm sorry, I have to end our call now. Goodbye!"
 
