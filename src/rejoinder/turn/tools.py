@@ -97,6 +97,7 @@ class Prefetch:
         key = call.key()
         entry = self.entries.get(key)
         if entry is None:
+            log.debug("prefetch of %s started", tool.name)  # the name only: no arguments
             task = asyncio.create_task(invoke(tool, call, self.clock),
                                        name=f"prefetch-{tool.name}")
             entry = self.entries[key] = _Prefetched(task, self.clock.now())
