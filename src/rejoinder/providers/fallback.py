@@ -24,8 +24,10 @@ What the caller hears when a backend fails midway:
   the *whole clause* is said again by the next, resampled to the chain's rate (a
   listener hears the clause restart, as when a person stumbles, and loses no words;
   skipping it would lose what it said).
-- **STT**: the utterance's audio is kept, and a backend that fails is replaced by the
-  next with the same audio (its whole-utterance ``transcribe``).
+- **STT**: the first backend's session hears the utterance as it comes (its partial
+  words are the chain's: a streaming remote STT's, the embedded Whisper's); the audio
+  is kept too, and a backend that fails (a streaming one whose socket dropped) is
+  replaced by the next with the same audio (its whole-utterance ``transcribe``).
 
 Every fallback and timeout is logged (the call id comes with the log record) and
 counted in :class:`~rejoinder.providers.breaker.FallbackStats`.
