@@ -136,33 +136,44 @@ def test_end_of_turn_model_failure_falls_back_to_silence():
     assert conv.traces[0]["outcome"] == "completed"
 
 
-def test_transcript_changed_after_speculation_cancels_and_restarts_the_reply():
-    # 1 s of speech, a 200 ms pause (speculation starts at 100 ms on "book a table"), then
-    # an 80 ms sound too short to cancel the speculation, then silence. The final
-    # transcript includes the sound's word: the speculative reply is cancelled and rebuilt.
-    stt = FakeSTT(_longer_than(1.4, "book a table for two", "book a table"),
-                  Latency(first_s=0.1))
-    llm = FakeLLM(lambda messages: f"Sure, {messages[-1].content}.", Latency(first_s=0.2))
+@pytest.mark.parametrize(("later", "confirmed_ms", "heard_at"), [
+    ("I was wondering if", 1000.0, 2.785),  # the words said since trail off: max_silence_s
+    ("I was wondering if you are open.", 300.0, 2.245),  # they read as finished
+])
+def test_the_words_check_judges_the_words_said_after_the_pause(later, confirmed_ms, heard_at):
+    # 1 s of speech, a 200 ms pause (a speculation starts at 100 ms; its transcript, "I
+    # was one.", reads as finished), an 80 ms sound (too short to drop the speculation),
+    # then silence. The model says 0.7: silence and the words decide.
+    stt = FakeSTT(_longer_than(1.4, later, "I was one."), Latency(first_s=0.1))
+    model = FakeTurnModel(0.7, Latency(first_s=0.05))
+    llm = FakeLLM(lambda messages: f"Sure, {messages[-1].content}", Latency(first_s=0.2))
     tts = FakeTTS(Latency(first_s=0.05))
 
     async def main():
         return await converse(
-            fake_stack(stt=stt, llm=llm, tts=tts),
+            fake_stack(stt=stt, llm=llm, tts=tts, turn=model),
             [("silence", 0.5), ("speech", 1.0), ("silence", 0.2), ("speech", 0.08)])
 
     conv, ear, events = run_virtual(main())
-    assert conv.stats == {"speculative_starts": 1, "commits": 1, "restarts": 1}
+    # The sound ended at 1.78 s: at the pause after it (1.88 s) the speculation is
+    # cancelled and started again on a transcript that includes it (1.98 s).
+    assert conv.stats == {"speculative_starts": 2, "restarts": 1, "commits": 1}
+    assert stt.calls == 2
     (trace,) = conv.traces
     assert trace["speculation"] == "restarted"
-    assert [m[-1].content for m in llm.requests] == ["book a table", "book a table for two"]
-    ms = trace["ms_after_speech_end"]  # after the first speech's end (1.5 s)
-    # The sound ended at 1.78 s; 300 ms later (2.08 s) the turn is confirmed; the new
-    # transcript is ready at 2.18 s; LLM 2.38 s; TTS 2.43 s.
-    assert ms["turn_confirmed"] == approx(580.0)
-    assert ms["stt_final"] == approx(680.0)
-    assert ear.first_loud_after(0) == approx(2.445)  # the speculative audio never played
-    assert conv.history == [ChatMessage("user", "book a table for two"),
-                            ChatMessage("assistant", "Sure, book a table for two.")]
+    ms = trace["ms_after_speech_end"]  # after the sound's end
+    assert ms["vad_end"] == approx(100.0)
+    assert ms["stt_final"] == approx(200.0)
+    # Held by the words said since (not confirmed on "I was one." at 300 ms), or ended
+    # at end_silence_s by them.
+    assert ms["turn_confirmed"] == approx(confirmed_ms)
+    assert [m[-1].content for m in llm.requests] == ["I was one.", later]
+    # The new reply (LLM 2.18 s, TTS 2.23 s) plays at the first pull once the turn is
+    # confirmed (2.78 s; 2.08 s); nothing of the stale one was heard.
+    assert ear.first_loud_after(0) == approx(heard_at)
+    assert conv.history == [ChatMessage("user", later),
+                            ChatMessage("assistant", f"Sure, {later}")]
+    assert [e["text"] for e in events if e["type"] == "user"] == [later]
 
 
 def test_filler_covers_a_slow_reply_and_stays_out_of_the_history():

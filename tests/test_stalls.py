@@ -199,24 +199,27 @@ def test_a_reply_that_fails_while_the_caller_speaks_over_it_leaves_their_words_t
     assert ear.first_loud_after(8.5) is not None
 
 
-def test_an_stt_that_stalls_when_the_turn_is_checked_again_fails_the_turn():
-    """A short sound in the pause makes the engine check the transcript again when the
-    turn is confirmed; that second transcription never comes: the turn fails 5 s later
-    (not held for ever, its audio never played) and the next one is answered."""
+def test_an_stt_that_stalls_on_the_speculation_taken_again_fails_the_turn():
+    """A short sound in the pause makes the engine take the speculation again at the next
+    pause; that second transcription never comes: the turn, confirmed at max_silence_s
+    (its words never came), fails 5 s after it was asked (not held for ever, its audio
+    never played) and the next one is answered."""
     stt = _stt(FakeSTT(["what time is it"], Latency(first_s=0.1)),
                FakeSTT(["never"], Latency(fail="stall")),
                FakeSTT(["what time is it now"], Latency(first_s=0.1)))
-    # Speech ends at 1.5 s; a 60 ms sound at 1.66 s; the turn is confirmed 0.3 s after it.
+    # Speech ends at 1.5 s; a 60 ms sound at 1.66 s; the pause after it at 1.82 s.
     script = [("silence", 0.5), ("speech", 1.0), ("silence", 0.16), ("speech", 0.06),
               ("silence", 7.0), ("speech", 1.0)]
     conv, ear, events = run_virtual(converse(
         fake_stack(stt=stt, llm=SeriesLLM(_ok_llm())), script))
     assert [t["outcome"] for t in conv.traces] == ["failed", "completed"]
+    assert conv.stats["restarts"] == 1
     ((t, event),) = _errors(events)
-    assert t == approx(7.02)
+    assert t == approx(6.82)
     _check_error_event(event, 1, "stt_timeout")
-    # The check covered the utterance up to the confirmation; the next one only its own.
-    assert stt.lengths == [OWN_AUDIO, round(1.72 * SAMPLE_RATE), OWN_AUDIO]
+    # The second transcript covers the utterance up to the pause after the sound; the
+    # next one only its own.
+    assert stt.lengths == [OWN_AUDIO, round(1.52 * SAMPLE_RATE), OWN_AUDIO]
     assert ear.first_loud_after(1.5) > 8.72  # turn 1 was never heard; turn 2 was
     assert [m.content for m in conv.history if m.role == "user"] == ["what time is it now"]
 

@@ -124,22 +124,39 @@ def test_turnevals_words_check_does_not_depend_on_how_fast_the_llm_answers() -> 
     assert len(llm.turn_ends) == 1
 
 
-def test_turneval_keeps_a_speculations_words_through_a_short_sound_as_the_engine_does() -> None:
+def test_a_pause_after_a_short_sound_speculates_again_and_waits_for_its_words() -> None:
+    policy = EndOfTurn(OPTS, model=False)
+    policy.speech(16_000)
+    acts = quiet_until(policy, 0.2, None)
+    assert acts[4] == Act.SPECULATE  # "I was one."
+    policy.speech(3 * FRAME)  # 60 ms: under min_speech_s, the speculation is kept
+    acts = quiet_until(policy, 0.1, Words.FINISHED)
+    # Its transcript is stale: taken again at the pause, and the turn waits for the new
+    # one, not for the old words that read as finished.
+    assert acts[-1] == Act.SPECULATE and set(acts[:-1]) == {Act.NONE}
+    acts = quiet_until(policy, OPTS.max_silence_s - 0.02, Words.PENDING)
+    assert set(acts) == {Act.NONE}
+
+
+def test_turneval_takes_the_words_again_at_the_pause_after_a_short_sound() -> None:
     from rejoinder.bench.turneval import confirmations
 
-    # 1 s of speech, a pause (speculation, transcript taken), a 60 ms sound (shorter than
-    # min_speech_s: the engine keeps the reply and its transcript), then the end.
+    # 1 s of speech, a pause (speculation: "I was one.", finished), a 60 ms sound
+    # (shorter than min_speech_s: the speculation is kept), then the end. The words said
+    # by then trail off ("I was wondering if").
     speech = ([True] * 50 + [False] * 15 + [True] * 3 + [False] * 75)
     heard: list[int] = []
 
     def words(start: int, end: int) -> bool:
         heard.append(end)
-        return False
+        return end > 20_000
 
     found = confirmations(speech, replace(OPTS, finished_silence_s=0.7), None, latency_s=0.11,
                           words=words, words_latency_s=0.24)
-    assert heard == [16_000 + 1_600]  # once, at the first pause: not again after the sound
-    assert found[-1].at == 21_760 + 4_800  # the end: 300 ms of silence after the sound
+    assert heard == [16_000 + 1_600, 21_760 + 1_600]  # at each pause
+    # Held by the new words to max_silence_s after the sound (the old ones, finished,
+    # would have ended it at end_silence_s: 300 ms).
+    assert [c.at for c in found] == [21_760 + 16_000]
 
 
 FITTED = replace(OPTS, end_signal="fitted", end_threshold=0.5)

@@ -180,6 +180,7 @@ def test_evaluate_on_the_recorded_turns(tmp_path: Path) -> None:
     assert any(b is None or b["at_s"] > a["at_s"] for a, b in ends if a is not None)
     said = [s for item in model["items"] for s in item["said"]]
     assert len(said) >= 17 and any(s["text"] for s in said)  # a transcript at every pause
+    assert model["overall"]["transcripts"] == len(said)
     assert all(not item["said"] for item in silence["items"])
     assert set(model["by_source"]) == {"librivox", "pocketsphinx"}
     assert model["predict_calls"] > 0 and model["predict_ms_mean"] > 0

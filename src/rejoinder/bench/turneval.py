@@ -10,7 +10,7 @@ about the utterance so far (from onset minus the pre-roll, the last 8 s). It ans
 ``model_latency_s`` (fixed, so runs are deterministic; the real mean is reported), and the
 turn is confirmed at once if P >= ``confirm_p``, at ``end_silence_s`` if P >= ``hold_p``,
 else at ``max_silence_s``. Without a model, ``end_silence_s`` of silence confirms it. With
-``hold_unfinished`` (the words), Whisper transcribes the utterance at the pause, as the
+``hold_unfinished`` (the words), Whisper transcribes the utterance at each pause, as the
 engine's speculation does; the transcript counts from ``words_latency_s`` later (fixed; the
 bench's median from pause to transcript), no turn is confirmed before it, and one that
 trails off (``TurnOptions.is_unfinished``) only at ``max_silence_s``. A voiced frame before
@@ -90,9 +90,11 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     transcript that arrives within it is heard before it, one at its end after it; the
     caller's voice is heard from the start of its frame (it cancels an answer arriving
     within it, which is stale once the caller speaks). As in the engine, a
-    speculation the caller talks over for ``min_speech_s`` is dropped (a shorter sound
-    keeps it, and its transcript); after a confirmation, the caller's next voiced frame
-    drops the reply (they were only pausing) and the utterance goes on."""
+    speculation the caller talks over for ``min_speech_s`` is dropped; one they made a
+    shorter sound after is taken again at their next pause (its transcript then includes
+    the sound; the earlier one, still on its way, is not heard); after a confirmation, the
+    caller's next voiced frame drops the reply (they were only pausing) and the utterance
+    goes on."""
     check_words = words is not None and opts.hold_unfinished and opts.speculate
     policy = EndOfTurn(replace(opts, hold_unfinished=check_words), model=prob is not None,
                        weights=weights)
@@ -386,6 +388,8 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "pauses_cut": sum(r["pauses_cut"] for r in results),
         "cutoffs_per_pause": sum(r["cutoffs"] for r in results) / pauses if pauses else None,
         "cutoffs_in_speech": sum(r["cutoffs_in_speech"] for r in results),
+        # Whisper passes for the words check: one per speculation, so one per pause.
+        "transcripts": sum(len(r["said"]) for r in results),
         "ends": len(ends), "missed_ends": len(results) - len(ends),
         "early_ends": int((delays < 0).sum()),
         "delay_ms": None if not ends else {

@@ -64,7 +64,7 @@ OUTCOMES = ("completed", "interrupted", "abandoned", "failed", "empty")
 STATS = {"speculative_starts": "Replies started speculatively at a pause",
          "commits": "Speculative replies whose turn was confirmed",
          "wasted": "Speculative replies cancelled because the caller went on",
-         "restarts": "Confirmed replies rebuilt because the final transcript changed",
+         "restarts": "Speculative replies started again: the caller made sounds since",
          "interruptions": "Replies cut off by the caller speaking over them",
          "false_interruptions": "Caller sounds over the agent that let it resume",
          "backchannels": "Backchannels (mm-hm) over the agent that let it resume",

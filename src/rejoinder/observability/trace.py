@@ -35,7 +35,8 @@ class TurnTrace:
     outcome: str = "pending"  # completed | interrupted | abandoned | failed | empty
     error: str | None = None
     # "committed": the reply started speculatively at the pause and was kept; "restarted":
-    # the transcript changed after that and the reply was built again; None: not speculative.
+    # the caller made sounds after a speculation started (too short to drop it), and it was
+    # started again at their next pause, on the words said since; None: not speculative.
     speculation: str | None = None
     # The reply's first clause came from the phrase cache (no TTS wait); None: not known yet.
     tts_cached: bool | None = None

@@ -7,9 +7,10 @@ STT session, and moves through these decisions:
 - **Silence, pause, turn confirmed**: decided by the end-of-turn policy
   (``turn/policy.py``, which ``bench/turneval.py`` replays offline): at a pause a
   *speculative* reply starts with its audio held back; the end-of-turn model is asked;
-  when the turn is confirmed the held audio plays. If the caller made sounds after the
-  speculation started, the transcript is taken again and a reply built on different
-  words is cancelled and restarted.
+  when the turn is confirmed the held audio plays. A speculation the caller made sounds
+  after (too short to drop it, below) is cancelled at their next pause and started again
+  there, on a transcript that includes them: the words that hold or end the turn are
+  always those said last.
 - **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
   cancelled as one unit and the utterance continues. The same happens to a confirmed
   reply the caller has not heard yet: they were only pausing.
@@ -47,7 +48,7 @@ from rejoinder.providers.base import ChatMessage, Stack
 from rejoinder.tools.base import ToolCall
 from rejoinder.turn.history import commit_turn
 from rejoinder.turn.level import LevelGate, PreRoll
-from rejoinder.turn.options import TurnOptions, words
+from rejoinder.turn.options import TurnOptions
 from rejoinder.turn.playout import Playout
 from rejoinder.turn.policy import Act, EndOfTurn, EndWeights, QuietTail, Words
 from rejoinder.turn.readahead import ReadAhead
@@ -103,7 +104,8 @@ class Conversation:
         self.greeting = greeting
         self.stt = stack.stt.session()  # the caller's utterance, transcribed as it comes
         self.traces: list[dict[str, object]] = []  # emitted turn records, in order
-        #: speculative_starts, commits, wasted, restarts, interruptions,
+        #: speculative_starts, commits, wasted, restarts (a speculation started again at
+        #: the caller's next pause), interruptions,
         #: false_interruptions, backchannels, fillers
         self.stats: Counter[str] = Counter()
         self._reply: Reply | None = None
@@ -121,7 +123,6 @@ class Conversation:
         self._tail = QuietTail(round(self.opts.quiet_tail_s * SAMPLE_RATE))
         self._loud_run = 0              # samples of loud frames in a row, whatever the VAD says
         self._last_speech = 0.0
-        self._spec_voiced = 0           # self.turn.voiced when the speculation started
         self._interrupting: Reply | None = None  # the reply held by caller speech
         self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
         self.read_ahead = ReadAhead(self, self._spawn)
@@ -223,19 +224,24 @@ class Conversation:
         if act & Act.CLOSE:
             self._close_utterance()  # a click or a breath
         if act & Act.SPECULATE:
-            self._speculate(now)
+            await self._speculate(now)
         if act & Act.ASK:
             self._spawn(self._ask_turn_model(t.pause_id), "turn-model")
         if act & Act.CONFIRM:
             self._confirm(now)
 
     # -- the end of the caller's turn --------------------------------------------------
-    def _speculate(self, now: float) -> None:
+    async def _speculate(self, now: float) -> None:
+        stale = self._reply  # from an earlier pause: the caller made sounds since
+        if stale is not None:
+            self.stats["restarts"] += 1
+            await self._drop(stale, "wasted")
         self.stats["speculative_starts"] += 1
-        self._spec_voiced = self.turn.voiced
         self.playout.hold(_HOLD_SPECULATIVE)
         reply = self._start_reply(self._last_speech, speculative=True)
         reply.trace.mark("vad_end", now)
+        if stale is not None:
+            reply.trace.speculation = "restarted"
 
     async def _ask_turn_model(self, pause_id: int) -> None:
         audio = np.concatenate(self._frames)[-_TURN_MODEL_WINDOW:]
@@ -278,46 +284,8 @@ class Conversation:
             reply.confirm(now)
             return
         self.stats["commits"] += 1
-        if reply.empty:  # the caller's sound had no words
-            reply.confirm(now)
-            return
-        if self.turn.voiced != self._spec_voiced:
-            # Sounds since the speculation started: is the transcript still the same?
-            reply.confirm(now)
-            self._spawn(self._recheck(reply), "recheck")
-            return
         reply.confirm(now)
         self.playout.release(_HOLD_SPECULATIVE)
-
-    async def _recheck(self, reply: Reply) -> None:
-        try:
-            text = await self.stt.finish()
-        except ProviderError as exc:  # the words cannot be checked: the turn fails
-            if self._reply is reply:
-                await reply.cancel()
-                self.reply_failed(reply, exc)
-            return
-        await reply.transcript_ready.wait()
-        if self._reply is not reply:
-            return
-        if words(text) == words(reply.user_text):
-            self.playout.release(_HOLD_SPECULATIVE)
-            return
-        self.stats["restarts"] += 1
-        log.debug("turn %d: transcript changed after speculation; restarting", reply.turn)
-        await reply.cancel()
-        self.playout.flush()
-        self.playout.forget(reply.turn)
-        self.playout.release(_HOLD_SPECULATIVE)
-        trace = TurnTrace(self.call_id, reply.turn, self._wall_offset)
-        trace.stamps = {k: v for k, v in reply.trace.stamps.items()
-                        if k in ("speech_end", "vad_end", "turn_confirmed")}
-        trace.mark("stt_final", self.clock.now())
-        trace.speculation = "restarted"
-        fresh = Reply(self, reply.turn, trace, user_text=text)
-        self._reply = fresh
-        fresh.confirm(self.clock.now())
-        fresh.start()
 
     def _start_reply(self, speech_end: float, *, speculative: bool = False,
                      canned: str | None = None) -> Reply:

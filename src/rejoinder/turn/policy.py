@@ -12,7 +12,11 @@ what to do (:class:`Act`) or whether the turn is over.
   ``quiet_tail_s`` in a row; :class:`QuietTail`, ``turn/level.py``).
 - **Pause** (``pause_s`` of silence after at least ``min_speech_s`` of speech): a
   *speculative* reply starts at once (:attr:`Act.SPECULATE`: final transcript, LLM, first
-  TTS clause) with its audio held back. At ``model_after_s`` the end-of-turn model is asked
+  TTS clause) with its audio held back. If the caller made sounds since the speculation's
+  transcript was taken (shorter than ``min_speech_s``: they do not drop it; espeak-ng's
+  words reach the VAD as 60-120 ms runs), it is taken again at this pause, so that the
+  words check judges words that include them ("I was wondering if...", not the "I was
+  one." of the pause before). At ``model_after_s`` the end-of-turn model is asked
   about the audio so far (:attr:`Act.ASK`; a little later than the pause: it judges an end
   better with some silence).
 - **Turn confirmed**, by two signals: the model is sure (P >= ``confirm_p``) as soon as it
@@ -58,7 +62,7 @@ class Act(enum.IntFlag):
     """What the engine does after a frame of silence."""
 
     NONE = 0
-    SPECULATE = 1   # a pause began and nothing is speculating: start a held reply
+    SPECULATE = 1   # a pause began: start a held reply (in place of any speculating)
     ASK = 2         # ask the end-of-turn model about the audio so far
     CONFIRM = 4     # the turn is over
     CLOSE = 8       # too little speech before this silence: a click or a breath
@@ -233,7 +237,9 @@ class EndOfTurn:
         if self.voiced < self._min_speech:
             return Act.CLOSE if self.silence >= self._end and words is None else Act.NONE
         act = Act.NONE
-        if self.pause_begins() and words is None and self.opts.speculate:
+        if self.pause_begins() and self.opts.speculate:
+            # At every pause: a speculation still there from an earlier one is stale (only
+            # voiced frames end a pause), so it starts again in its place.
             act |= Act.SPECULATE
             words, self.heard = Words.PENDING, None
         if (self.paused and self.model and not self.asking and self.silence >= self.next_ask

@@ -52,16 +52,15 @@ class Reply:
     """The handle: cancelling it stops its LLM, its TTS and its queued audio together."""
 
     def __init__(self, conv: Conversation, turn: int, trace: TurnTrace, *,
-                 speculative: bool = False, canned: str | None = None,
-                 user_text: str | None = None) -> None:
+                 speculative: bool = False, canned: str | None = None) -> None:
         self.conv = conv
         self.turn = turn
         self.trace = trace
         self.speculative = speculative  # started before the turn was confirmed
         self.canned = canned            # fixed text to say (the greeting): no STT, no LLM
-        self.user_text = user_text or ""
+        self.user_text = ""
         self.transcript_ready = asyncio.Event()
-        if user_text is not None or canned is not None:
+        if canned is not None:
             self.transcript_ready.set()
         self.text = ""                  # everything generated so far
         self.empty = False              # the transcript was empty: nothing to answer
