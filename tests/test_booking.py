@@ -241,7 +241,7 @@ def test_serve_agent_option_runs_the_profile(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("REJOINDER_STORE__PATH", str(tmp_path / "calls.db"))
     served: list[Config] = []
 
-    async def run_server(config: Config, stack: object) -> None:
+    async def run_server(config: Config, stack: object, stop: object = None) -> None:
         served.append(config)
 
     monkeypatch.setattr(app, "run_server", run_server)
