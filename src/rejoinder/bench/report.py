@@ -380,7 +380,8 @@ def _header(meta: Mapping[str, Any]) -> str:
             f"<dd><pre>{prof}</pre></dd></dl></header>")
 
 
-def _page(summ: Mapping[str, Any]) -> str:
+def _page(summ: Mapping[str, Any], sections: Sequence[tuple[str, str]] = ()) -> str:
+    """The page; ``sections``: (title, HTML) of more sections, after the summary's."""
     meta = _mapping(summ.get("meta"))
     runs = summ["runs"]
     if runs:
@@ -390,6 +391,7 @@ def _page(summ: Mapping[str, Any]) -> str:
                 + "<h2>Latency against concurrency</h2>" + _concurrency(runs))
     else:
         body = '<p class="note">No runs.</p>'
+    body += "".join(f"<h2>{escape(name)}</h2>{html}" for name, html in sections)
     title = escape(f"rejoinder bench: {meta.get('script') or 'results'}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}'
             f"</title><style>{_CSS}</style></head><body>{_header(meta)}<h2>Summary</h2>"
@@ -411,13 +413,15 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``results.json`` (with summaries) and ``report.html``; return their paths."""
+def write_report(results: Mapping[str, Any], out_dir: str | Path,
+                 sections: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
+    """Write ``results.json`` (with summaries) and ``report.html`` (with ``sections``, as
+    (title, HTML), after its own); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summ = summarize(results)
     paths = {"json": out / "results.json", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(_json_safe(summ), indent=1, allow_nan=False) + "\n",
                              encoding="utf-8")
-    paths["html"].write_text(_page(summ), encoding="utf-8")
+    paths["html"].write_text(_page(summ, sections), encoding="utf-8")
     return paths

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from rejoinder.bench.caller import run_call
+from rejoinder.bench.caller import CallRecord, run_call
 from rejoinder.bench.measure import ideal_ms, turns_of
 from rejoinder.bench.scripts import Script
 from rejoinder.client.connection import CallFailed
@@ -60,9 +60,22 @@ class _Procs:
     cloudsim: subprocess.Popen[str] | None = None
 
 
-def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole benchmark (blocking) and return the results dict."""
-    opts.out.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class Started:
+    """What :func:`started` brought up: where to call, whose resources to read, the ideal
+    path with the simulated cloud's latencies (None, None without a profile)."""
+
+    url: str
+    opts: BenchOptions                       # with the auth token made up, if it was
+    pids: dict[str, int | None]              # server, cloudsim, bench
+    ideal: tuple[float | None, float | None]  # (ideal, ideal when the phrase cache has it)
+    profile: Any                             # the CloudProfile, or None
+    external_pid: int | None                 # the process of a server at --url, if found
+
+
+@contextmanager
+def started(opts: BenchOptions, progress: Callable[[str], None] = print) -> Iterator[Started]:
+    """The simulated cloud and the server (unless ``opts.url``), stopped on exit."""
     with ExitStack() as stack:
         procs = _Procs()
         profile = None
@@ -123,31 +136,74 @@ def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str
                 None if pause is None else float(pause)), 1) for tts_s in (profile.tts.ttfb_s, 0.0))
             progress(f"ideal critical path with this profile: {ideal:.0f} ms "
                      f"({ideal_cached:.0f} ms when the first clause is in the phrase cache)")
+        pids = {"server": procs.server.pid if procs.server else server_pid,
+                "cloudsim": procs.cloudsim.pid if procs.cloudsim else None,
+                "bench": os.getpid()}
+        yield Started(url, opts, pids, (ideal, ideal_cached), profile, server_pid)
+
+
+def meta_of(opts: BenchOptions, up: Started) -> dict[str, Any]:
+    """The ``meta`` of a results dict: when, which code, which machine and stack."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": _commit(),
+        "host": {"cpus": os.cpu_count(), "mem_gb": _mem_gb()},
+        "stack": (opts.stack if opts.url is None else "external" if up.external_pid is None
+                  else f"running server (pid {up.external_pid})"),
+        "profile": None if up.profile is None else dataclasses.asdict(up.profile),
+        "script": opts.script.name,
+        "transport": opts.transport,
+        "command": " ".join(["rejoinder", "bench", *sys.argv[2:]]),
+        "ideal_ms": up.ideal[0],
+        "ideal_cached_ms": up.ideal[1],
+    }
+
+
+def run(opts: BenchOptions, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole benchmark (blocking) and return the results dict."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with started(opts, progress) as up:
         runs = []
         for n in opts.concurrency:
             progress(f"\n{n} concurrent call(s), script {opts.script.name!r} "
                      f"({len(opts.script.turns)} turns each)")
-            pids = {"server": procs.server.pid if procs.server else server_pid,
-                    "cloudsim": procs.cloudsim.pid if procs.cloudsim else None,
-                    "bench": os.getpid()}
-            runs.append(asyncio.run(_run_level(url, n, opts, (ideal, ideal_cached), pids,
+            runs.append(asyncio.run(_run_level(up.url, n, up.opts, up.ideal, up.pids,
                                                progress)))
-    return {
-        "meta": {
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "commit": _commit(),
-            "host": {"cpus": os.cpu_count(), "mem_gb": _mem_gb()},
-            "stack": (opts.stack if opts.url is None else "external" if server_pid is None
-                      else f"running server (pid {server_pid})"),
-            "profile": None if profile is None else dataclasses.asdict(profile),
-            "script": opts.script.name,
-            "transport": opts.transport,
-            "command": " ".join(["rejoinder", "bench", *sys.argv[2:]]),
-            "ideal_ms": ideal,
-            "ideal_cached_ms": ideal_cached,
-        },
-        "runs": runs,
-    }
+    return {"meta": meta_of(opts, up), "runs": runs}
+
+
+@dataclass
+class Placed:
+    """One call placed by :func:`place_call`: how it ended and what it measured."""
+
+    outcome: str                  # completed | refused | failed
+    seconds: float                # from its offer to its hang-up
+    record: CallRecord | None = None
+    turns: list[dict[str, Any]] = field(default_factory=list)  # measure.turns_of
+    errors: list[str] = field(default_factory=list)
+
+
+async def place_call(url: str, opts: BenchOptions, call: int,
+                     ideal: tuple[float | None, float | None]) -> Placed:
+    """Play ``opts.script`` in one call, within the script's own time limit; a refusal or
+    a failure is returned (its error as text), never raised."""
+    began = time.monotonic()
+    limit = opts.script.lead_s + sum(
+        len(t.audio) / 16_000 + t.gap_s + opts.reply_timeout_s for t in opts.script.turns)
+    try:
+        async with asyncio.timeout(limit + 30.0):
+            record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s,
+                                    transport=opts.transport, auth_token=opts.auth_token)
+    except CallFailed as exc:
+        return Placed("refused" if exc.status == 503 else "failed",
+                      time.monotonic() - began, errors=[str(exc)])
+    except Exception as exc:
+        log.exception("call %d failed", call)
+        return Placed("failed", time.monotonic() - began, errors=[repr(exc)])
+    errors = [f"the server sent {e['message']}" for e in record.events
+              if e.get("type") == "protocol_error"]  # a phone call's, Twilio's view
+    return Placed("completed", time.monotonic() - began, record, turns_of(record, call, *ideal),
+                  errors)
 
 
 async def _run_level(url: str, n: int, opts: BenchOptions,
@@ -165,29 +221,14 @@ async def _run_level(url: str, n: int, opts: BenchOptions,
 
     async def one(i: int) -> None:
         await asyncio.sleep(i * opts.ramp_s)
-        began = time.monotonic()
-        limit = opts.script.lead_s + sum(
-            len(t.audio) / 16_000 + t.gap_s + opts.reply_timeout_s for t in opts.script.turns)
-        try:
-            async with asyncio.timeout(limit + 30.0):
-                record = await run_call(url, opts.script, reply_timeout_s=opts.reply_timeout_s,
-                                        transport=opts.transport, auth_token=opts.auth_token)
-        except CallFailed as exc:
-            lengths.append(time.monotonic() - began)
-            counts["refused" if exc.status == 503 else "failed"] += 1
-            errors.append(str(exc))
+        placed = await place_call(url, opts, i, ideal)
+        lengths.append(placed.seconds)
+        counts[placed.outcome] += 1
+        errors.extend(placed.errors)
+        record = placed.record
+        if record is None:
             return
-        except Exception as exc:
-            lengths.append(time.monotonic() - began)
-            counts["failed"] += 1
-            errors.append(repr(exc))
-            log.exception("call %d failed", i)
-            return
-        lengths.append(time.monotonic() - began)
-        counts["completed"] += 1
-        errors.extend(f"the server sent {e['message']}" for e in record.events
-                      if e.get("type") == "protocol_error")  # a phone call's, Twilio's view
-        mine = turns_of(record, i, *ideal)
+        mine = placed.turns
         turns.extend(mine)
         tools.extend({"call": i, **{k: e.get(k) for k in ("turn", "name", "status", "ms",
                                                             "prefetched")}}
@@ -409,4 +450,5 @@ def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-__all__ = ["BenchOptions", "run", "server_process", "write_results"]
+__all__ = ["BenchOptions", "Placed", "Started", "meta_of", "place_call", "run", "server_process",
+           "started", "write_results"]

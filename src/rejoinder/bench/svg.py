@@ -194,8 +194,10 @@ def waterfall(bars: Sequence[Bar], *, x_max: float, title: str, axis_label: str,
 
 
 def line_chart(xs: Sequence[float], series: Sequence[Series], *, title: str, x_label: str,
-               y_label: str, target: float | None = None, width: int = 520) -> str:
-    """Lines with point markers over numeric x; ticks at each x; y from 0 (or below)."""
+               y_label: str, target: float | None = None, width: int = 520,
+               x_ticks: Sequence[float] | None = None, markers: bool = True) -> str:
+    """Lines over numeric x, y from 0 (or below); ticks at each x unless ``x_ticks`` names
+    them (for many points); a marker at each point unless ``markers`` is False."""
     left, right, plot_h = 62.0, 20.0, 200.0
     x1 = width - right
     legend = [(_line(0, 0, 18, 0, s.color, 2, "5 3" if s.dashed else "")
@@ -223,7 +225,7 @@ def line_chart(xs: Sequence[float], series: Sequence[Series], *, title: str, x_l
     for t in yticks:
         body.append(_line(left, sy(t), x1, sy(t), _GRID))
         body.append(_text(left - 6, sy(t) + 4, _num(t), "end", "small"))
-    for x in sorted(set(xs)):
+    for x in sorted(set(xs if x_ticks is None else x_ticks)):
         body.append(_line(sx(x), bottom, sx(x), bottom + 4, _AXIS))
         body.append(_text(sx(x), bottom + 16, _num(x), "middle", "small"))
     body += [_line(left, top, left, bottom, _AXIS), _line(left, bottom, x1, bottom, _AXIS),
@@ -243,5 +245,7 @@ def line_chart(xs: Sequence[float], series: Sequence[Series], *, title: str, x_l
                 run = []
                 continue
             run.append(f"{sx(x):.1f},{sy(y):.1f}")
-            body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{s.color}"/>')
+            if markers:
+                body.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" '
+                            f'fill="{s.color}"/>')
     return _svg(width, bottom + 46, title, body)
