@@ -9,9 +9,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rejoinder.core.errors import ProviderError, RejoinderError
+
+if TYPE_CHECKING:
+    from rejoinder.bench.runner import BenchOptions
 
 log = logging.getLogger("rejoinder")
 
@@ -74,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
                             " (turns --gap seconds apart), then exit")
     bench.add_argument("--gap", type=float, default=9.0, help="silence after each turn in"
                        " --write-wav")
+    bench.add_argument("--soak-minutes", type=float, metavar="M",
+                       help="a soak: keep --calls calls going for M minutes (a new call as"
+                            " each ends) and sample the server's RSS, open files and threads")
+    bench.add_argument("--soak-sample", type=float, default=10.0, metavar="S",
+                       help="seconds between a soak's samples")
+    bench.add_argument("--soak-window", type=float, default=60.0, metavar="S",
+                       help="a soak's latency and call counts per window of S seconds")
+    bench.add_argument("--tracemalloc", action="store_true",
+                       help="a soak's debug mode: the server it starts traces allocations"
+                            " and the growth from the middle to the end is written to"
+                            " tracemalloc.txt (slower: not for figures)")
     _transport_options(bench)
 
     fuzz = sub.add_parser("fuzz", help="send generated requests and messages to a server;"
@@ -174,8 +188,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise RejoinderError("--workers must be 0 (one process) or more")
 
     async def run() -> None:
+        from rejoinder.observability import memdebug
+
         stop = asyncio.Event()
         _set_on_sigterm(stop)
+        memdebug.install()  # only with REJOINDER_DEBUG_TRACEMALLOC set
         if args.command == "serve" and not workers:
             stack = await _ready_stack(config, args.stack)
             try:
@@ -323,10 +340,38 @@ def _bench(args: argparse.Namespace) -> int:
                         cloud_overrides=overrides, max_calls=args.max_calls, ramp_s=args.ramp,
                         out=args.out, transport=args.transport,
                         auth_token=_auth_token(args) if args.url else args.auth_token)
+    if args.soak_minutes is not None:
+        return _soak(args, opts)
     results = run(opts, progress=lambda line: print(line, flush=True))
     paths = write_results(results, args.out)
     print()
     print(render_table(results))
+    print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+    return 0
+
+
+def _soak(args: argparse.Namespace, opts: BenchOptions) -> int:
+    from rejoinder.bench.soak import SoakOptions, run_soak, write_soak
+    from rejoinder.bench.soak_report import render_table
+
+    if args.sweep:
+        print("rejoinder: a soak runs one concurrency (--calls), not --sweep", file=sys.stderr)
+        return 2
+    if args.tracemalloc and args.url:
+        print("rejoinder: --tracemalloc needs the server the soak starts (no --url, --port)",
+              file=sys.stderr)
+        return 2
+    try:
+        soak = SoakOptions(calls=args.calls, minutes=args.soak_minutes,
+                           sample_s=args.soak_sample, window_s=args.soak_window,
+                           tracemalloc=args.tracemalloc)
+    except ValueError as exc:
+        print(f"rejoinder: {exc}", file=sys.stderr)
+        return 2
+    results = run_soak(opts, soak, progress=lambda line: print(line, flush=True))
+    paths = write_soak(results, args.out)
+    print()
+    print(render_table(results["soak"]))
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
 
