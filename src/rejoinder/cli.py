@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--soak-window", type=float, default=60.0, metavar="S",
                        help="a soak's latency and call counts per window of S seconds")
     bench.add_argument("--tracemalloc", action="store_true",
-                       help="a soak's debug mode: the server it starts traces allocations"
-                            " and the growth from the middle to the end is written to"
-                            " tracemalloc.txt (slower: not for figures)")
+                       help="a soak's debug mode: the server it starts traces allocations;"
+                            " tracemalloc.txt: what grew from the middle to the end, and what"
+                            " the calls left (slower: not for figures)")
     _transport_options(bench)
 
     fuzz = sub.add_parser("fuzz", help="send generated requests and messages to a server;"

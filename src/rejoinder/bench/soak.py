@@ -9,6 +9,12 @@ resident memory, open file descriptors, threads and CPU, with the server's own c
 live calls (``/api/health``) and the machine's load. After the last call the soak waits
 ``settle_s`` and samples once more: a call slot still held then is a leak.
 
+With ``tracemalloc`` (a debug mode: tracing slows the server) the server it starts traces
+its allocations (:mod:`rejoinder.observability.memdebug`); snapshots are taken before the
+first call, in the middle, at the end and after the last call, and ``tracemalloc.txt``
+gives the source lines that grew from the middle to the end (a leak under load) and from
+before the calls to after them (what the calls left behind).
+
 The windows, the growth slopes and the table are :mod:`rejoinder.bench.soak_report`'s.
 Results: ``results.json`` (the bench's, with a ``soak`` part), ``soak.txt`` and
 ``report.html`` in ``--out``.
@@ -127,7 +133,8 @@ class _Soak:
             await self.sample(http)
             sampling = asyncio.create_task(self._sampling(http))
             lanes = [self._lane(k, end_s) for k in range(self.soak.calls)]
-            if self.soak.tracemalloc:  # in the middle and at the end, the calls still going
+            if self.soak.tracemalloc:  # before the calls, and in the middle and at the end
+                await self._snapshot()
                 lanes.append(self._snapshots((end_s / 2, end_s)))
             try:
                 await asyncio.gather(*lanes)
@@ -286,13 +293,14 @@ def run_soak(opts: BenchOptions, soak: SoakOptions,
         state = _Soak(up, opts, soak, progress)
         result = asyncio.run(state.run())
     result["load"] = {"before": load_before, "after": _load()}
-    if len(state.snapshots) == 3:
+    if len(state.snapshots) == 4:
         from rejoinder.observability.memdebug import diff
 
-        middle, end, idle = state.snapshots
+        before, middle, end, idle = state.snapshots
         text = ["Allocations that grew from the middle of the soak to its end (calls live):",
                 *diff(middle, end), "",
-                "From the middle to after the calls ended (idle):", *diff(middle, idle)]
+                "What the calls left: from before the first call to after the last (idle):",
+                *diff(before, idle)]
         result["tracemalloc"] = str(opts.out / "tracemalloc.txt")
         Path(result["tracemalloc"]).write_text("\n".join(text) + "\n", encoding="utf-8")
         progress(f"allocation growth: {result['tracemalloc']}")
