@@ -29,6 +29,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,19 +123,26 @@ class _Soak:
         self.samples: list[dict[str, Any]] = []
         self._ticks: tuple[float, int] | None = None
         self.snapshots: list[Path] = []
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="soak-proc")
 
     def now(self) -> float:
         return asyncio.get_running_loop().time() - self.t0
 
     async def run(self) -> dict[str, Any]:
         self.t0 = asyncio.get_running_loop().time()
-        end_s = self.soak.minutes * 60.0
+        try:
+            return await self._run(self.soak.minutes * 60.0)
+        finally:
+            self._reader.shutdown(wait=False)
+
+    async def _run(self, end_s: float) -> dict[str, Any]:
         async with aiohttp.ClientSession() as http:
             await self.sample(http)
-            sampling = asyncio.create_task(self._sampling(http))
-            lanes = [self._lane(k, end_s) for k in range(self.soak.calls)]
             if self.soak.tracemalloc:  # before the calls, and in the middle and at the end
                 await self._snapshot()
+            sampling = asyncio.create_task(self._sampling(http))
+            lanes = [self._lane(k, end_s) for k in range(self.soak.calls)]
+            if self.soak.tracemalloc:
                 lanes.append(self._snapshots((end_s / 2, end_s)))
             try:
                 await asyncio.gather(*lanes)
@@ -200,7 +208,8 @@ class _Soak:
             s = await self.sample(http)
             if s["t"] >= next_report - 1e-6:
                 self._report(next_report - self.soak.window_s, s)
-                next_report += self.soak.window_s
+                while next_report <= s["t"] + 1e-6:  # a late sample closes every window past
+                    next_report += self.soak.window_s
 
     async def sample(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         pid = self.up.pids.get("server")
@@ -208,7 +217,9 @@ class _Soak:
         s: dict[str, Any] = {"t": round(t, 2), "in_flight": self.in_flight,
                              "load1": round(os.getloadavg()[0], 2)}
         if pid is not None:
-            used = await asyncio.to_thread(lambda: resources(tree(pid)))
+            # Its own thread: the default pool may be queued up with the callers' work.
+            used = await asyncio.get_running_loop().run_in_executor(
+                self._reader, lambda: resources(tree(pid)))
             ticks = int(used.pop("ticks"))
             s.update(used)
             if self._ticks is not None and t > self._ticks[0]:
