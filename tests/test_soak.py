@@ -167,5 +167,5 @@ def test_a_soak_in_debug_mode_writes_the_allocation_growth(tmp_path):
     snaps = sorted((tmp_path / "out" / "tracemalloc").glob("snapshot-*.tracemalloc"))
     assert [p.name for p in snaps] == [f"snapshot-{n}.tracemalloc" for n in (1, 2, 3, 4)]
     text = (tmp_path / "out" / "tracemalloc.txt").read_text()
-    assert text.startswith("Allocations that grew from the middle")
+    assert text.startswith("Allocations that changed most from the middle")
     assert text.count("traced in all:") == 2 and "/rejoinder/" in text

@@ -308,7 +308,8 @@ def run_soak(opts: BenchOptions, soak: SoakOptions,
         from rejoinder.observability.memdebug import diff
 
         before, middle, end, idle = state.snapshots
-        text = ["Allocations that grew from the middle of the soak to its end (calls live):",
+        text = ["Allocations that changed most from the middle of the soak to its end"
+                " (calls live):",
                 *diff(middle, end), "",
                 "What the calls left: from before the first call to after the last (idle):",
                 *diff(before, idle)]
