@@ -7,22 +7,18 @@ from dataclasses import dataclass
 
 from rejoinder.core.bounds import check_numbers
 from rejoinder.core.errors import ConfigError
+from rejoinder.turn.grammar import FUNCTION_WORDS, STATEMENT_OPEN, open_ending, words
 
 # Words that, alone, are the caller listening rather than taking the turn. "yes" and "no"
 # are left out on purpose: said while the agent talks they usually answer it.
 BACKCHANNELS = ("mm", "mmm", "hmm", "hm", "mhm", "mm-hm", "mm-hmm", "uh-huh", "uh", "um",
                 "ah", "oh", "yeah", "yep", "right", "okay", "ok", "i see", "got it", "sure")
 
-# Words a finished English sentence almost never ends on: articles, prepositions,
-# conjunctions, possessives, subject pronouns, hesitations. Whisper writes a full stop after
-# most fragments ("Please send the invoice to."), so the last word says more than the
-# punctuation. Verbs are left out: "...than he was.", "...what the policy is?" are finished.
-UNFINISHED_WORDS = (
-    "a", "an", "the", "and", "or", "but", "nor", "so", "because", "if", "when", "while",
-    "though", "although", "than", "to", "of", "in", "on", "at", "for", "with", "from", "by",
-    "about", "into", "onto", "as", "like", "my", "your", "his", "her", "our", "their", "this",
-    "these", "those", "be", "been", "being", "i", "we", "you", "he", "she", "they", "i'm",
-    "we're", "you're", "they're", "um", "uh", "er", "erm")
+# Words a statement does not end on (a question may: "Who are you with?"): prepositions,
+# nominative pronouns, hesitations. The grammar of the words check (``turn/grammar.py``)
+# adds the words no sentence ends on (determiners, conjunctions, contracted auxiliaries)
+# and the auxiliaries and copulas that need their complement ("WordPress is").
+UNFINISHED_WORDS = STATEMENT_OPEN
 # A transcript ending on these has trailed off: "I was wondering if...", "Boston to -".
 _CLOSING = frozenset(".?!…\"')")
 _TRAILING = re.compile(r"(\.\.\.|…|-|–|—|,)\s*$")
@@ -153,33 +149,30 @@ class TurnOptions:
     def is_backchannel(self, text: str) -> bool:
         """Whether ``text`` (a transcript) says nothing but listening words, or nothing.
 
-        One or two words that are only listening words or ``unfinished_words`` count too:
-        Whisper writes a murmured "mm-hm" as "and" or "you" about as often as "Mm-mm.",
-        and a caller who says "and..." over the agent and stops has not taken the turn."""
+        One or two words that are only listening words or words that say nothing alone
+        (``unfinished_words`` and the grammar's function words) count too: Whisper writes a
+        murmured "mm-hm" as "and" or "you" about as often as "Mm-mm.", and a caller who
+        says "and..." over the agent and stops has not taken the turn."""
         allowed = {w for phrase in self.backchannels for w in words(phrase)}
         said = words(text)
         if len(said) <= 2:
-            allowed |= set(self.unfinished_words)
+            allowed |= set(self.unfinished_words) | FUNCTION_WORDS
         return all(w in allowed for w in said)
 
     def is_unfinished(self, text: str, *, punctuated: bool = False) -> bool:
         """Whether a transcript reads as a sentence the caller has not finished: it trails
-        off (an ellipsis, a dash, a comma) or its last word is one of ``unfinished_words``
-        (unless it is a question: "who are you with?"); or, from a recogniser that
-        punctuates (``punctuated``), it has ``unpunctuated_words`` words or more and no
-        closing punctuation."""
+        off (an ellipsis, a dash, a comma); or, from a recogniser that punctuates
+        (``punctuated``), it has ``unpunctuated_words`` words or more and no closing
+        punctuation; or it stops where no English sentence can end
+        (:func:`rejoinder.turn.grammar.open_ending`: "and", "the", "WordPress is", "The
+        thing is that"; a statement on one of ``unfinished_words``)."""
         text = text.strip()
         if not text:
             return False
         if _TRAILING.search(text):
             return True
-        said = words(text)
         if (punctuated and self.unpunctuated_words and text[-1] not in _CLOSING
-                and len(said) >= self.unpunctuated_words):
+                and len(words(text)) >= self.unpunctuated_words):
             return True
-        return bool(said) and not text.endswith("?") and said[-1] in self.unfinished_words
-
-
-def words(text: str) -> list[str]:
-    """The words of a transcript, lower case, without punctuation."""
-    return re.findall(r"[a-z0-9']+", text.lower())
+        return open_ending(text, punctuated=punctuated,
+                           statement_open=frozenset(self.unfinished_words))
