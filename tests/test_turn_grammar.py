@@ -55,6 +55,10 @@ def test_words_no_sentence_ends_on(text, unfinished):
     ("I'm not sure we can.", False),
     ("Yes, there is.", False),
     ("That's all I have.", False),
+    ("Could you remind me what the cancellation policy is.", False),  # an embedded wh-gap
+    ("I know how much there might be.", False),
+    ("What I need is.", True),                 # the wh-clause is the subject
+    ("I know how much it is, and as power did.", True),  # the wh-word of another clause
     # a recogniser that punctuates did not close it: not yet
     ("Yes it is", True),
     # after a determiner or a preposition the word is a noun

@@ -17,11 +17,13 @@ what decides is what each class needs next and whether English lets that go unsa
 - **Auxiliaries and copulas** ("is", "was", "will", "can", "have", "don't") need a verb
   phrase or a predicate, which English leaves unsaid only in a question ("Is it?", "Who
   is?") or after a pronoun subject (ellipsis: "Yes, it is.", "I think we can.", "...than he
-  was.", "I think so, that is."), and only where the sentence closes there: from a
-  recogniser that punctuates, a closing mark. So one is the last word of a finished
-  sentence only after "?", or after a subject pronoun (past other auxiliaries, "not" and
-  adverbs: "it could have been", "it really is") with the sentence closed; "WordPress is",
-  "My order number is.", "What I really want to know is." are unfinished. After a
+  was.", "I think so, that is."), or where a wh-word inside the sentence left its place
+  empty ("Remind me what the policy is.", "...how much there might be."), and only where
+  the sentence closes there: from a recogniser that punctuates, a closing mark. So one is
+  the last word of a finished sentence only after "?", or closed after a subject pronoun
+  (past other auxiliaries, "not" and adverbs: "it could have been", "it really is") or
+  an embedded wh-word; "WordPress is", "My order number is.", "What I really want to know
+  is." (a wh-word that starts the sentence is its subject's) are unfinished. After a
   determiner or a preposition the word is a noun ("a can", "in May"), and decides nothing.
 - **"that"** is a complementiser, which needs its clause, after a copula or a word that
   takes a clause ("The thing is that", "so that", "now that"); elsewhere it can be a
@@ -34,7 +36,7 @@ import re
 from collections.abc import Set
 
 __all__ = ["AUXILIARIES", "COORDINATORS", "DETERMINERS", "FUNCTION_WORDS", "PREPOSITIONS",
-           "SUBJECTS", "SUBORDINATORS", "open_ending", "words"]
+           "SUBJECTS", "SUBORDINATORS", "open_ending", "same_words", "words"]
 
 DETERMINERS = frozenset(("a", "an", "the", "every", "my", "your", "our", "their", "its"))
 COORDINATORS = frozenset(("and", "or", "nor", "but"))
@@ -62,6 +64,9 @@ _ADVERBS = frozenset(("not", "never", "always", "still", "just", "also", "even",
 # After these, "that" is a complementiser: its clause must follow ("so that", "now that").
 _BEFORE_COMPLEMENTISER = frozenset(("is", "was", "are", "were", "be", "so", "such", "now",
                                     "except", "given", "provided", "assuming"))
+# A wh-word inside a sentence starts a clause whose gap an auxiliary may end on.
+_WH = frozenset(("what", "where", "who", "whom", "which", "how", "why", "whatever",
+                 "wherever", "whoever"))
 _CLOSING = frozenset(".?!\"')")
 
 #: Words that say nothing alone (a murmured "mm-hm" that Whisper writes "and" or "you").
@@ -74,6 +79,21 @@ STATEMENT_OPEN = tuple(sorted(PREPOSITIONS | NOMINATIVE | HESITATIONS | {"when"}
 def words(text: str) -> list[str]:
     """The words of a transcript, lower case, without punctuation ("’" read as "'")."""
     return re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'"))
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two transcripts say the same words, some at least (case and punctuation
+    aside: "Send it to." and "send it to" do)."""
+    said = words(a)
+    return bool(said) and said == words(b)
+
+
+def _last_clause(text: str) -> list[str]:
+    """The words after the last comma, colon or coordinator: "...there might be,
+    prudently, and as power did." -> ["as", "power", "did"]."""
+    said = words(re.split(r"[,;:]", text)[-1])
+    cut = max((k for k, w in enumerate(said) if w in COORDINATORS), default=-1)
+    return said[cut + 1:]
 
 
 def _auxiliary(word: str) -> bool:
@@ -106,6 +126,8 @@ def open_ending(text: str, *, punctuated: bool,
         return False  # not an auxiliary, or a noun ("a can", "in May")
     if punctuated and text[-1] not in _CLOSING:
         return True  # the recogniser did not close it: "WordPress is"
+    if _WH.intersection(_last_clause(text)[1:-1]):
+        return False  # "...remind me what the policy is.": the wh-word's gap
     subject = next((w for w in reversed(said[:-1])
                     if not (_auxiliary(w) or w in _ADVERBS or w.endswith("ly"))), "")
     return subject not in SUBJECTS  # "Yes, it is." is finished; "My order number is." not
