@@ -159,6 +159,28 @@ def test_turneval_takes_the_words_again_at_the_pause_after_a_short_sound() -> No
     assert [c.at for c in found] == [21_760 + 16_000]
 
 
+@pytest.mark.parametrize(("later", "latency_s", "same"), [
+    ("i was one", 0.24, 1),     # the same words (a click): the reply could have been kept
+    ("I was wondering if", 0.24, 0),
+    ("I was one.", 0.5, 0),     # the stale transcript was not in yet: nothing to compare
+])
+def test_turneval_counts_the_speculations_taken_again_on_the_same_words(later, latency_s,
+                                                                       same) -> None:
+    from collections import Counter
+
+    from rejoinder.bench.turneval import confirmations
+
+    speech = ([True] * 50 + [False] * 15 + [True] * 3 + [False] * 75)  # as above
+
+    def words(start: int, end: int) -> Heard:
+        return Heard("I was one." if end < 20_000 else later, unfinished=False)
+
+    restarts: Counter[str] = Counter()
+    confirmations(speech, OPTS, None, latency_s=0.11, words=words, words_latency_s=latency_s,
+                  restarts=restarts)
+    assert restarts == {"taken": 1, "same_words": same}
+
+
 FITTED = replace(OPTS, end_signal="fitted", end_threshold=0.5)
 # P(end) crosses 0.5 at 0.5 s of silence for a finished transcript; "unfinished" pushes it
 # past max_silence_s.

@@ -38,6 +38,7 @@ import math
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ from rejoinder.bench.narrowband import split_of
 from rejoinder.core.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE, read_wav
 from rejoinder.core.telephony import phone_path
 from rejoinder.providers.base import LLM, ChatMessage
+from rejoinder.turn.grammar import same_words
 from rejoinder.turn.level import LevelGate
 from rejoinder.turn.options import TurnOptions
 from rejoinder.turn.policy import (
@@ -79,8 +81,8 @@ class Confirmation:
 
 def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, *,
                   latency_s: float, words: Words | None = None, words_latency_s: float = 0.0,
-                  frame: int = FRAME_SAMPLES,
-                  weights: EndWeights | None = None) -> list[Confirmation]:
+                  frame: int = FRAME_SAMPLES, weights: EndWeights | None = None,
+                  restarts: Counter[str] | None = None) -> list[Confirmation]:
     """Where the engine confirms turns, for per-frame speech flags; ``prob`` None: silence only.
 
     The engine's own policy (``turn/policy.EndOfTurn``) decides. The model answers
@@ -94,7 +96,9 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     shorter sound after is taken again at their next pause (its transcript then includes
     the sound; the earlier one, still on its way, is not heard); after a confirmation, the
     caller's next voiced frame drops the reply (they were only pausing) and the utterance
-    goes on."""
+    goes on. ``restarts`` counts the speculations taken again (``taken``) and, of those,
+    the ones whose stale transcript was in and had the same words as the new one
+    (``same_words``: a reply that need not be thrown away)."""
     check_words = words is not None and opts.hold_unfinished and opts.speculate
     policy = EndOfTurn(replace(opts, hold_unfinished=check_words), model=prob is not None,
                        weights=weights)
@@ -107,6 +111,7 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
     origin = start = last = 0
     spec: Said | None = None  # the speculative reply's transcript; None: no reply
     spec_id = 0
+    spec_heard: tuple[int, Heard] | None = None  # (arrives at, words) of the speculation
     # Signals on their way: (arrives at, order, kind, pause or speculation id, value).
     on_way: list[tuple[int, int, str, int, float | Heard]] = []
 
@@ -156,12 +161,18 @@ def confirmations(speech: Sequence[bool], opts: TurnOptions, prob: Prob | None, 
                 is_open, origin = False, e  # a click or a breath
                 policy.new_utterance()
             if act & Act.SPECULATE:
-                spec, spec_id = Said.PENDING, spec_id + 1
+                stale = spec_heard if spec is not None else None
+                spec, spec_id, spec_heard = Said.PENDING, spec_id + 1, None
                 if check_words:
                     assert words is not None
                     got = words(start, e)
                     heard = got if isinstance(got, Heard) else Heard("", got)
                     heapq.heappush(on_way, (e + words_latency, i, "words", spec_id, heard))
+                    spec_heard = (e + words_latency, heard)
+                    if restarts is not None and stale is not None:
+                        restarts["taken"] += 1
+                        restarts["same_words"] += (stale[0] <= e and same_words(
+                            stale[1].text, heard.text))
             if act & Act.ASK:
                 assert prob is not None
                 heapq.heappush(on_way, (e + latency, i, "answer", policy.pause_id,
@@ -306,10 +317,13 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
                         else functools.partial(ask, item.file, pcm, asked))
                 check = (None if stt is None
                          else functools.partial(unfinished, item.file, pcm, opts, said))
+                restarts: Counter[str] = Counter()
                 found = confirmations(flags, opts, prob, latency_s=model_latency_s,
                                       words=check, words_latency_s=words_latency_s,
-                                      weights=weights)
-                out.append({**_score(item, found), "asked": asked, "said": said})
+                                      weights=weights, restarts=restarts)
+                out.append({**_score(item, found), "asked": asked, "said": said,
+                            "restarts": restarts["taken"],
+                            "restarts_same_words": restarts["same_words"]})
     finally:
         vad.close()
         if model is not None:
@@ -390,6 +404,10 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "cutoffs_in_speech": sum(r["cutoffs_in_speech"] for r in results),
         # Whisper passes for the words check: one per speculation, so one per pause.
         "transcripts": sum(len(r["said"]) for r in results),
+        # Speculations taken again at a later pause; of those, the ones whose stale
+        # transcript was in and said the same words (its reply need not have been redone).
+        "restarts": sum(r["restarts"] for r in results),
+        "restarts_same_words": sum(r["restarts_same_words"] for r in results),
         "ends": len(ends), "missed_ends": len(results) - len(ends),
         "early_ends": int((delays < 0).sum()),
         "delay_ms": None if not ends else {
