@@ -320,6 +320,39 @@ def test_the_llm_judges_whether_a_question_is_finished(words, p, asked, confirme
     assert trace["outcome"] == "completed"
 
 
+@pytest.mark.parametrize("later", ["I was one.", "i was one"])
+def test_a_speculation_whose_words_taken_again_are_the_same_goes_on(later):
+    # As above, but the 80 ms sound said nothing (a click, a breath): the words taken
+    # again at the pause after it are the same, and the reply goes on, its LLM request and
+    # first clause kept.
+    stt = FakeSTT(_longer_than(1.4, later, "I was one."), Latency(first_s=0.1))
+    model = FakeTurnModel(0.7, Latency(first_s=0.05))
+    llm = FakeLLM(lambda messages: f"Sure, {messages[-1].content}", Latency(first_s=0.2))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():
+        return await converse(
+            fake_stack(stt=stt, llm=llm, tts=tts, turn=model),
+            [("silence", 0.5), ("speech", 1.0), ("silence", 0.2), ("speech", 0.08)])
+
+    conv, ear, events = run_virtual(main())
+    assert conv.stats == {"speculative_starts": 1, "restarts": 1, "restarts_kept": 1,
+                          "commits": 1}
+    assert stt.calls == 2
+    assert [m[-1].content for m in llm.requests] == ["I was one."]  # asked once
+    (trace,) = conv.traces
+    assert trace["speculation"] == "committed"
+    ms = trace["ms_after_speech_end"]  # after the sound's end (1.78 s)
+    assert (ms["vad_end"], ms["stt_final"]) == (approx(100.0), approx(200.0))
+    assert ms["turn_confirmed"] == approx(300.0)  # end_silence_s, once the words are in
+    assert ms["llm_first_token"] == approx(120.0)  # asked at 1.70 s, before the sound
+    # Ready before the turn was confirmed (2.08 s): it plays at the first pull after it,
+    # where a reply made again on the same words would start its LLM only at 1.98 s.
+    assert ear.first_loud_after(0) == approx(2.085)
+    assert conv.history == [ChatMessage("user", "I was one."),
+                            ChatMessage("assistant", "Sure, I was one.")]
+
+
 @pytest.mark.parametrize(("text", "unfinished"), [
     # Whisper tiny.en's transcripts at mid-sentence pauses of the turn-detection set
     ("I was wondering if...", True),

@@ -199,6 +199,28 @@ def test_a_reply_that_fails_while_the_caller_speaks_over_it_leaves_their_words_t
     assert ear.first_loud_after(8.5) is not None
 
 
+def test_a_reply_whose_words_are_taken_again_is_not_heard_before_they_are_in():
+    """A short sound in the pause: the speculation's words are taken again at the pause
+    after it, and that transcript takes 1.5 s. The turn is confirmed at max_silence_s
+    meanwhile (its words never came), but the reply answers the old words: it stays
+    silent until the new ones are in (the same, so then it plays, not made again)."""
+    stt = _stt(FakeSTT(["what time is it"], Latency(first_s=0.1)),
+               FakeSTT(["What time is it?"], Latency(first_s=1.5)))
+    llm = SeriesLLM(_ok_llm())
+    # Speech ends at 1.5 s; a 60 ms sound at 1.66 s; the pause after it at 1.82 s.
+    script = [("silence", 0.5), ("speech", 1.0), ("silence", 0.16), ("speech", 0.06),
+              ("silence", 3.0)]
+    conv, ear, events = run_virtual(converse(fake_stack(stt=stt, llm=llm), script))
+    assert (conv.stats["restarts"], conv.stats["restarts_kept"]) == (1, 1)
+    assert len(llm.requests) == 1
+    (trace,) = conv.traces
+    assert trace["outcome"] == "completed"
+    ms = trace["ms_after_speech_end"]  # after the sound's end (1.72 s)
+    assert ms["turn_confirmed"] == approx(1000.0)
+    assert ms["stt_final"] == approx(1600.0)
+    assert ear.first_loud_after(1.5) == approx(3.325)  # 3.32 s: the words are in
+
+
 def test_an_stt_that_stalls_on_the_speculation_taken_again_fails_the_turn():
     """A short sound in the pause makes the engine take the speculation again at the next
     pause; that second transcription never comes: the turn, confirmed at max_silence_s

@@ -19,7 +19,7 @@ not pushed.
                                                until its audio was held (``hold`` events)
     rejoinder_turns_total{outcome}             counter
     rejoinder_guardrail_total{action,rule}     caller turns and clauses blocked or flagged
-    rejoinder_speculative_{starts,commits,wasted,restarts}_total
+    rejoinder_speculative_{starts,commits,wasted,restarts,restarts_kept}_total
     rejoinder_{interruptions,false_interruptions,backchannels,fillers}_total
     rejoinder_tool_fillers_total, rejoinder_tool_prefetch_{hits,misses,wasted}_total
     rejoinder_provider_errors_total{provider,code}   a turn failed: llm_timeout, ...
@@ -64,7 +64,8 @@ OUTCOMES = ("completed", "interrupted", "abandoned", "failed", "empty")
 STATS = {"speculative_starts": "Replies started speculatively at a pause",
          "commits": "Speculative replies whose turn was confirmed",
          "wasted": "Speculative replies cancelled because the caller went on",
-         "restarts": "Speculative replies started again: the caller made sounds since",
+         "restarts": "Speculations whose words were taken again: the caller made sounds since",
+         "restarts_kept": "Speculations whose words taken again were the same: the reply kept",
          "interruptions": "Replies cut off by the caller speaking over them",
          "false_interruptions": "Caller sounds over the agent that let it resume",
          "backchannels": "Backchannels (mm-hm) over the agent that let it resume",
@@ -75,6 +76,7 @@ STATS = {"speculative_starts": "Replies started speculatively at a pause",
          "prefetch_wasted": "Read-only tool calls started ahead and never used"}
 _STAT_NAMES = {"speculative_starts": "speculative_starts", "commits": "speculative_commits",
                "wasted": "speculative_wasted", "restarts": "speculative_restarts",
+               "restarts_kept": "speculative_restarts_kept",
                "prefetch_hits": "tool_prefetch_hits", "prefetch_misses": "tool_prefetch_misses",
                "prefetch_wasted": "tool_prefetch_wasted"}
 _CODE = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # an error code; anything else is "error"

@@ -36,7 +36,8 @@ class TurnTrace:
     error: str | None = None
     # "committed": the reply started speculatively at the pause and was kept; "restarted":
     # the caller made sounds after a speculation started (too short to drop it), and it was
-    # started again at their next pause, on the words said since; None: not speculative.
+    # started again at their next pause, on the words said since (when those were the same
+    # words it went on: "committed"); None: not speculative.
     speculation: str | None = None
     # The reply's first clause came from the phrase cache (no TTS wait); None: not known yet.
     tts_cached: bool | None = None

@@ -8,9 +8,9 @@ STT session, and moves through these decisions:
   (``turn/policy.py``, which ``bench/turneval.py`` replays offline): at a pause a
   *speculative* reply starts with its audio held back; the end-of-turn model is asked;
   when the turn is confirmed the held audio plays. A speculation the caller made sounds
-  after (too short to drop it, below) is cancelled at their next pause and started again
-  there, on a transcript that includes them: the words that hold or end the turn are
-  always those said last.
+  after (too short to drop it, below) has their words taken again at their next pause: it
+  goes on if they are the same, else one on the new words replaces it. The words that
+  hold or end the turn are always those said last.
 - **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
   cancelled as one unit and the utterance continues. The same happens to a confirmed
   reply the caller has not heard yet: they were only pausing.
@@ -76,19 +76,10 @@ def _weights() -> EndWeights:
 class Conversation:
     """One call's turn-taking loop."""
 
-    def __init__(
-        self,
-        stack: Stack,
-        system_prompt: str,
-        *,
-        options: TurnOptions | None = None,
-        playout: Playout | None = None,
-        events: EventSink | None = None,
-        clock: Clock | None = None,
-        call_id: str = "-",
-        greeting: str | None = None,
-        records: list[EventSink] | None = None,
-    ) -> None:
+    def __init__(self, stack: Stack, system_prompt: str, *, options: TurnOptions | None = None,
+                 playout: Playout | None = None, events: EventSink | None = None,
+                 clock: Clock | None = None, call_id: str = "-", greeting: str | None = None,
+                 records: list[EventSink] | None = None) -> None:
         self.stack = stack
         self.opts = options or TurnOptions()
         self.clock = clock or Clock()
@@ -104,8 +95,8 @@ class Conversation:
         self.greeting = greeting
         self.stt = stack.stt.session()  # the caller's utterance, transcribed as it comes
         self.traces: list[dict[str, object]] = []  # emitted turn records, in order
-        #: speculative_starts, commits, wasted, restarts (a speculation started again at
-        #: the caller's next pause), interruptions,
+        #: speculative_starts, commits, wasted, restarts (a speculation's words taken again at
+        #: the caller's next pause; restarts_kept: they were the same), interruptions,
         #: false_interruptions, backchannels, fillers
         self.stats: Counter[str] = Counter()
         self._reply: Reply | None = None
@@ -235,13 +226,25 @@ class Conversation:
         stale = self._reply  # from an earlier pause: the caller made sounds since
         if stale is not None:
             self.stats["restarts"] += 1
+            if stale.retake(self._last_speech, now):
+                return  # the words are taken again: it goes on if they are the same
+        await self.replace(stale, now)
+
+    async def replace(self, stale: Reply | None, now: float,
+                      heard: tuple[str, bool] | None = None) -> None:
+        """A held reply at the pause of ``now``, in place of ``stale``; ``heard``: its words."""
+        if stale is not None:
+            if stale is not self._reply:
+                return  # dropped meanwhile
             await self._drop(stale, "wasted")
         self.stats["speculative_starts"] += 1
         self.playout.hold(_HOLD_SPECULATIVE)
-        reply = self._start_reply(self._last_speech, speculative=True)
+        reply = self._start_reply(self._last_speech, speculative=True, heard=heard)
         reply.trace.mark("vad_end", now)
         if stale is not None:
             reply.trace.speculation = "restarted"
+        if heard is not None:
+            self.transcribed(reply)
 
     async def _ask_turn_model(self, pause_id: int) -> None:
         audio = np.concatenate(self._frames)[-_TURN_MODEL_WINDOW:]
@@ -288,14 +291,14 @@ class Conversation:
         self.playout.release(_HOLD_SPECULATIVE)
 
     def _start_reply(self, speech_end: float, *, speculative: bool = False,
-                     canned: str | None = None) -> Reply:
+                     canned: str | None = None, heard: tuple[str, bool] | None = None) -> Reply:
         self.read_ahead.cancel()  # not started yet: the reply's own request comes first
         turn = self._turns + 1
         trace = TurnTrace(self.call_id, turn, self._wall_offset)
         trace.mark("speech_end", speech_end)
         if speculative:
             trace.speculation = "committed"
-        reply = Reply(self, turn, trace, speculative=speculative, canned=canned)
+        reply = Reply(self, turn, trace, speculative=speculative, canned=canned, heard=heard)
         if canned is not None:
             self._turns = turn
         self._reply = reply

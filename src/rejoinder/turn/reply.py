@@ -6,7 +6,9 @@
 A reply may start *speculatively*, at the caller's first pause: it transcribes, asks the
 LLM and synthesises its first clause while the playout holds the audio back. The
 conversation then either confirms it (the audio plays) or cancels it as one unit. Nothing
-it does reaches the history or the caller's screen before it is confirmed.
+it does reaches the history or the caller's screen before it is confirmed. If the caller
+makes a sound too short to drop it, their words are taken again at their next pause
+(:meth:`Reply.retake`): the reply goes on if they are the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rejoinder.observability.trace import TurnTrace
 from rejoinder.providers.base import ChatMessage
 from rejoinder.tools.base import ToolCall
 from rejoinder.turn.clauses import ClauseSplitter, split_clauses
+from rejoinder.turn.grammar import same_words
 from rejoinder.turn.tools import run_tool_rounds
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 _SENTENCE_MARKS = frozenset(".!?…")
 _Clause = tuple[str, bool]  # (text, is a filler)
 _LEAD_LEVEL = 100  # |sample| at or below this (-50 dBFS) before a reply's first sound is cut
+_HOLD_RETAKE = "retake"  # a reply whose words are being taken again: it answers the old ones
 _WHO = {"stt": "Speech recognition", "llm": "The language model", "tts": "Speech synthesis",
         "turn": "The end-of-turn model"}
 _WHAT = {"timeout": "did not answer in time", "unavailable": "is unavailable"}
@@ -52,7 +56,8 @@ class Reply:
     """The handle: cancelling it stops its LLM, its TTS and its queued audio together."""
 
     def __init__(self, conv: Conversation, turn: int, trace: TurnTrace, *,
-                 speculative: bool = False, canned: str | None = None) -> None:
+                 speculative: bool = False, canned: str | None = None,
+                 heard: tuple[str, bool] | None = None) -> None:
         self.conv = conv
         self.turn = turn
         self.trace = trace
@@ -79,14 +84,60 @@ class Reply:
         rails = conv.stack.guardrails
         self.guard = None if rails is None or canned is not None else ReplyGuard(
             rails.checks, turn, rails.safe_line, conv.events, confirmed=not speculative)
+        self._retaking: asyncio.Task[None] | None = None  # the words being taken again
+        if heard is not None:  # the words and their verdict, already taken (retake)
+            self.user_text, self.unfinished = heard
+            self.empty = not self.user_text
+            self.transcript_ready.set()
+            trace.mark("stt_final", conv.clock.now())
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"reply-{self.turn}")
 
     async def cancel(self) -> None:
-        await cancel_and_wait(self.task, what=f"reply {self.turn}")
+        await cancel_all((self.task, self._retaking))
         if self.guard is not None:
             self.guard.close()
+
+    def retake(self, speech_end: float, now: float) -> bool:
+        """The caller made a sound since this speculation's words were taken (too short to
+        drop it): take them again at their pause (``now``; their speech ended at
+        ``speech_end``). The reply goes on meanwhile, its audio held (it answers the old
+        words); if the words are the same it stands, its LLM and TTS work kept; if not,
+        the conversation starts a reply on them in its place. False if its words are not
+        in yet, said nothing, or are being taken again: there is nothing to keep."""
+        if self.empty or not self.transcript_ready.is_set() or self._retaking is not None:
+            return False
+        self.transcript_ready.clear()  # the turn waits for the new words
+        self.conv.playout.hold(_HOLD_RETAKE)
+        self._retaking = asyncio.create_task(self._retake(speech_end, now),
+                                             name=f"retake-{self.turn}")
+        return True
+
+    async def _retake(self, speech_end: float, now: float) -> None:
+        conv = self.conv
+        try:
+            try:
+                text = await conv.stt.finish()
+                unfinished = await conv.unfinished(text)
+            except Exception as exc:  # as a failed transcription: the reply fails
+                self._retaking = None
+                self.transcript_ready.set()
+                await cancel_and_wait(self.task, what=f"reply {self.turn}")
+                conv.reply_failed(self, exc)
+                return
+            self._retaking = None
+            if not same_words(text, self.user_text):
+                await conv.replace(self, now, (text, unfinished))
+                return
+            conv.stats["restarts_kept"] += 1
+            self.unfinished = unfinished
+            self.trace.stamps.update(speech_end=speech_end, vad_end=now,
+                                     stt_final=conv.clock.now())
+            self.transcript_ready.set()
+            conv.transcribed(self)
+        finally:
+            conv.playout.release(_HOLD_RETAKE)
 
     def confirm(self, now: float) -> None:
         self.trace.mark("turn_confirmed", now)
@@ -134,6 +185,8 @@ class Reply:
             conv.reply_done(self, "empty" if self.empty else "completed")
         except* Exception as eg:
             self.transcript_ready.set()  # no transcript is coming: nobody waits for one
+            if self._retaking is not None:
+                self._retaking.cancel()
             conv.reply_failed(self, eg.exceptions[0])
 
     async def _transcribe(self) -> bool:
