@@ -134,7 +134,7 @@ def test_metrics_after_scripted_calls_are_exact(tmp_path) -> None:
     assert value("rejoinder_speculative_commits_total") == 3
     for name in ("speculative_wasted", "speculative_restarts", "speculative_restarts_kept",
                  "interruptions",
-                 "false_interruptions", "backchannels", "fillers"):
+                 "false_interruptions", "backchannels", "take_backs", "fillers"):
         assert value(f"rejoinder_{name}_total") == 0, name
     assert value("rejoinder_phrase_cache_hits_total") == 1
     assert value("rejoinder_phrase_cache_misses_total") == 1

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from rejoinder.core.audio import SAMPLE_RATE
 from rejoinder.core.clock import Clock
 from rejoinder.providers.base import ChatMessage
 from rejoinder.testing import FakeLLM, FakeSTT, FakeTTS, FakeVAD, Latency, fake_stack, run_virtual
@@ -203,13 +204,15 @@ def _talk_over(noise_s, words):
 
 def test_an_interruption_before_the_first_word_leaves_no_assistant_message():
     # The reply's audio starts at 2.265 s and the caller speaks over it from 2.28 s: they
-    # heard a few frames of the first word, nothing that counts as said.
+    # heard a few frames of the first word, nothing that counts as said. (Without
+    # take_back_s, under which they would take the turn back: below.)
     stt = FakeSTT(["count for me", "stop"], Latency(first_s=0.1))
     llm = FakeLLM([REPLY, "Okay."], Latency(first_s=0.21, per_item_s=0.1))
 
     async def main():
         return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 0.78),
-                            ("speech", 0.3)], fake_stack(stt=stt, llm=llm))
+                            ("speech", 0.3)], fake_stack(stt=stt, llm=llm),
+                           options=TurnOptions(take_back_s=0.0))
 
     conv, ear, events = run_virtual(main())
     assert [e for e in events if e["type"] == "interrupted"] == [
@@ -217,6 +220,68 @@ def test_an_interruption_before_the_first_word_leaves_no_assistant_message():
     # An empty "interrupted" reply teaches a small model to answer with an ellipsis.
     assert conv.history == [ChatMessage("user", "count for me"), ChatMessage("user", "stop"),
                             ChatMessage("assistant", "Okay.")]
+
+
+@pytest.mark.parametrize(("resume_s", "take_back_s", "taken_back"), [
+    (0.1, 0.2, True),    # 95 ms into the reply's audio: the caller takes the turn back
+    (0.3, 0.2, False),   # 295 ms in: a barge-in, as before
+    (0.1, 0.0, False),   # take_back_s off: a barge-in from the first sound
+])
+def test_a_caller_who_goes_on_as_the_reply_starts_takes_the_turn_back(resume_s, take_back_s,
+                                                                      taken_back):
+    # "Tell me a story" (0.5-1.5 s); the reply's audio plays from 2.105 s; the caller goes
+    # on ("...about a fox", 0.5 s) from 2.105 + resume_s.
+    lengths: list[int] = []
+
+    def transcribe(audio):
+        lengths.append(len(audio))
+        return "tell me a story" if len(lengths) == 1 else "tell me a story about a fox"
+
+    stt = FakeSTT(transcribe, Latency(first_s=0.1))
+    llm = FakeLLM(["Once upon a time there was a fox.", "A fox, then."],
+                  Latency(first_s=0.2, per_item_s=0.02))
+    tts = FakeTTS(Latency(first_s=0.05))
+    resume = 2.1 + resume_s  # frames are 20 ms: the caller's first frame after the silence
+
+    async def main():
+        return await _call([("silence", 0.5), ("speech", 1.0), ("silence", resume - 1.5),
+                            ("speech", 0.5)], fake_stack(stt=stt, llm=llm, tts=tts),
+                           options=TurnOptions(take_back_s=take_back_s))
+
+    conv, ear, events = run_virtual(main())
+    assert ear.first_loud_after(0) == approx(2.105)
+    if not taken_back:
+        assert (conv.stats["interruptions"], conv.stats["take_backs"]) == (1, 0)
+        assert [t["outcome"] for t in conv.traces] == ["interrupted", "completed"]
+        return
+    assert (conv.stats["interruptions"], conv.stats["take_backs"]) == (0, 1)
+    assert [t["outcome"] for t in conv.traces] == ["abandoned", "completed"]
+    # The agent stopped once the caller had spoken min_speech_s (2.2 + 0.12 s), and spoke
+    # again only after their pause (2.8 s).
+    assert ear.last_loud_before(2.8) == approx(2.305)
+    assert ear.first_loud_after(2.305) > 2.8
+    # The second transcript covers the whole utterance: from 0.2 s of pre-roll before its
+    # onset (0.3 s) to the pause after "...about a fox" (2.8 s).
+    assert lengths == [round(1.3 * SAMPLE_RATE), round(2.5 * SAMPLE_RATE)]
+    assert conv.history == [ChatMessage("user", "tell me a story about a fox"),
+                            ChatMessage("assistant", "A fox, then.")]
+
+
+def test_a_short_sound_as_the_reply_starts_neither_takes_the_turn_nor_stops_the_agent():
+    stt = FakeSTT(["tell me a story", "mm"], Latency(first_s=0.1))
+    llm = FakeLLM(["Once upon a time there was a fox."], Latency(first_s=0.2, per_item_s=0.02))
+    tts = FakeTTS(Latency(first_s=0.05))
+
+    async def main():  # a 60 ms sound 95 ms into the reply's audio
+        return await _call([("silence", 0.5), ("speech", 1.0), ("silence", 0.7),
+                            ("speech", 0.06)], fake_stack(stt=stt, llm=llm, tts=tts))
+
+    conv, ear, events = run_virtual(main())
+    assert [t["outcome"] for t in conv.traces] == ["completed"]
+    assert not conv.stats["take_backs"] and not conv.stats["interruptions"]
+    assert len([t for t in ear.loud_times if t > 2.0]) == 100  # all 2 s of it, no gap:
+    assert ear.loud_times[-1] == approx(2.105 + 99 * 0.02)  # (a barge-in would hold it)
+    assert stt.calls == 1  # the utterance closed after the window: nothing more to hear
 
 
 def test_a_clause_of_marks_alone_is_not_spoken_and_is_not_a_sentence():

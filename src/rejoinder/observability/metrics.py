@@ -20,7 +20,7 @@ not pushed.
     rejoinder_turns_total{outcome}             counter
     rejoinder_guardrail_total{action,rule}     caller turns and clauses blocked or flagged
     rejoinder_speculative_{starts,commits,wasted,restarts,restarts_kept}_total
-    rejoinder_{interruptions,false_interruptions,backchannels,fillers}_total
+    rejoinder_{interruptions,false_interruptions,backchannels,take_backs,fillers}_total
     rejoinder_tool_fillers_total, rejoinder_tool_prefetch_{hits,misses,wasted}_total
     rejoinder_provider_errors_total{provider,code}   a turn failed: llm_timeout, ...
     rejoinder_phrase_cache_{hits,misses}_total
@@ -69,6 +69,7 @@ STATS = {"speculative_starts": "Replies started speculatively at a pause",
          "interruptions": "Replies cut off by the caller speaking over them",
          "false_interruptions": "Caller sounds over the agent that let it resume",
          "backchannels": "Backchannels (mm-hm) over the agent that let it resume",
+         "take_backs": "Callers who went on as the reply started (take_back_s): it stopped",
          "fillers": "Fillers said while no reply was ready",
          "tool_fillers": "Fillers said while a tool was slow",
          "prefetch_hits": "Read-only tool calls started before the turn was confirmed, used",

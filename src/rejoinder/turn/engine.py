@@ -12,8 +12,9 @@ STT session, and moves through these decisions:
   goes on if they are the same, else one on the new words replaces it. The words that
   hold or end the turn are always those said last.
 - **Caller goes on** (``min_speech_s`` of speech during the pause): the speculation is
-  cancelled as one unit and the utterance continues. The same happens to a confirmed
-  reply the caller has not heard yet: they were only pausing.
+  cancelled as one unit and the utterance continues. So is a confirmed reply they heard
+  nothing of, or only its first ``take_back_s`` (speech begun then): they only paused and
+  take the turn back, to be answered whole (nothing of the reply enters the history).
 - **Caller speaks over the agent**: once the VAD calls it speech and it has been loud for
   ``barge_in_min_s`` (counted from its first loud frame, before the VAD's verdict), the
   agent's audio is held within one frame. When the caller pauses, their words decide:
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -96,8 +98,8 @@ class Conversation:
         self.stt = stack.stt.session()  # the caller's utterance, transcribed as it comes
         self.traces: list[dict[str, object]] = []  # emitted turn records, in order
         #: speculative_starts, commits, wasted, restarts (a speculation's words taken again at
-        #: the caller's next pause; restarts_kept: they were the same), interruptions,
-        #: false_interruptions, backchannels, fillers
+        #: the caller's next pause; restarts_kept: they were the same), take_backs,
+        #: interruptions, false_interruptions, backchannels, fillers
         self.stats: Counter[str] = Counter()
         self._reply: Reply | None = None
         self._turns = 0
@@ -114,6 +116,7 @@ class Conversation:
         self._tail = QuietTail(round(self.opts.quiet_tail_s * SAMPLE_RATE))
         self._loud_run = 0              # samples of loud frames in a row, whatever the VAD says
         self._last_speech = 0.0
+        self._take_back_until = math.inf  # the reply to the utterance started, + take_back_s
         self._interrupting: Reply | None = None  # the reply held by caller speech
         self._tasks: set[asyncio.Task[None]] = set()  # model questions, word checks
         self.read_ahead = ReadAhead(self, self._spawn)
@@ -137,6 +140,8 @@ class Conversation:
                 if self._ending:  # saying goodbye: the caller is no longer listened to
                     continue
                 now = self.clock.now()
+                if now >= self._take_back_until and not self.turn.run:
+                    self._close_utterance()  # the caller heard the answer: their turn is over
                 self._loud_run = self._loud_run + len(frame) if self._level.loud(frame) else 0
                 p = vad.push(frame) if inline else await loop.run_in_executor(
                     _vad_executor, vad.push, frame)
@@ -187,9 +192,10 @@ class Conversation:
             if run_s >= o.min_speech_s:  # the caller goes on: the speculation was wasted
                 self.stats["wasted"] += 1
                 await self._drop(reply, "wasted")
-        elif not self.playout.started(reply.turn):
-            if run_s >= o.min_speech_s:  # nothing heard yet: the caller was only pausing
+        elif not self.playout.started(reply.turn) or self._take_back_until < math.inf:
+            if run_s >= o.min_speech_s:  # nothing (or little) heard: they were only pausing
                 t.overridden()
+                self.stats["take_backs"] += self.playout.started(reply.turn)
                 await self._drop(reply, "abandoned")
         elif max(t.run, self._loud_run) / SAMPLE_RATE >= o.barge_in_min_s:
             # Counted from the first loud frame: the VAD said speech only 30-100 ms later.
@@ -243,8 +249,6 @@ class Conversation:
         reply.trace.mark("vad_end", now)
         if stale is not None:
             reply.trace.speculation = "restarted"
-        if heard is not None:
-            self.transcribed(reply)
 
     async def _ask_turn_model(self, pause_id: int) -> None:
         audio = np.concatenate(self._frames)[-_TURN_MODEL_WINDOW:]
@@ -307,7 +311,7 @@ class Conversation:
 
     async def _drop(self, reply: Reply, outcome: str) -> None:
         """Cancel a reply the caller has heard nothing of; their utterance goes on."""
-        self._reply = None
+        self._reply, self._take_back_until = None, math.inf
         await reply.cancel()
         self.playout.flush()
         self.playout.release(_HOLD_SPECULATIVE)
@@ -362,8 +366,10 @@ class Conversation:
         """The transport just took the first frame of a clause: it is being spoken now."""
         reply = self._reply
         if reply is not None and reply.turn == turn and index == 0:
-            reply.trace.mark("first_audio_sent", self.clock.now())
-            if self._interrupting is None:
+            reply.trace.mark("first_audio_sent", now := self.clock.now())
+            if self._interrupting is None and self.opts.take_back_s and reply.canned is None:
+                self._take_back_until = now + self.opts.take_back_s  # theirs till then
+            elif self._interrupting is None:
                 self._close_utterance()  # the caller hears the answer: their turn is over
         self.events({"type": "agent", "turn": turn, "text": text})
 
@@ -372,8 +378,9 @@ class Conversation:
             return
         self._reply = None
         self.playout.release(_HOLD_SPECULATIVE)
-        if not self.playout.started(reply.turn) and self._interrupting is None:
-            self._close_utterance()  # nothing was said (no words, or an empty reply)
+        if self._interrupting is None and (not self.playout.started(reply.turn)
+                                           or self._take_back_until < math.inf):
+            self._close_utterance()  # nothing was said (no words, or an empty reply), or all
         if outcome != "empty":
             self._commit(reply, reply.text.strip(), interrupted=False)
         self._finish(reply, outcome)
@@ -439,7 +446,7 @@ class Conversation:
             self._preroll.start_with(tail)
 
     def _close_utterance(self) -> None:
-        self._open = False
+        self._open, self._take_back_until = False, math.inf
         self.read_ahead.text = ""
         self._frames = []
         self.turn.new_utterance()

@@ -28,7 +28,7 @@ _TRAILING = re.compile(r"(\.\.\.|…|-|–|—|,)\s*$")
 # silence that long has hung up. The word and message counts stop at sizes no call reaches.
 _SECONDS = ("pause_s", "end_silence_s", "max_silence_s", "finished_silence_s",
             "model_after_s", "reask_s", "quiet_tail_s", "min_speech_s", "barge_in_min_s",
-            "backchannel_max_s", "preroll_s", "filler_after_s", "patience_s")
+            "backchannel_max_s", "preroll_s", "filler_after_s", "patience_s", "take_back_s")
 _RANGES: dict[str, tuple[float, float]] = {
     **dict.fromkeys(_SECONDS, (0.0, 10.0)),
     **dict.fromkeys(("vad_threshold", "confirm_p", "hold_p", "question_end_p",
@@ -103,6 +103,12 @@ class TurnOptions:
     min_speech_s: float = 0.12     # shorter voiced stretches are noise, not a turn
     barge_in_min_s: float = 0.06   # caller speech this long while the agent talks pauses it
     backchannel_max_s: float = 1.0  # speech longer than this over the agent always interrupts
+    # A caller who goes on within this long of the first audio of the reply to their turn
+    # (``min_speech_s`` of speech, begun in it) takes the turn back: the agent stops, the
+    # reply is abandoned (not an interruption: nothing of it enters the history) and their
+    # utterance goes on, to be answered whole. They had only paused. 0: off (their speech
+    # over the reply is a barge-in from its first sound).
+    take_back_s: float = 0.2
     backchannels: tuple[str, ...] = BACKCHANNELS
     preroll_s: float = 0.2         # audio kept from before speech onset, for STT
     max_history_messages: int = 16

@@ -199,7 +199,7 @@ class Reply:
                 self.unfinished = await conv.unfinished(self.user_text)
             self.transcript_ready.set()
             self._announce()
-            conv.transcribed(self)
+        self.conv.transcribed(self)  # also words already taken (``heard``)
         return not self.empty
 
     async def _think_guarded(self, clauses: asyncio.Queue[_Clause | None]) -> None:
