@@ -57,7 +57,11 @@ def test_model_holds_a_pause_that_silence_alone_cuts_off() -> None:
                     [Silence("pause", 1.0, 1.5), Silence("end", 2.5, 4.0)])
     scored = _score(item, silence)
     assert (scored["group"], scored["cutoffs"], scored["pauses_cut"]) == ("espeak-hesitation", 1, 1)
-    assert scored["cuts"] == [{"at_s": 1.3, "pause": 0, "p": None}]
+    assert scored["cuts"] == [{"at_s": 1.3, "pause": 0, "p": None, "heard": True}]
+    # The caller goes on 200 ms after the cut-off: within take_back_s = 0.25, they take the
+    # turn back; with 0.15 they heard the agent (if its audio started at once).
+    assert (_score(item, silence, 0.25)["cut_off_heard"],
+            _score(item, silence, 0.15)["cut_off_heard"]) == (False, True)
     assert scored["end"] == {"at_s": 2.8, "delay_ms": pytest.approx(300.0), "vad_lag_ms": 0.0,
                              "p": None}
     assert _score(item, found)["cutoffs"] == 0

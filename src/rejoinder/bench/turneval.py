@@ -19,11 +19,13 @@ the confirmation cancels it.
 Scoring per item: a confirmation inside a manifest *pause* is a **cut-off**; one before the
 end elsewhere is a cut-off *in speech* (such as just after a pause, before the VAD hears the
 caller again) when the VAD hears the caller before the end, else an *early end*. An item is
-cut off if it has either kind. The first confirmation in (or early before) the *end* silence
-gives the **end-of-turn delay**, from the true end of speech (``start_s``); ``vad_lag`` is
-how far the VAD's last voiced frame lags that end (part of the delay). Run it with
-``python -m rejoinder.bench.turneval MANIFEST|build [--json OUT]`` (``--phone``: as heard over
-a phone line).
+cut off if it has either kind. A cut-off the caller ends by going on within ``take_back_s``
+of it takes the turn back (``turn/engine.py``), even if the reply's audio started at once:
+the items with a cut-off they *cannot* take back are counted apart (``items_cut_off_heard``).
+The first confirmation in (or early before) the *end* silence gives the **end-of-turn
+delay**, from the true end of speech (``start_s``); ``vad_lag`` is how far the VAD's last
+voiced frame lags that end (part of the delay). Run it with ``python -m
+rejoinder.bench.turneval MANIFEST|build [--json OUT]`` (``--phone``: as heard over a phone line).
 """
 
 from __future__ import annotations
@@ -321,7 +323,8 @@ def evaluate(manifest_path: str | Path, options: TurnOptions | Sequence[TurnOpti
                 found = confirmations(flags, opts, prob, latency_s=model_latency_s,
                                       words=check, words_latency_s=words_latency_s,
                                       weights=weights, restarts=restarts)
-                out.append({**_score(item, found), "asked": asked, "said": said,
+                out.append({**_score(item, found, opts.take_back_s), "asked": asked,
+                            "said": said,
                             "restarts": restarts["taken"],
                             "restarts_same_words": restarts["same_words"]})
     finally:
@@ -365,7 +368,8 @@ def _group(source: str) -> str:
     return words[0] if len(words) == 1 else f"{words[0].removesuffix('-ng')}-{words[-1]}"
 
 
-def _score(item: turnset.TurnItem, found: list[Confirmation]) -> dict[str, Any]:
+def _score(item: turnset.TurnItem, found: list[Confirmation],
+           take_back_s: float = 0.0) -> dict[str, Any]:
     pauses = [s for s in item.silences if s.kind == "pause"]
     end = next(s for s in item.silences if s.kind == "end")
     cuts: list[dict[str, Any]] = []  # "pause": the index of the pause it fell in, or None
@@ -377,11 +381,15 @@ def _score(item: turnset.TurnItem, found: list[Confirmation]) -> dict[str, Any]:
                                                 or c.resumed / SAMPLE_RATE >= end.start_s)):
             hit = c  # the end of the turn (early when t is before it)
             break
-        cuts.append({"at_s": round(t, 3), "pause": inside[0] if inside else None, "p": c.p})
+        # The caller goes on at the pause's end (before: the manifest's end of speech).
+        goes_on = pauses[inside[0]].end_s - t if inside else None
+        cuts.append({"at_s": round(t, 3), "pause": inside[0] if inside else None, "p": c.p,
+                     "heard": goes_on is None or goes_on >= take_back_s})
     in_pause = [c["pause"] for c in cuts if c["pause"] is not None]
     return {
         "file": item.file, "source": item.source, "group": _group(item.source),
         "pauses": len(pauses), "cuts": cuts, "cutoffs": len(in_pause),
+        "cut_off_heard": any(c["heard"] for c in cuts),
         "pauses_cut": len(set(in_pause)), "cutoffs_in_speech": len(cuts) - len(in_pause),
         "end": None if hit is None else {
             "at_s": hit.at / SAMPLE_RATE, "delay_ms": 1000 * (hit.at / SAMPLE_RATE - end.start_s),
@@ -398,6 +406,9 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "items": len(results), "items_with_pause": len(paused), "pauses": pauses,
         "items_cut_off": cut_items, "cut_off_rate": cut_items / len(paused) if paused else None,
+        # ...of which a cut-off the caller cannot take back (they go on take_back_s or more
+        # after it; the reply's audio may start later still)
+        "items_cut_off_heard": sum(1 for r in paused if r["cut_off_heard"]),
         "cutoffs": sum(r["cutoffs"] for r in results),
         "pauses_cut": sum(r["pauses_cut"] for r in results),
         "cutoffs_per_pause": sum(r["cutoffs"] for r in results) / pauses if pauses else None,
@@ -458,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="turn.hold_unfinished off: the transcript does not hold turns")
     knob_names = ("confirm_p", "hold_p", "end_silence_s", "max_silence_s", "pause_s",
                   "quiet_tail_s", "model_after_s", "reask_s", "finished_silence_s",
-                  "end_threshold", "patience_s", "quiet_dbfs")
+                  "end_threshold", "patience_s", "quiet_dbfs", "take_back_s")
     for knob in knob_names:
         ap.add_argument(f"--{knob.replace('_', '-')}", type=float, dest=knob)
     ap.add_argument("--sweep", metavar="KNOB=V1,V2,...",
