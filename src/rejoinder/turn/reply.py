@@ -95,7 +95,8 @@ class Reply:
         self.task = asyncio.create_task(self._run(), name=f"reply-{self.turn}")
 
     async def cancel(self) -> None:
-        await cancel_all((self.task, self._retaking))
+        # (not the retake itself, when it is what replaces this reply)
+        await cancel_all(t for t in (self.task, self._retaking) if t is not asyncio.current_task())
         if self.guard is not None:
             self.guard.close()
 
@@ -106,7 +107,8 @@ class Reply:
         words); if the words are the same it stands, its LLM and TTS work kept; if not,
         the conversation starts a reply on them in its place. False if its words are not
         in yet, said nothing, or are being taken again: there is nothing to keep."""
-        if self.empty or not self.transcript_ready.is_set() or self._retaking is not None:
+        if (self.empty or not self.transcript_ready.is_set()
+                or (self._retaking is not None and not self._retaking.done())):
             return False
         self.transcript_ready.clear()  # the turn waits for the new words
         self.conv.playout.hold(_HOLD_RETAKE)
@@ -121,12 +123,10 @@ class Reply:
                 text = await conv.stt.finish()
                 unfinished = await conv.unfinished(text)
             except Exception as exc:  # as a failed transcription: the reply fails
-                self._retaking = None
                 self.transcript_ready.set()
                 await cancel_and_wait(self.task, what=f"reply {self.turn}")
                 conv.reply_failed(self, exc)
                 return
-            self._retaking = None
             if not same_words(text, self.user_text):
                 await conv.replace(self, now, (text, unfinished))
                 return
