@@ -40,7 +40,7 @@ import numpy as np
 from rejoinder.bench.fallback import SIM
 from rejoinder.bench.scripts import load_script
 from rejoinder.client.caller import place_call
-from rejoinder.cloudsim.process import Process, start_cloudsim, stop_cloudsim
+from rejoinder.cloudsim.process import Process, start_cloudsim, stop_cloudsim, stop_process
 from rejoinder.core.audio import PCM, SAMPLE_RATE
 
 # Two clauses of more than the phrase cache's 8 words: every turn's TTS goes to the chain.
@@ -118,12 +118,7 @@ def _server(config: Path, log: Path, port: int) -> Iterator[tuple[str, subproces
     try:
         yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 40, "server")
 
 
 async def _until_up(url: str, proc: subprocess.Popen[bytes], limit_s: float = 120.0) -> None:

@@ -31,6 +31,7 @@ from rejoinder.bench.measure import ideal_ms, turns_of
 from rejoinder.bench.scripts import Script
 from rejoinder.client.connection import CallFailed
 from rejoinder.client.measure import percentile
+from rejoinder.cloudsim.process import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -363,12 +364,7 @@ def server_process(kind: str, log_path: Path, env: dict[str, str] | None = None,
                 time.sleep(0.1)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10, "server")
 
 
 def local_listener(url: str) -> int | None:

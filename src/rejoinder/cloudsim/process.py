@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rejoinder.cloudsim.profile import load_profile, override_flags
 from rejoinder.core.errors import ConfigError
@@ -106,13 +106,19 @@ def stop_cloudsim(process: Process, timeout_s: float = 5.0) -> None:
     """Terminate the simulator, killing it if it does not exit within ``timeout_s``.
 
     Idempotent."""
+    stop_process(process, timeout_s, "cloudsim")
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float, what: str) -> None:
+    """Terminate a child process (a simulator, a server the bench started), killing it if
+    it does not exit within ``timeout_s``. Idempotent."""
     if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            log.warning("cloudsim (pid %d) ignored SIGTERM for %s s: killing it",
-                        process.pid, timeout_s)
+            log.warning("%s (pid %d) ignored SIGTERM for %s s: killing it",
+                        what, process.pid, timeout_s)
             process.kill()
             process.wait()
 
