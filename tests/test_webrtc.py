@@ -39,9 +39,14 @@ async def test_two_turns_over_real_webrtc(serve):
         sent = t.server["ms_after_speech_end"]["first_audio_sent"]
         # The caller hears the reply after the server sent it, and not absurdly later.
         assert t.v2v_ms is not None and sent < t.v2v_ms < sent + 400
-    # Fixed provider latencies, started speculatively at the 100 ms pause: 100 STT +
-    # 100 LLM + 5 more tokens of 20 ms to the end of the sentence + 50 TTS = 450 ms.
-    assert 450 < result.turns[0].server["ms_after_speech_end"]["first_audio_sent"] < 800
+    # Fixed provider latencies, started speculatively at the 100 ms pause (vad_end): 100 STT
+    # + 100 LLM + 5 more tokens of 20 ms to the end of the clause + 50 TTS = 350 ms. The
+    # pause is counted in samples but speech_end is when the last voiced frame was handled,
+    # so frames that arrive in a burst (a busy machine) bring vad_end nearer to speech_end:
+    # the floor holds from vad_end, the ceiling from speech_end.
+    stages = result.turns[0].server["ms_after_speech_end"]
+    assert stages["first_audio_sent"] - stages["vad_end"] > 350
+    assert stages["first_audio_sent"] < 800
     audio = np.concatenate(result.received.chunks)
     assert np.abs(audio).max() > 3000  # the 440 Hz tone came back through Opus
 
