@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +26,7 @@ from rejoinder.analytics.schema import (
 from rejoinder.analytics.worker import AnalyticsWorker
 from rejoinder.config import AnalyticsOptions, Config, load_config
 from rejoinder.core.errors import ConfigError
+from rejoinder.observability.logs import setup_logging
 from rejoinder.providers.base import ChatMessage
 from rejoinder.server.app import Server
 from rejoinder.store import Recorder, Store
@@ -160,6 +162,40 @@ async def test_a_job_that_keeps_failing_is_retried_then_marked_failed(tmp_path) 
     finally:
         await worker.close()
         await recorder.close()
+
+
+async def test_a_jobs_log_lines_name_its_call_in_the_call_id_field(tmp_path, capsys) -> None:
+    """Not in the message, where redaction takes a hex id's digits for a number."""
+    call_id = "4e7fd4774cc0485b8c7dd43f405f92d6"  # the server's ids look like this
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    setup_logging("info", json_lines=True)
+    store = await _store(tmp_path)
+    recorder = Recorder(store, owns_store=True)
+    recorder.start()
+    worker = AnalyticsWorker(store, FakeLLM(["not json", json.dumps(GOOD)]),
+                             _options(retry_backoff_s=0.01), flush=recorder.flush)
+    worker.start()
+    try:
+        _record_call(recorder, call_id).end("ended")
+        worker.submit(call_id)
+        assert (await _settled(worker, call_id))["status"] == "done"
+        worker.submit("never-recorded")
+        err = ""
+        async with asyncio.timeout(10):
+            while "no job" not in err:
+                await asyncio.sleep(0.01)
+                err += capsys.readouterr().err
+    finally:
+        await worker.close()
+        await recorder.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = [json.loads(line) for line in err.splitlines()]
+    ours = [line for line in lines if line["msg"].startswith("analytics:")]
+    assert [line["msg"].split(" ")[1] for line in ours] == ["attempt", "done", "the"]
+    assert [line["call_id"] for line in ours] == [call_id, call_id, "never-recorded"]
+    assert not any("[" in line["msg"] for line in ours)
 
 
 async def test_a_failed_attempt_waits_its_backoff_before_the_next(tmp_path) -> None:

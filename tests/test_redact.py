@@ -277,6 +277,24 @@ def test_a_log_line_with_personal_data_is_redacted(capsys):
 
 
 @pytest.mark.parametrize("json_lines", [True, False])
+def test_a_call_id_given_to_a_log_line_is_kept_whole(capsys, json_lines):
+    call_id = "4e7fd4774cc0485b8c7dd43f405f92d6"  # digits enough to pass for a number
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("info", json_lines=json_lines)
+        logging.getLogger("rejoinder.test").info("record deleted", extra={"call_id": call_id})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    if json_lines:
+        assert json.loads(err)["call_id"] == call_id
+    else:
+        assert f"[{call_id}] record deleted" in err
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
 def test_a_traceback_with_personal_data_is_redacted(capsys, json_lines):
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level

@@ -37,6 +37,7 @@ from rejoinder.config import AnalyticsOptions, Config
 from rejoinder.core.clock import Clock
 from rejoinder.core.errors import error_code
 from rejoinder.core.tasks import cancel_all, cancel_and_wait
+from rejoinder.observability.logs import call_id_var
 from rejoinder.providers.base import LLM, Stack
 from rejoinder.store.db import Store
 from rejoinder.store.recorder import Recorder
@@ -171,7 +172,7 @@ class AnalyticsWorker:
             try:
                 await self.jobs.create(call_id, self._now())
             except IntegrityError:  # no record of the call: never answered, or deleted
-                log.info("analytics: call %s has no record; no job", call_id)
+                log.info("analytics: the call has no record; no job", extra={"call_id": call_id})
             self._submitted.pop(0)
 
     async def _reset_orphans(self) -> None:
@@ -198,13 +199,13 @@ class AnalyticsWorker:
 
     # -- one job ----------------------------------------------------------------------------
     async def _job(self, call_id: str) -> None:
+        call_id_var.set(call_id)  # this task's own context: its log lines name the call
         try:
             await self._attempt(call_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the outcome could not be written: pending again later
-            log.warning("analytics: call %s: cannot record the outcome (%s)", call_id,
-                        type(exc).__name__)
+            log.warning("analytics: cannot record the outcome (%s)", type(exc).__name__)
             self._orphans.add(call_id)
         finally:
             self._running.pop(call_id, None)
@@ -233,7 +234,7 @@ class AnalyticsWorker:
         await self.jobs.finish(call_id, self._now(), status=DONE, result=result.model_dump(),
                                model=llm.name, duration_ms=took_ms)
         self.done += 1
-        log.info("analytics: call %s done in %.0f ms (attempt %d)", call_id, took_ms, attempt)
+        log.info("analytics: done in %.0f ms (attempt %d)", took_ms, attempt)
 
     async def _failed(self, call_id: str, attempt: int, exc: Exception) -> None:
         self.failed_attempts += 1
@@ -244,11 +245,9 @@ class AnalyticsWorker:
             call_id, self._now(), status=FAILED if last else PENDING, error_code=code,
             not_before=None if last else self._now() + timedelta(seconds=pause))
         if last:
-            log.warning("analytics: call %s failed after %d attempts (%s)", call_id, attempt,
-                        code)
+            log.warning("analytics: failed after %d attempts (%s)", attempt, code)
         else:
-            log.info("analytics: call %s attempt %d failed (%s); again in %.0f s", call_id,
-                     attempt, code, pause)
+            log.info("analytics: attempt %d failed (%s); again in %.0f s", attempt, code, pause)
 
     async def _model(self) -> LLM:
         async with self._loading:

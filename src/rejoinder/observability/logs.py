@@ -5,7 +5,9 @@ to the caller over the call's own event channel. In depth, the handler that
 :func:`setup_logging` installs redacts every message, every string value of
 ``extra={"record": {...}}`` and every traceback (:mod:`rejoinder.core.redact`), so a
 line that carries a card number or an email by mistake still does not write it out. The
-call id (a server-generated hex string) is left as it is, so records can still be joined.
+call id (a server-generated hex string) is left as it is, so records can still be joined:
+it travels in its own field (``call_id``), never in a message, where redaction would take
+its digits for a number. Outside a call's own tasks, give it with ``extra={"call_id": id}``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ call_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", def
 
 class _CallIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.call_id = call_id_var.get()
+        if not isinstance(getattr(record, "call_id", None), str):  # not given in ``extra``
+            record.call_id = call_id_var.get()
         return True
 
 

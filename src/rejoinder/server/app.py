@@ -202,7 +202,7 @@ class Server:
             return web.json_response({"error": "no such call", "code": "not_found"},
                                      status=404)
         self.recorder.forget(call_id)  # and whatever of it is still queued
-        log.info("call %s record deleted on request", call_id)
+        log.info("call record deleted on request", extra={"call_id": call_id})
         return web.json_response({"call_id": call_id, "deleted": True})
 
     async def call_record(self, request: web.Request) -> web.Response:
@@ -258,7 +258,7 @@ class Server:
         except BaseException:
             await asyncio.shield(call.close())
             raise
-        log.info("call %s answered", call.id)
+        log.info("call answered")  # call_id_var is this call's
         if call.id in self.call_logs:
             self.call_logs[call.id].begin()
         return {"sdp": answer.sdp, "type": answer.type, "call_id": call.id}

@@ -48,7 +48,7 @@ async def say_goodbye(call: Call, line: str) -> None:
                 async with asyncio.timeout(GOODBYE_MAX_S):
                     await call.conversation.say_goodbye(line)
             except TimeoutError:
-                log.warning("call %s: the goodbye was not played within %.0f s", call.id,
-                            GOODBYE_MAX_S)
+                log.warning("the goodbye was not played within %.0f s", GOODBYE_MAX_S,
+                            extra={"call_id": call.id})
     finally:
         await call.close()
