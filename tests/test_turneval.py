@@ -14,7 +14,9 @@ from rejoinder.bench.turneval import (
     credit_quiet_tails,
     evaluate,
 )
-from rejoinder.bench.turnset import Silence, TurnItem, build
+from rejoinder.bench.turnset import Silence, TurnItem, build, load
+from rejoinder.client.measure import find_utterances
+from rejoinder.core.audio import read_wav
 from rejoinder.turn.options import TurnOptions
 
 OPTS = TurnOptions(model_after_s=0.1, reask_s=0.0, finished_silence_s=0.0)  # asked once
@@ -169,6 +171,19 @@ def test_a_click_is_not_a_turn_and_the_preroll_starts_after_it() -> None:
 
 
 @pytest.mark.slow
+def test_a_recorded_turn_ends_where_the_bench_caller_hears_its_speech_end(tmp_path: Path
+                                                                         ) -> None:
+    """The end mark is the caller's own end of speech (client.measure), not the end of the
+    low rumble some recordings trail off in: goforward's was 400 ms late by its level."""
+    manifest = build(tmp_path, espeak=False)
+    items = load(manifest)
+    assert len(items) == 17
+    for item in items:
+        [end] = [s for s in item.silences if s.kind == "end"]
+        heard = find_utterances(read_wav(tmp_path / item.file), S)[-1].end_s
+        assert heard == pytest.approx(end.start_s, abs=0.0101), item.file
+
+
 def test_evaluate_on_the_recorded_turns(tmp_path: Path) -> None:
     manifest = build(tmp_path, espeak=False)
     model, patient = evaluate(manifest, [OPTS, replace(OPTS, max_silence_s=2.0)],

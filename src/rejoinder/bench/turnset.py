@@ -39,6 +39,7 @@ from typing import Literal
 
 import numpy as np
 
+from rejoinder.client.measure import find_utterances
 from rejoinder.core.audio import PCM, SAMPLE_RATE, read_wav, write_wav
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
@@ -150,8 +151,7 @@ def _librivox_items(out: Path, rng: np.random.Generator) -> list[TurnItem]:
     items = []
     for stem, cut_sets in LIBRIVOX_CUTS.items():
         pcm = read_wav(LIBRIVOX / f"sense_and_sensibility_01_austen_64kb-{stem}.wav")
-        speech = _speech_frames(pcm)
-        last = (len(speech) - int(np.argmax(speech[::-1]))) * _FRAME
+        last = _speech_end(pcm)
         noise = _room_noise(pcm)
         for k, cuts in enumerate(cut_sets):
             item = TurnItem(f"librivox-{stem}-{'ab'[k]}.wav", "librivox", texts[stem])
@@ -183,8 +183,7 @@ def _pocketsphinx_items(out: Path) -> list[TurnItem]:
             pcm = np.fromfile(path, dtype="<i2").astype(np.int16)
         else:
             pcm = read_wav(path)
-        speech = _speech_frames(pcm)
-        last = (len(speech) - int(np.argmax(speech[::-1]))) * _FRAME
+        last = _speech_end(pcm)
         noise = _room_noise(pcm)
         tail = _fill(noise, int(TRAILING_S * SAMPLE_RATE))
         item = TurnItem(f"pocketsphinx-{path.stem}.wav", "pocketsphinx", text,
@@ -194,14 +193,14 @@ def _pocketsphinx_items(out: Path) -> list[TurnItem]:
     return items
 
 
-def _speech_frames(pcm: PCM) -> np.ndarray:
-    """Speech (True) per 20 ms frame, by energy relative to the recording's own levels."""
-    n = len(pcm) // _FRAME
-    frames = pcm[: n * _FRAME].reshape(n, _FRAME).astype(np.float64)
-    db = 10 * np.log10(np.mean(frames**2, axis=1) / 32768.0**2 + 1e-12)
-    low, high = np.percentile(db, [10, 99])
-    result: np.ndarray = db > max(low + 10, high - 40)
-    return result
+def _speech_end(pcm: PCM) -> int:
+    """The sample where the recording's speech ends, by the bench caller's own rule
+    (``client.measure.find_utterances``: 10 ms windows above -40 dBFS, above 100 Hz too),
+    so that an end delay here and a voice-to-voice latency there count from the same
+    point. A level relative to the recording's noise floor put the end inside the low
+    rumble some recordings end in (pocketsphinx's goforward: 340 ms late)."""
+    spoken = find_utterances(pcm, SAMPLE_RATE)
+    return round(spoken[-1].end_s * SAMPLE_RATE) if spoken else len(pcm)
 
 
 def _room_noise(pcm: PCM, seconds: float = 0.12) -> PCM:
