@@ -22,6 +22,7 @@ from rejoinder.bench.toolset import (
 from rejoinder.providers.base import ChatMessage
 from rejoinder.providers.local import slots
 from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
+from rejoinder.providers.local.smollm_tools import ToolTurns
 from rejoinder.providers.local.toolchoice import (
     IntentStage,
     choice_schema,
@@ -202,7 +203,7 @@ def _smollm(server: _FakeServer, mode: str = "intent") -> SmolLM:
     llm._stats_lock = __import__("threading").Lock()
     llm._server = server
     llm._executor = ThreadPoolExecutor(max_workers=1)
-    llm._intent = None
+    llm._tools = ToolTurns(llm)
     llm._running = set()
     return llm
 

@@ -15,6 +15,7 @@ from rejoinder.agents.booking.tools import TOOLS
 from rejoinder.providers.base import ChatMessage
 from rejoinder.providers.local import slots
 from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
+from rejoinder.providers.local.smollm_tools import ToolTurns
 from rejoinder.providers.local.toolchoice import IntentStage
 from rejoinder.tools.base import ToolCall
 
@@ -82,7 +83,7 @@ def _smollm(server: _Server) -> SmolLM:
     llm._stats_lock = __import__("threading").Lock()
     llm._server = server
     llm._executor = ThreadPoolExecutor(max_workers=1)
-    llm._intent = None
+    llm._tools = ToolTurns(llm)
     llm._running = set()
     return llm
 
