@@ -106,6 +106,7 @@ def test_every_numeric_field_refuses_non_finite_negative_and_absurd_values(
     # NaN passes every comparison: it was blamed on turn.model_after_s
     ({"REJOINDER_TURN__PAUSE_S": "nan"}, "turn.pause_s", "finite"),
     ({"REJOINDER_TURN__PAUSE_S": "100"}, "turn.pause_s", "between 0 and 10"),
+    ({"REJOINDER_LLM__NICE": "20"}, "llm.nice", "between 0 and 19"),
 ])
 def test_the_field_at_fault_is_the_one_named(env, field, words):
     with pytest.raises(ConfigError) as info:
@@ -147,3 +148,14 @@ def test_a_misspelt_setting_in_the_environment_is_an_error_naming_the_intended_o
         load_config(None, {"REJOINDER_SERVR__PORT": "3"})
     assert info.value.field == "servr.port"
     assert "did you mean REJOINDER_SERVER__PORT?" in str(info.value)
+
+
+def test_the_embedded_llm_runs_at_the_configured_nice(monkeypatch):
+    from rejoinder.providers import factory
+    from rejoinder.providers.local import smollm
+
+    built: list[smollm.SmolLMOptions] = []
+    monkeypatch.setattr(smollm, "SmolLM", built.append)  # the options it would load with
+    factory._llm_provider(load_config(None, {"REJOINDER_LLM__NICE": "0"}), "local")
+    factory._llm_provider(load_config(None, {}), "local")
+    assert [o.nice for o in built] == [0, 10]

@@ -135,12 +135,16 @@ class LLMOptions:
     # the next within the turn (rejoinder.providers.fallback). Empty: the one above.
     backends: list[LLMBackendOptions] = field(default_factory=list)
     fallback_to_local: bool = False  # the embedded model as the chain's last resort
+    # The embedded model's CPU priority (nice, 0-19) for its native threads: at 10 the
+    # speech models win the cores on a machine of its own; where other programs keep the
+    # cores busy, 10 starves the model (seconds to a first token): set it lower there.
+    nice: int = 10
 
     def __post_init__(self) -> None:
         _check_backends("llm", self.provider, self.backends)
         # OpenAI's temperature range; a first token later than 10 minutes never comes.
         check_numbers(self, "llm", {"temperature": (0.0, 2.0), "max_tokens": (1, 100_000),
-                                    "timeout_s": (0.0, 600.0)})
+                                    "timeout_s": (0.0, 600.0), "nice": (0, 19)})
         if self.provider not in ("local", "openai"):
             raise ConfigError("llm.provider", f"{self.provider!r} is not 'local' or 'openai'")
         if self.provider == "openai":

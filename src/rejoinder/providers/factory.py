@@ -118,7 +118,8 @@ def _llm_provider(config: Config, kind: str) -> LLM:
                        Latency(first_s=0.25, per_item_s=0.02))
     from rejoinder.providers.local.smollm import SmolLM, SmolLMOptions
 
-    return SmolLM(SmolLMOptions(max_tokens=c.max_tokens, temperature=c.temperature))
+    return SmolLM(SmolLMOptions(max_tokens=c.max_tokens, temperature=c.temperature,
+                                nice=c.nice))
 
 
 def _tts(config: Config, kind: str) -> TTS:
