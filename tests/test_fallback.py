@@ -159,6 +159,15 @@ def test_when_every_backend_fails_the_last_error_is_raised() -> None:
     assert caught.value.failure == "timeout"
 
 
+def test_a_json_answer_comes_from_the_next_backend_when_one_fails() -> None:
+    # Post-call analytics ask the chain for one whole JSON answer (complete_json).
+    chain = FallbackLLM([_backend("a", FakeLLM(['{"lost": 1}'], BEFORE)),
+                         _backend("b", FakeLLM(['{"summary": "ok"}']))])
+    answer = run_virtual(chain.complete_json(ASK, {"type": "object"}, 50))
+    assert answer == '{"summary": "ok"}'
+    assert chain.stats.counts[("fallback", "llm", "a", "failed")] == 1
+
+
 def test_a_caller_hears_each_clause_once_when_the_llm_drops_midway() -> None:
     """A whole turn: the primary drops after "Sure, the salon opens at nine. On Saturdays";
     the caller hears every clause once, whole, and the history has the whole reply."""

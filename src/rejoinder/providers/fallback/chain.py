@@ -15,6 +15,7 @@ from rejoinder.providers.breaker import CircuitBreaker, FallbackStats
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", STT, LLM, TTS)
+T = TypeVar("T")
 
 #: The chain's own limit: none in practice; each backend's own limits apply in turn.
 UNLIMITED_S = 86_400.0
@@ -112,6 +113,25 @@ class Chain(Generic[P]):
             self.stats.count("timeout", self.kind, backend.name)
         log.warning("%s backend %s %s after %.3f s%s; trying the next", self.kind,
                     backend.name, exc.failure, self.clock.now() - started, what)
+
+    async def first(self, ask: Callable[[Backend[P]], Awaitable[T]]) -> T:
+        """The answer of the first allowed backend that gives one (``ask(backend)``): each
+        that fails is noted and the next one asked; when none answers, the last error."""
+        last: ProviderError | None = None
+        for b in self.allowed():
+            started = self.clock.now()
+            try:
+                answer = await ask(b)
+            except ProviderError as exc:
+                self.failed(b, exc, started)
+                last = exc
+                continue
+            except BaseException:
+                b.breaker.released()
+                raise
+            b.breaker.succeeded()
+            return answer
+        raise self.exhausted(last)
 
     def exhausted(self, last: ProviderError | None) -> ProviderError:
         if last is not None:

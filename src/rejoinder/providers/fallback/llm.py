@@ -154,22 +154,10 @@ class FallbackLLM(LLM):
 
     async def _json(self, messages: list[ChatMessage], schema: dict[str, Any],
                     max_tokens: int) -> AsyncIterator[str]:
-        last: ProviderError | None = None
-        for b in self.chain.allowed():
-            started = self.clock.now()
-            try:
-                text = await (await b.get()).complete_json(messages, schema, max_tokens)
-            except ProviderError as exc:
-                self.chain.failed(b, exc, started)
-                last = exc
-                continue
-            except BaseException:
-                b.breaker.released()
-                raise
-            b.breaker.succeeded()
-            yield text
-            return
-        raise self.chain.exhausted(last)
+        async def ask(b: Backend[LLM]) -> str:
+            return await (await b.get()).complete_json(messages, schema, max_tokens)
+
+        yield await self.chain.first(ask)
 
     def _first(self) -> LLM | None:
         """The first backend in order whose circuit is closed, if loaded (no probe is

@@ -8,7 +8,6 @@ import numpy as np
 
 from rejoinder.core.audio import PCM
 from rejoinder.core.clock import Clock
-from rejoinder.core.errors import ProviderError
 from rejoinder.providers.base import STT, STTStream
 from rejoinder.providers.breaker import FallbackStats
 from rejoinder.providers.fallback.chain import UNLIMITED_S, Backend, Chain
@@ -36,24 +35,12 @@ class FallbackSTT(STT):
                               session: STTStream | None) -> str:
         """The transcript from the first backend that answers: ``lead``'s own ``session``
         (it heard the audio as it came), the others the whole ``audio``."""
-        last: ProviderError | None = None
-        for b in self.chain.allowed():
-            started = self.clock.now()
-            try:
-                if b is lead and session is not None:
-                    text = await session.finish()
-                else:
-                    text = await (await b.get()).transcribe(audio)
-            except ProviderError as exc:
-                self.chain.failed(b, exc, started)
-                last = exc
-                continue
-            except BaseException:
-                b.breaker.released()
-                raise
-            b.breaker.succeeded()
-            return text
-        raise self.chain.exhausted(last)
+        async def ask(b: Backend[STT]) -> str:
+            if b is lead and session is not None:
+                return await session.finish()
+            return await (await b.get()).transcribe(audio)
+
+        return await self.chain.first(ask)
 
     def stream(self) -> STTStream:
         return _FallbackSTTStream(self)
