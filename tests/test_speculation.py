@@ -136,14 +136,11 @@ def test_end_of_turn_model_failure_falls_back_to_silence():
     assert conv.traces[0]["outcome"] == "completed"
 
 
-@pytest.mark.parametrize(("later", "confirmed_ms", "heard_at"), [
-    ("I was wondering if", 1000.0, 2.785),  # the words said since trail off: max_silence_s
-    ("I was wondering if you are open.", 300.0, 2.245),  # they read as finished
-])
-def test_the_words_check_judges_the_words_said_after_the_pause(later, confirmed_ms, heard_at):
-    # 1 s of speech, a 200 ms pause (a speculation starts at 100 ms; its transcript, "I
-    # was one.", reads as finished), an 80 ms sound (too short to drop the speculation),
-    # then silence. The model says 0.7: silence and the words decide.
+def _pause_then_a_sound(later: str):
+    """1 s of speech, a 200 ms pause (a speculation starts at 100 ms; its transcript, "I
+    was one.", reads as finished), an 80 ms sound (too short to drop the speculation), then
+    silence; the words transcribed after the sound are ``later``. The model says 0.7:
+    silence and the words decide. (conv, ear, events, stt, llm)"""
     stt = FakeSTT(_longer_than(1.4, later, "I was one."), Latency(first_s=0.1))
     model = FakeTurnModel(0.7, Latency(first_s=0.05))
     llm = FakeLLM(lambda messages: f"Sure, {messages[-1].content}", Latency(first_s=0.2))
@@ -155,6 +152,15 @@ def test_the_words_check_judges_the_words_said_after_the_pause(later, confirmed_
             [("silence", 0.5), ("speech", 1.0), ("silence", 0.2), ("speech", 0.08)])
 
     conv, ear, events = run_virtual(main())
+    return conv, ear, events, stt, llm
+
+
+@pytest.mark.parametrize(("later", "confirmed_ms", "heard_at"), [
+    ("I was wondering if", 1000.0, 2.785),  # the words said since trail off: max_silence_s
+    ("I was wondering if you are open.", 300.0, 2.245),  # they read as finished
+])
+def test_the_words_check_judges_the_words_said_after_the_pause(later, confirmed_ms, heard_at):
+    conv, ear, events, stt, llm = _pause_then_a_sound(later)
     # The sound ended at 1.78 s: at the pause after it (1.88 s) the speculation is
     # cancelled and started again on a transcript that includes it (1.98 s).
     assert conv.stats == {"speculative_starts": 2, "restarts": 1, "commits": 1}
@@ -325,17 +331,7 @@ def test_a_speculation_whose_words_taken_again_are_the_same_goes_on(later):
     # As above, but the 80 ms sound said nothing (a click, a breath): the words taken
     # again at the pause after it are the same, and the reply goes on, its LLM request and
     # first clause kept.
-    stt = FakeSTT(_longer_than(1.4, later, "I was one."), Latency(first_s=0.1))
-    model = FakeTurnModel(0.7, Latency(first_s=0.05))
-    llm = FakeLLM(lambda messages: f"Sure, {messages[-1].content}", Latency(first_s=0.2))
-    tts = FakeTTS(Latency(first_s=0.05))
-
-    async def main():
-        return await converse(
-            fake_stack(stt=stt, llm=llm, tts=tts, turn=model),
-            [("silence", 0.5), ("speech", 1.0), ("silence", 0.2), ("speech", 0.08)])
-
-    conv, ear, events = run_virtual(main())
+    conv, ear, events, stt, llm = _pause_then_a_sound(later)
     assert conv.stats == {"speculative_starts": 1, "restarts": 1, "restarts_kept": 1,
                           "commits": 1}
     assert stt.calls == 2
